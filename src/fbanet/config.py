@@ -1,0 +1,290 @@
+"""Typed, frozen configuration objects: one per concern (model, training).
+
+Each is saved inside every model file and run folder, so a run can be reproduced and a
+model file rebuilt without guessing. Options with a fixed set of values are enums, parsed
+through :func:`parse_enum`, the one lookup that names the valid values on a bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=Enum)
+
+
+class Upsampling(str, Enum):
+    """How a decoder doubles the resolution (the only difference between the three)."""
+
+    TRANSPOSED = "transposed"  # 2x2x2 stride-2 transposed convolution (decoder 1)
+    TRILINEAR = "trilinear"  # trilinear x2, align_corners=True, then 3x3x3 conv (decoder 2)
+    NEAREST = "nearest"  # nearest x2 then 3x3x3 conv (decoder 3)
+
+
+class ContrastiveKind(str, Enum):
+    """Which contrastive loss pulls and pushes the foreground/background vectors."""
+
+    RANKED = "ranked"  # the authors' rank-weighted positive/negative losses (default)
+    INFONCE = "infonce"  # InfoNCE, the alternative of the paper's Table 3 ablation
+
+
+class DeviceKind(str, Enum):
+    """Where to compute. AUTO picks CUDA, then MPS, then CPU."""
+
+    AUTO = "auto"
+    CUDA = "cuda"
+    MPS = "mps"
+    CPU = "cpu"
+
+
+class Precision(str, Enum):
+    """Arithmetic precision. AUTO uses bfloat16 autocast where the device supports it."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class IntensityNormalization(str, Enum):
+    """How image intensities are normalized before the network sees them."""
+
+    ZSCORE = "zscore"  # z-score over the whole scan, before any crop
+    AS_STORED = "as-stored"  # already normalized (the LA HDF5 files): use as stored
+
+
+def parse_enum(enum_type: type[E], value: Any) -> E:
+    """Convert ``value`` to a member of ``enum_type``.
+
+    Args:
+        enum_type: The enum class.
+        value: A member, or its string value (case-insensitive, '_' and '-' alike).
+
+    Returns:
+        The member.
+
+    Raises:
+        ValueError: ``value`` is not one of the valid values; the message lists them.
+    """
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, str):
+        wanted = value.strip().lower().replace("_", "-")
+        for member in enum_type:
+            if str(member.value).lower().replace("_", "-") == wanted:
+                return member
+    valid = ", ".join(repr(m.value) for m in enum_type)
+    raise ValueError(f"{value!r} is not a valid {enum_type.__name__}; valid values: {valid}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def _check_positive_number(name: str, value: Any, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+# The V-Net halves the resolution four times; patch sides must survive that exactly.
+PATCH_MULTIPLE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of FBA-Net (V-Net encoder, three decoders, contrastive module).
+
+    Attributes:
+        in_channels: Image channels C_in of the input (B, C_in, X, Y, Z).
+        num_classes: Output classes K of the logits (B, K, X, Y, Z); 2 = background + one
+            structure.
+        base_filters: Width f of the first encoder stage (16 in the paper).
+        patch_size: Training patch (X, Y, Z); each side a multiple of 16. It fixes the size of
+            the projection heads' input, :attr:`projection_input`.
+        projection_dim: Output size of each projection head (128 in the paper).
+        dropout: Dropout3d probability on the stage-5 features and before each output conv.
+        class_names: One name per class, background first.
+        class_colors: One RGB triple (0-1) per class, background first.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    base_filters: int = 16
+    patch_size: tuple[int, int, int] = (112, 112, 80)
+    projection_dim: int = 128
+    dropout: float = 0.5
+    class_names: tuple[str, ...] = ("Background", "Left atrium")
+    class_colors: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 0.0), (0.85, 0.4, 0.35))
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_classes", "base_filters", "projection_dim"):
+            _check_positive_int(name, getattr(self, name))
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + structure), got {self.num_classes}")
+        patch = tuple(self.patch_size)
+        if len(patch) != 3:
+            raise ValueError(f"patch_size must have 3 sides (X, Y, Z), got {self.patch_size!r}")
+        for side in patch:
+            _check_positive_int("patch_size side", side)
+            if side % PATCH_MULTIPLE:
+                raise ValueError(
+                    f"patch_size sides must be multiples of {PATCH_MULTIPLE} (the V-Net halves "
+                    f"the resolution four times), got {self.patch_size!r}"
+                )
+        object.__setattr__(self, "patch_size", patch)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        names = tuple(str(n) for n in self.class_names)
+        colors = tuple(tuple(float(c) for c in rgb) for rgb in self.class_colors)
+        if len(names) != self.num_classes or len(colors) != self.num_classes:
+            raise ValueError(
+                f"class_names and class_colors need {self.num_classes} entries each, "
+                f"got {len(names)} names and {len(colors)} colors"
+            )
+        object.__setattr__(self, "class_names", names)
+        object.__setattr__(self, "class_colors", colors)
+
+    @property
+    def contrast_map_size(self) -> tuple[int, int, int]:
+        """Size (h, w, d) of the foreground map M: a 3x3x3 stride-2 conv with padding 1."""
+        return tuple((side + 1) // 2 for side in self.patch_size)  # type: ignore[return-value]
+
+    @property
+    def projection_input(self) -> int:
+        """Input size h*w*d of each projection head, derived from the patch size."""
+        return math.prod(self.contrast_map_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Semi-supervised training settings (defaults: the authors' LA configuration).
+
+    Attributes:
+        iterations: Total optimizer steps.
+        batch_size: Patches per step, labeled and unlabeled together.
+        labeled_batch_size: Labeled patches per step (the first ones of the batch).
+        learning_rate: SGD learning rate (constant, as in the authors' code).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay (the code's 1e-4; the paper text says 5e-3).
+        dice_weight: Weight of the Dice loss (the code's 0.5).
+        consistency_weight: Maximum weight of the mutual-consistency loss.
+        rampup_length: Length of the sigmoid ramp-up, in units of ``rampup_interval``.
+        rampup_interval: Iterations per ramp-up unit (150 in the authors' code).
+        temperature: Sharpening temperature T of the pseudo labels.
+        contrastive: Contrastive loss kind.
+        positive_alpha: Ranking-weight decay of the positive (pull) loss.
+        negative_alpha: Ranking-weight decay of the negative (push) loss (code 2.5, paper 0.25).
+        infonce_temperature: Temperature of the InfoNCE alternative.
+        seed: Seed of every random generator.
+        device: Where to train.
+        precision: bfloat16 autocast or fp32.
+        channels_last: Use the channels-last 3D memory layout (faster on CPU and GPU).
+        checkpoint_every: Write a checkpoint every this many iterations.
+        validate_every: Validate on the held-out labeled cases every this many iterations.
+        log_every: Write a JSON progress line every this many iterations.
+    """
+
+    iterations: int = 15000
+    batch_size: int = 4
+    labeled_batch_size: int = 2
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    dice_weight: float = 0.5
+    consistency_weight: float = 1.0
+    rampup_length: float = 40.0
+    rampup_interval: int = 150
+    temperature: float = 0.1
+    contrastive: ContrastiveKind = ContrastiveKind.RANKED
+    positive_alpha: float = 0.25
+    negative_alpha: float = 2.5
+    infonce_temperature: float = 0.1
+    seed: int = 1337
+    device: DeviceKind = DeviceKind.AUTO
+    precision: Precision = Precision.AUTO
+    channels_last: bool = True
+    checkpoint_every: int = 200
+    validate_every: int = 200
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "iterations",
+            "batch_size",
+            "labeled_batch_size",
+            "rampup_interval",
+            "checkpoint_every",
+            "validate_every",
+            "log_every",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.labeled_batch_size > self.batch_size:
+            raise ValueError(
+                f"labeled_batch_size ({self.labeled_batch_size}) cannot exceed "
+                f"batch_size ({self.batch_size})"
+            )
+        for name in ("learning_rate", "temperature", "infonce_temperature"):
+            _check_positive_number(name, getattr(self, name))
+        for name in (
+            "momentum",
+            "weight_decay",
+            "dice_weight",
+            "consistency_weight",
+            "rampup_length",
+            "positive_alpha",
+            "negative_alpha",
+        ):
+            _check_positive_number(name, getattr(self, name), allow_zero=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed must be an int, got {self.seed!r}")
+        object.__setattr__(self, "contrastive", parse_enum(ContrastiveKind, self.contrastive))
+        object.__setattr__(self, "device", parse_enum(DeviceKind, self.device))
+        object.__setattr__(self, "precision", parse_enum(Precision, self.precision))
+
+    @property
+    def unlabeled_batch_size(self) -> int:
+        """Unlabeled patches per step."""
+        return self.batch_size - self.labeled_batch_size
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (enums as their values, tuples as lists)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        return value
+
+    return {f.name: convert(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def from_dict(config_type: type, data: Mapping[str, Any]) -> Any:
+    """Build a config dataclass from a mapping, refusing unknown keys.
+
+    Raises:
+        ValueError: A key is not a field of ``config_type``; the message names the valid ones.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{config_type.__name__} settings must be a mapping, got {data!r}")
+    names = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown {config_type.__name__} setting(s) {unknown}; valid: {sorted(names)}"
+        )
+    return config_type(**{k: _as_tuple(v) for k, v in data.items()})
