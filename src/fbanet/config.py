@@ -127,7 +127,9 @@ class ModelConfig:
         for name in ("in_channels", "num_classes", "base_filters", "projection_dim"):
             _check_positive_int(name, getattr(self, name))
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background + structure), got {self.num_classes}")
+            raise ValueError(
+                f"num_classes must be >= 2 (background + structure), got {self.num_classes}"
+            )
         patch = tuple(self.patch_size)
         if len(patch) != 3:
             raise ValueError(f"patch_size must have 3 sides (X, Y, Z), got {self.patch_size!r}")

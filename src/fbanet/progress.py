@@ -1,0 +1,131 @@
+"""Progress reporting and stop requests for long runs.
+
+Progress goes to a terminal bar and to JSON lines (one object per event) that another
+process, such as the Slicer panel, can follow. A stop request comes from SIGINT/SIGTERM or
+from a stop file appearing; the run ends at the next iteration with a checkpoint written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """A flag set by a signal handler or by a stop file.
+
+    Args:
+        stop_file: If given, the run stops once this file exists.
+    """
+
+    def __init__(self, stop_file: str | Path | None = None) -> None:
+        self.stop_file = Path(stop_file) if stop_file is not None else None
+        self._requested = False
+        self._previous: dict[int, Any] = {}
+
+    def request(self) -> None:
+        """Ask the run to stop at the next iteration."""
+        self._requested = True
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was requested (by call, signal or stop file)."""
+        if not self._requested and self.stop_file is not None and self.stop_file.exists():
+            logger.info("stop file %s found", self.stop_file)
+            self._requested = True
+        return self._requested
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        logger.warning("received signal %d: stopping after this iteration", signum)
+        self._requested = True
+
+    def install_signal_handlers(self) -> None:
+        """Route SIGINT and SIGTERM to this request (main thread only)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore_signal_handlers(self) -> None:
+        """Put back the handlers that were there before."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class ProgressReporter:
+    """Reports iterations to a progress bar and JSON lines.
+
+    Args:
+        total: Iterations of the run.
+        start: Iterations already done (when resuming).
+        jsonl_path: File to append JSON lines to (the run folder's ``progress.jsonl``).
+        json_stream: Also write JSON lines here (for example stdout), if given.
+        show_bar: Show a terminal progress bar.
+        clock: Time source, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        jsonl_path: str | Path | None = None,
+        json_stream: IO[str] | None = None,
+        show_bar: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.start = start
+        self.clock = clock
+        self._t0 = clock()
+        self._jsonl = open(jsonl_path, "a", encoding="utf-8") if jsonl_path else None  # noqa: SIM115
+        self._stream = json_stream
+        self._bar = (
+            tqdm(total=total, initial=start, dynamic_ncols=True, file=sys.stderr)
+            if show_bar
+            else None
+        )
+
+    def eta_seconds(self, iteration: int) -> float:
+        """Seconds left, from the mean speed since this reporter started."""
+        done = iteration - self.start
+        if done <= 0:
+            return math.nan
+        return (self.clock() - self._t0) / done * (self.total - iteration)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Write one JSON line to the file and the stream."""
+        line = json.dumps(event, allow_nan=True)
+        for handle in (self._jsonl, self._stream):
+            if handle is not None:
+                handle.write(line + "\n")
+                handle.flush()
+
+    def iteration(self, iteration: int, values: dict[str, float], lr: float) -> None:
+        """Report a finished iteration (1-based count of iterations done)."""
+        eta = self.eta_seconds(iteration)
+        self.emit(
+            {"event": "iteration", "iteration": iteration, "total": self.total, "lr": lr,
+             "eta_s": None if math.isnan(eta) else round(eta, 1), **values}
+        )  # fmt: skip
+        if self._bar is not None:
+            self._bar.update(iteration - self._bar.n)
+            shown = {k: f"{v:.3f}" for k, v in values.items() if k.endswith("loss")}
+            self._bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        """Close the bar and the JSON lines file."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._jsonl is not None:
+            self._jsonl.close()

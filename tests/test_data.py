@@ -1,0 +1,214 @@
+"""Tests of fbanet.data: normalization, case validation, label alignment, manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fbanet.config import IntensityNormalization
+from fbanet.data import (
+    CaseRef,
+    load_case,
+    load_cases,
+    read_manifest,
+    spec_from_h5_list,
+    zscore,
+)
+from fbanet.io import Geometry, Volume, write_volume
+
+LA_DIR = Path(__file__).parents[1].parent / "shared" / "la"
+ZSCORE = IntensityNormalization.ZSCORE
+
+
+def _image(shape: tuple[int, int, int] = (8, 10, 6), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(50.0, 10.0, size=shape).astype(np.float32)
+
+
+def _box_label(shape: tuple[int, int, int], box: tuple[slice, ...]) -> np.ndarray:
+    label = np.zeros(shape, np.uint8)
+    label[box] = 1
+    return label
+
+
+def _write_pair(
+    tmp_path: Path, image: np.ndarray, label: np.ndarray, label_geom: Geometry | None = None
+) -> tuple[Path, Path]:
+    geom = Geometry((1.0, 1.0, 1.0), (10.0, -5.0, 2.0))
+    image_path = write_volume(Volume(image, geom), tmp_path / "img.nrrd")
+    label_path = write_volume(Volume(label, label_geom or geom), tmp_path / "img-label.nii.gz")
+    return image_path, label_path
+
+
+def test_zscore_by_hand() -> None:
+    out = zscore(np.array([[[1.0, 2.0, 3.0, 4.0]]]))
+    # mean 2.5, population std sqrt(1.25)
+    np.testing.assert_allclose(out.ravel(), np.array([-1.5, -0.5, 0.5, 1.5]) / np.sqrt(1.25))
+    assert out.dtype == np.float32
+    with pytest.raises(ValueError, match="constant"):
+        zscore(np.full((2, 2, 2), 7.0))
+
+
+def test_load_case_zscore_and_as_stored(tmp_path: Path) -> None:
+    image = _image()
+    label = _box_label(image.shape, (slice(2, 5), slice(3, 7), slice(1, 4)))
+    image_path, label_path = _write_pair(tmp_path, image, label)
+    case = load_case(image_path, label_path, normalization="zscore")
+    assert case.name == "img"
+    assert case.image.dtype == np.float32 and case.label is not None
+    assert case.label.dtype == np.uint8
+    np.testing.assert_allclose(case.image.mean(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(case.image.std(), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(case.label, label)
+    assert case.spacing == (1.0, 1.0, 1.0)
+    stored = load_case(image_path, normalization=IntensityNormalization.AS_STORED, name="x")
+    np.testing.assert_array_equal(stored.image, image)
+    assert stored.label is None and stored.name == "x"
+
+
+def test_label_resampled_from_coarser_grid(tmp_path: Path) -> None:
+    image = _image((12, 12, 8))
+    # Label grid: 2 mm voxels starting half a fine voxel before the image origin, so coarse
+    # voxel i covers fine voxels 2i and 2i+1 exactly.
+    coarse = _box_label((6, 6, 4), (slice(1, 3), slice(2, 4), slice(1, 2)))
+    label_geom = Geometry((2.0, 2.0, 2.0), (10.5, -4.5, 2.5))
+    image_path, label_path = _write_pair(tmp_path, image, coarse, label_geom)
+    case = load_case(image_path, label_path, normalization=ZSCORE)
+    expected = _box_label((12, 12, 8), (slice(2, 6), slice(4, 8), slice(2, 4)))
+    assert case.label is not None
+    np.testing.assert_array_equal(case.label, expected)
+    assert int(case.label.sum()) == 4 * 4 * 2
+
+
+def test_non_overlapping_label_rejected(tmp_path: Path) -> None:
+    image = _image()
+    label = _box_label(image.shape, (slice(1, 3),) * 3)
+    far = Geometry((1.0, 1.0, 1.0), (500.0, 500.0, 500.0))
+    image_path, label_path = _write_pair(tmp_path, image, label, far)
+    with pytest.raises(
+        ValueError, match=r"img\.nrrd and label .*img-label\.nii\.gz do not overlap"
+    ):
+        load_case(image_path, label_path, normalization=ZSCORE)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda im, lb: im.__setitem__((0, 0, 0), np.nan), r"img\.nrrd has 1 NaN or infinite"),
+        (lambda im, lb: im.__setitem__((1, 1, 1), np.inf), r"img\.nrrd has 1 NaN or infinite"),
+        (lambda im, lb: lb.fill(0), r"img-label\.nii\.gz has no foreground voxel"),
+        (lambda im, lb: lb.__setitem__((0, 0, 0), 3), r"values \[3\] outside 0\.\.1"),
+    ],
+)
+def test_bad_case_rejected(tmp_path: Path, mutate, message: str) -> None:
+    image = _image()
+    label = _box_label(image.shape, (slice(2, 4),) * 3)
+    mutate(image, label)
+    image_path, label_path = _write_pair(tmp_path, image, label)
+    with pytest.raises(ValueError, match=message):
+        load_case(image_path, label_path, normalization=ZSCORE)
+
+
+def test_label_shape_mismatch_in_h5(tmp_path: Path) -> None:
+    path = tmp_path / "case.h5"
+    with h5py.File(path, "w") as handle:
+        handle["image"] = _image()
+    label_path = tmp_path / "lab.h5"
+    with h5py.File(label_path, "w") as handle:
+        handle["label"] = np.ones((8, 10, 5), np.uint8)
+    with pytest.raises(ValueError, match=r"different shapes \(\(8, 10, 6\) vs \(8, 10, 5\)\)"):
+        load_case(path, label_path, normalization=ZSCORE)
+
+
+def test_h5_case_and_require_label(tmp_path: Path) -> None:
+    path = tmp_path / "case01.h5"
+    image = _image()
+    with h5py.File(path, "w") as handle:
+        handle["image"] = image
+        handle["label"] = _box_label(image.shape, (slice(0, 2),) * 3)
+    case = load_case(path, normalization="as-stored", h5_spacing=(0.625, 0.625, 0.625))
+    assert case.name == "case01" and case.spacing == (0.625, 0.625, 0.625)
+    assert case.label is not None and int(case.label.sum()) == 8
+    unlabeled = load_case(path, normalization=ZSCORE, read_label=False)
+    assert unlabeled.label is None
+    bare = tmp_path / "bare.h5"
+    with h5py.File(bare, "w") as handle:
+        handle["image"] = image
+    with pytest.raises(ValueError, match=r"no label for image .*bare\.h5"):
+        load_case(bare, normalization=ZSCORE, require_label=True)
+
+
+def _touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_manifest_relative_paths(tmp_path: Path) -> None:
+    _touch(tmp_path / "data", "a.nrrd", "a-label.nrrd", "b.nii.gz", "c.h5", "v.mha", "v-l.mha")
+    manifest = tmp_path / "data" / "manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "labeled": [{"image": "a.nrrd", "label": "a-label.nrrd"}, "c.h5"],
+                "unlabeled": ["b.nii.gz"],
+                "validation": [{"image": "v.mha", "label": "v-l.mha", "name": "val"}],
+            }
+        )
+    )
+    spec = read_manifest(manifest)
+    data = tmp_path / "data"
+    assert spec.labeled == (
+        CaseRef(data / "a.nrrd", data / "a-label.nrrd", "a"),
+        CaseRef(data / "c.h5", None, "c"),
+    )
+    assert spec.unlabeled == (CaseRef(data / "b.nii.gz", None, "b"),)
+    assert spec.validation == (CaseRef(data / "v.mha", data / "v-l.mha", "val"),)
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        ({"unlabeled": []}, ValueError, "needs key 'labeled'"),
+        ({"labeled": ["a.nrrd"], "unlabelled": []}, ValueError, r"unknown keys: \['unlabelled'\]"),
+        ({"labeled": ["a.nrrd"]}, ValueError, r"labeled\[0\]: .*a\.nrrd has no 'label'"),
+        ({"labeled": ["gone.h5"]}, FileNotFoundError, r"gone\.h5 does not exist"),
+        ({"labeled": ["c.h5"], "validation": ["c.h5"]}, ValueError, "listed twice"),
+        ({"labeled": []}, ValueError, "'labeled' is empty"),
+    ],
+)
+def test_manifest_errors(tmp_path: Path, content: dict, error: type, message: str) -> None:
+    _touch(tmp_path, "a.nrrd", "c.h5")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(content))
+    with pytest.raises(error, match=message):
+        read_manifest(manifest)
+
+
+def test_load_cases_order(tmp_path: Path) -> None:
+    refs = []
+    for i in range(2):
+        path = tmp_path / f"c{i}.h5"
+        with h5py.File(path, "w") as handle:
+            handle["image"] = _image(seed=i)
+            handle["label"] = _box_label((8, 10, 6), (slice(i, i + 2),) * 3)
+        refs.append(CaseRef(path, None, f"case{i}"))
+    cases = load_cases(refs, normalization=ZSCORE, require_label=True)
+    assert [c.name for c in cases] == ["case0", "case1"]
+    assert cases[1].label is not None and cases[1].label[1, 1, 1] == 1
+
+
+@pytest.mark.skipif(not (LA_DIR / "train.list").is_file(), reason="shared LA data absent")
+def test_spec_from_real_la_list() -> None:
+    spec = spec_from_h5_list(LA_DIR / "train", LA_DIR / "train.list", labeled=8, validation=8)
+    assert (len(spec.labeled), len(spec.unlabeled), len(spec.validation)) == (8, 64, 8)
+    names = [n.strip() for n in (LA_DIR / "train.list").read_text().splitlines() if n.strip()]
+    assert [r.name for r in spec.labeled] == names[:8]
+    assert [r.name for r in spec.validation] == names[-8:]
+    case = load_case(spec.labeled[0].image, normalization="as-stored", require_label=True)
+    assert case.image.ndim == 3 and case.label is not None and case.label.max() == 1
+    with pytest.raises(ValueError, match="cannot take 70 labeled and 20 validation"):
+        spec_from_h5_list(LA_DIR / "train", LA_DIR / "train.list", labeled=70, validation=20)
