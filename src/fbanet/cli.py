@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fbanet import __version__
+from fbanet.cli_inference import add_parsers as add_inference_parsers
 
 logger = logging.getLogger("fbanet")
 
@@ -29,6 +30,8 @@ _TRAIN_FLAGS = {
     "device": "device",
     "precision": "precision",
     "contrastive": "contrastive",
+    "mode": "mode",
+    "rampup_interval": "rampup_interval",
     "negative_alpha": "negative_alpha",
     "checkpoint_every": "checkpoint_every",
     "validate_every": "validate_every",
@@ -50,13 +53,30 @@ def _add_train_parser(commands: Any) -> None:
     data.add_argument("--h5-list", type=Path, help="case names, one a line (order matters)")
     data.add_argument("--labeled", type=int, help="first N cases of --h5-list are labeled")
     data.add_argument("--validation", type=int, default=0, help="last N cases are validation")
-    data.add_argument("--h5-spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0),
-                      metavar=("X", "Y", "Z"), help="voxel spacing (mm) of HDF5 files")  # fmt: skip
-    data.add_argument("--normalization", default="auto",
-                      help="auto (HDF5 as stored, else z-score), zscore or as-stored")  # fmt: skip
+    data.add_argument(
+        "--h5-spacing",
+        type=float,
+        nargs=3,
+        default=(1.0, 1.0, 1.0),
+        metavar=("X", "Y", "Z"),
+        help="voxel spacing (mm) of HDF5 files",
+    )
+    data.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="resample all volumes to this spacing (mm) for training",
+    )
+    data.add_argument(
+        "--normalization",
+        default="auto",
+        help="auto (HDF5 as stored, else z-score), zscore or as-stored",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-model", type=Path, help="start from this fbanet model file")
     p.add_argument("--iterations", type=int)
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--base-filters", type=int)
@@ -69,6 +89,12 @@ def _add_train_parser(commands: Any) -> None:
     p.add_argument("--precision", help="auto (bfloat16 where supported), bf16 or fp32")
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     p.add_argument("--no-channels-last", action="store_true", help="contiguous memory layout")
+    p.add_argument("--mode", help="semi-supervised (FBA-Net, default) or supervised (Dice only)")
+    p.add_argument(
+        "--rampup-interval",
+        type=int,
+        help="iterations per ramp-up step of the consistency weight (150)",
+    )
     p.add_argument("--contrastive", help="ranked (authors) or infonce")
     p.add_argument("--negative-alpha", type=float)
     p.add_argument("--checkpoint-every", type=int)
@@ -86,10 +112,20 @@ def _add_import_parser(commands: Any) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="state dict saved by the authors' code")
     p.add_argument("-o", "--out", type=Path, required=True, help="model file (.safetensors)")
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="training patch size (derived from the heads when omitted)")  # fmt: skip
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="voxel spacing (mm) the model was trained at")  # fmt: skip
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="training patch size (derived from the heads when omitted)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="voxel spacing (mm) the model was trained at",
+    )
     p.add_argument("--half", action="store_true", help="store weights as float16")
     p.set_defaults(handler=_import_checkpoint)
 
@@ -101,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
+    add_inference_parsers(commands)
     _add_import_parser(commands)
     return parser
 
@@ -154,6 +191,7 @@ def _train(args: argparse.Namespace) -> int:
         normalization=args.normalization,
         num_classes=model_config.num_classes,
         h5_spacing=args.h5_spacing,
+        spacing=args.spacing,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = logging.FileHandler(args.out / "train.log", encoding="utf-8")
@@ -171,6 +209,7 @@ def _train(args: argparse.Namespace) -> int:
             stop=stop,
             json_stream=sys.stdout if args.json else None,
             show_progress=not args.json,
+            init_model=args.init_model if not args.resume else None,
         )
         result = trainer.run()
     finally:
@@ -226,7 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        RuntimeError,
+        OSError,
+    ) as error:
         if args.verbose:
             logger.exception("failed")
         print(f"fbanet {args.command}: error: {error}", file=sys.stderr)

@@ -31,6 +31,13 @@ class ContrastiveKind(str, Enum):
     INFONCE = "infonce"  # InfoNCE, the alternative of the paper's Table 3 ablation
 
 
+class TrainingMode(str, Enum):
+    """What the loss uses."""
+
+    SEMI_SUPERVISED = "semi-supervised"  # FBA-Net: Dice + consistency + contrastive
+    SUPERVISED = "supervised"  # Dice only, labeled patches only (the baseline)
+
+
 class DeviceKind(str, Enum):
     """Where to compute. AUTO picks CUDA, then MPS, then CPU."""
 
@@ -53,6 +60,20 @@ class IntensityNormalization(str, Enum):
 
     ZSCORE = "zscore"  # z-score over the whole scan, before any crop
     AS_STORED = "as-stored"  # already normalized (the LA HDF5 files): use as stored
+
+
+class Blend(str, Enum):
+    """How overlapping sliding windows are combined."""
+
+    GAUSSIAN = "gaussian"  # weight each window by a Gaussian centred on it (default)
+    CONSTANT = "constant"  # plain mean of the overlapping windows (the authors' protocol)
+
+
+class Protocol(str, Enum):
+    """Sliding-window protocol of inference."""
+
+    DEFAULT = "default"  # fbanet's fast path (overlap, Gaussian blending, batched windows)
+    PAPER = "paper"  # the authors' evaluation: stride 18/18/4, mean of softmax, one window
 
 
 def parse_enum(enum_type: type[E], value: Any) -> E:
@@ -180,6 +201,7 @@ class TrainConfig:
         rampup_length: Length of the sigmoid ramp-up, in units of ``rampup_interval``.
         rampup_interval: Iterations per ramp-up unit (150 in the authors' code).
         temperature: Sharpening temperature T of the pseudo labels.
+        mode: Semi-supervised FBA-Net, or the supervised baseline (Dice loss only).
         contrastive: Contrastive loss kind.
         positive_alpha: Ranking-weight decay of the positive (pull) loss.
         negative_alpha: Ranking-weight decay of the negative (push) loss (code 2.5, paper 0.25).
@@ -204,6 +226,7 @@ class TrainConfig:
     rampup_length: float = 40.0
     rampup_interval: int = 150
     temperature: float = 0.1
+    mode: TrainingMode = TrainingMode.SEMI_SUPERVISED
     contrastive: ContrastiveKind = ContrastiveKind.RANKED
     positive_alpha: float = 0.25
     negative_alpha: float = 2.5
@@ -246,6 +269,7 @@ class TrainConfig:
             _check_positive_number(name, getattr(self, name), allow_zero=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
+        object.__setattr__(self, "mode", parse_enum(TrainingMode, self.mode))
         object.__setattr__(self, "contrastive", parse_enum(ContrastiveKind, self.contrastive))
         object.__setattr__(self, "device", parse_enum(DeviceKind, self.device))
         object.__setattr__(self, "precision", parse_enum(Precision, self.precision))
@@ -290,3 +314,56 @@ def from_dict(config_type: type, data: Mapping[str, Any]) -> Any:
             f"unknown {config_type.__name__} setting(s) {unknown}; valid: {sorted(names)}"
         )
     return config_type(**{k: _as_tuple(v) for k, v in data.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """How a volume is segmented.
+
+    Attributes:
+        protocol: ``DEFAULT`` (fast) or ``PAPER`` (the authors' evaluation protocol).
+        overlap: Fraction of a window shared with its neighbour (default protocol).
+        blend: Gaussian or constant (mean) blending of overlapping windows.
+        windows_per_batch: Windows per forward pass.
+        paper_stride: Window stride (X, Y, Z) of the paper protocol.
+        decoders: Decoders whose softmax outputs are averaged; (0,) is the authors' choice.
+        device: Where to compute.
+        precision: bfloat16 autocast where supported, or fp32.
+        channels_last: Channels-last 3D memory layout.
+        largest_component: Keep only the largest connected component of each class; None
+            takes the model file's default.
+        flips: Test-time augmentation: average over mirrored inputs along X and Y.
+    """
+
+    protocol: Protocol = Protocol.DEFAULT
+    overlap: float = 0.25
+    blend: Blend = Blend.GAUSSIAN
+    windows_per_batch: int = 4
+    paper_stride: tuple[int, int, int] = (18, 18, 4)
+    decoders: tuple[int, ...] = (0,)
+    device: DeviceKind = DeviceKind.AUTO
+    precision: Precision = Precision.AUTO
+    channels_last: bool = True
+    largest_component: bool | None = None
+    flips: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protocol", parse_enum(Protocol, self.protocol))
+        object.__setattr__(self, "blend", parse_enum(Blend, self.blend))
+        object.__setattr__(self, "device", parse_enum(DeviceKind, self.device))
+        object.__setattr__(self, "precision", parse_enum(Precision, self.precision))
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)):
+            raise TypeError(f"overlap must be a number, got {self.overlap!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        _check_positive_int("windows_per_batch", self.windows_per_batch)
+        stride = tuple(self.paper_stride)
+        if len(stride) != 3:
+            raise ValueError(f"paper_stride needs 3 values, got {self.paper_stride!r}")
+        for side in stride:
+            _check_positive_int("paper_stride", side)
+        object.__setattr__(self, "paper_stride", stride)
+        decoders = tuple(self.decoders)
+        if not decoders or len(set(decoders)) != len(decoders) or not set(decoders) <= {0, 1, 2}:
+            raise ValueError(f"decoders must be distinct values of 0, 1, 2, got {self.decoders!r}")
+        object.__setattr__(self, "decoders", decoders)

@@ -16,7 +16,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 from fbanet.config import IntensityNormalization, parse_enum
 from fbanet.io import Geometry, Volume, is_hdf5, read_volume, split_extension

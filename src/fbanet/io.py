@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fbanet.config import ContrastiveKind, TrainConfig
+from fbanet.config import ContrastiveKind, TrainConfig, TrainingMode
 
 SIMILARITY_MIN = 0.0005
 SIMILARITY_MAX = 0.9995
@@ -202,6 +202,8 @@ def fba_loss(
 ) -> LossTerms:
     """Total FBA-Net loss: dice_weight * Dice + w(t) * consistency + contrastive.
 
+    In supervised mode only dice_weight * Dice (the baseline without unlabeled data).
+
     Args:
         logits: Each decoder's logits (B, K, X, Y, Z); the first L samples are labeled.
         fg: Each decoder's foreground projections (B, D).
@@ -214,6 +216,9 @@ def fba_loss(
     probabilities = [torch.softmax(out.float(), dim=1) for out in logits]
     target = labels == 1
     dice = sum(dice_loss(p[:n_labeled, 1], target) for p in probabilities)
+    if config.mode is TrainingMode.SUPERVISED:
+        zero = dice.new_zeros(())
+        return LossTerms(config.dice_weight * dice, dice, zero, zero, 0.0)
     consistency = mutual_consistency(probabilities, config.temperature)
     contrast = sum(contrastive_loss(f, b, config) for f, b in zip(fg, bg, strict=True))
     weight = consistency_rampup(

@@ -8,9 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import SimpleITK as sitk
+
 from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, parse_enum
 from fbanet.data import Case, CaseRef, DatasetSpec, load_cases
-from fbanet.io import is_hdf5
+from fbanet.io import Geometry, Volume, is_hdf5
+from fbanet.preprocess import resample
 from fbanet.training import TrainingData
 
 logger = logging.getLogger(__name__)
@@ -44,12 +48,28 @@ def _load(refs: Sequence[CaseRef], normalization: str, labeled: bool, **options:
     return [c for c in cases if c is not None]
 
 
+def resample_case(case: Case, spacing: Sequence[float]) -> Case:
+    """``case`` resampled to ``spacing`` (image linear, label nearest), same extent."""
+    geometry = Geometry(tuple(float(s) for s in case.spacing))
+    image = resample(Volume(case.image, geometry), spacing)
+    label = None
+    if case.label is not None:
+        label = resample(Volume(case.label, geometry), spacing, sitk.sitkNearestNeighbor).array
+        if not label.any():
+            raise ValueError(
+                f"case {case.name!r}: the label vanishes when resampled to {tuple(spacing)} mm; "
+                f"use a finer spacing"
+            )
+    return Case(case.name, image.array.astype(np.float32), label, image.geometry.spacing)
+
+
 def load_training_data(
     spec: DatasetSpec,
     *,
     normalization: str = AUTO,
     num_classes: int = 2,
     h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float] | None = None,
 ) -> TrainingData:
     """Read every case of ``spec`` into memory, validated and normalized.
 
@@ -59,6 +79,8 @@ def load_training_data(
             'zscore' or 'as-stored'.
         num_classes: Label values must lie in 0..num_classes-1.
         h5_spacing: Voxel spacing (mm) of HDF5 files, which do not store it.
+        spacing: Resample every case to this spacing (mm); the model file records it and
+            inference resamples scans to it. None keeps the data's own spacing.
 
     Returns:
         The data, with the normalization that new scans need recorded (z-score unless
@@ -70,6 +92,13 @@ def load_training_data(
     labeled = _load(spec.labeled, normalization, True, **options)
     unlabeled = _load(spec.unlabeled, normalization, False, **options)
     validation = _load(spec.validation, normalization, True, **options)
+    if spacing is not None:
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive numbers (mm), got {spacing!r}")
+        labeled, unlabeled, validation = (
+            [resample_case(c, spacing) for c in group] for group in (labeled, unlabeled, validation)
+        )
     spacings = {tuple(round(s, 4) for s in c.spacing) for c in (*labeled, *unlabeled)}
     if len(spacings) > 1:
         logger.warning(

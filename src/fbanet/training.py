@@ -35,6 +35,7 @@ from fbanet.metrics import dice as dice_score
 from fbanet.modelfile import (
     ModelMetadata,
     load_checkpoint,
+    load_model_file,
     save_checkpoint,
     save_model_file,
     state_dict_to_cpu,
@@ -122,6 +123,8 @@ class Trainer:
         stop: Stop request checked after every iteration.
         json_stream: Also write progress JSON lines here (e.g. stdout).
         show_progress: Show a terminal progress bar.
+        init_model: Start from the weights of this model file (fine-tuning); the
+            contrastive heads, which model files do not hold, start fresh.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class Trainer:
         stop: StopRequest | None = None,
         json_stream: IO[str] | None = None,
         show_progress: bool = True,
+        init_model: str | Path | None = None,
     ) -> None:
         check_training_data(data, model_config, train_config)
         self.model_config = model_config
@@ -149,9 +153,10 @@ class Trainer:
             train_config.device, train_config.precision, train_config.channels_last
         )
         torch.manual_seed(train_config.seed)
-        self.model = FBANet(model_config).to(
-            self.setup.device, memory_format=self.setup.memory_format
-        )
+        self.model = FBANet(model_config)
+        if init_model is not None:
+            initialize_from_model_file(self.model, init_model)
+        self.model.to(self.setup.device, memory_format=self.setup.memory_format)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=train_config.learning_rate,
@@ -364,6 +369,21 @@ class Trainer:
         return TrainResult(
             self.run_dir, self.iteration, stopped, self.model_path, best, self.best_dice, seconds
         )
+
+
+def initialize_from_model_file(model: FBANet, path: str | Path) -> None:
+    """Copy encoder and decoder weights of a model file into ``model`` (fine-tuning)."""
+    source, metadata = load_model_file(path)
+    ours, theirs = model.config, metadata.model
+    for field in ("in_channels", "num_classes", "base_filters"):
+        if getattr(ours, field) != getattr(theirs, field):
+            raise ValueError(
+                f"cannot start from {str(path)!r}: its {field} is {getattr(theirs, field)}, "
+                f"this run's is {getattr(ours, field)}; use the same architecture"
+            )
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("contrast.") for k in missing), (missing, unexpected)
+    logger.info("initialized from %s (%d iterations)", path, metadata.iterations)
 
 
 def seconds_per_iteration(trainer: Trainer, iterations: int, warmup: int = 1) -> list[float]:
