@@ -75,6 +75,7 @@ def _add_train_parser(commands: Any) -> None:
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
+    p.add_argument("--preset", help="la-paper (the paper's LA configuration, for a GPU) or la-cpu")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--init-model", type=Path, help="start from this fbanet model file")
     p.add_argument("--iterations", type=int)
@@ -155,15 +156,20 @@ def _data_spec(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    from fbanet.runs import read_config_file
+    from fbanet.runs import preset_settings, read_config_file
 
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     run_config = args.out / "config.json"
     if args.resume and run_config.exists():
         model, train = read_config_file(run_config)
-    elif args.config is not None:
-        model, train = read_config_file(args.config)
+    else:
+        if args.preset is not None:
+            model, train = preset_settings(args.preset)
+        if args.config is not None:
+            file_model, file_train = read_config_file(args.config)
+            model.update(file_model)
+            train.update(file_train)
     for flag, field in _TRAIN_FLAGS.items():
         if getattr(args, flag) is not None:
             train[field] = getattr(args, flag)
@@ -276,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logger.exception("failed")
         print(f"fbanet {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, (ValueError, TypeError)) else EXIT_ERROR
+        # A missing input file is bad input (exit 2), like a bad value.
+        usage = (ValueError, TypeError, FileNotFoundError)
+        return EXIT_USAGE if isinstance(error, usage) else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ class SegmentationResult:
     Attributes:
         labelmap: Class per voxel (uint8, (X, Y, Z)), 0 = background, 0 outside the ROI.
         probability: Foreground probability (float32), if asked for.
-        uncertainty: Standard deviation of the three decoders' foreground probabilities
-            (float32; high where they disagree), if asked for.
+        uncertainty: Standard deviation of the decoders' foreground probabilities (all
+            three, or those the model file holds; float32, high where they disagree).
         seconds: Wall time of the segmentation.
     """
 
@@ -190,7 +190,7 @@ class Segmenter:
                 example the LA HDF5 layout); otherwise the model's normalization is applied
                 over the whole scan, before cropping.
             probability: Also return the foreground probability map.
-            uncertainty: Also return the decoders' disagreement (runs all three decoders).
+            uncertainty: Also return the decoders' disagreement (runs every decoder).
             progress: Called with (windows done, windows total).
         """
         started = time.monotonic()
@@ -199,7 +199,18 @@ class Segmenter:
         region = crop(self._normalize(volume, normalized), box)
         spacing = self.metadata.spacing
         network_input = resample(region, spacing) if spacing is not None else region
-        decoders = (0, 1, 2) if uncertainty else self.config.decoders
+        available = self.metadata.decoders
+        if not set(self.config.decoders) <= set(available):
+            raise ValueError(
+                f"decoders {list(self.config.decoders)} were asked for, but the model file holds "
+                f"only {list(available)}"
+            )
+        if uncertainty and len(available) < 2:
+            raise ValueError(
+                "uncertainty needs the disagreement of several decoders, but this model file "
+                "holds only one; use a model written by 'fbanet train'"
+            )
+        decoders = available if uncertainty else self.config.decoders
         probs = self.predict(network_input.array, decoders, progress)
         chosen = [decoders.index(d) for d in self.config.decoders]
         mean = probs[chosen].mean(axis=0)

@@ -48,6 +48,8 @@ class ModelMetadata:
         training: The training configuration, as a dict (for the record).
         fbanet_version: Version of fbanet that wrote the file.
         description: Free text (data, intended use).
+        decoders: The decoders whose weights the file holds (a shipped model may leave
+            some out to stay small); uncertainty needs at least two.
     """
 
     model: ModelConfig
@@ -61,6 +63,7 @@ class ModelMetadata:
     training: dict[str, Any] | None = None
     fbanet_version: str = __version__
     description: str = ""
+    decoders: tuple[int, ...] = (0, 1, 2)
 
     def to_json(self) -> str:
         """Serialize to JSON."""
@@ -68,6 +71,7 @@ class ModelMetadata:
         data["model"] = to_dict(self.model)
         data["normalization"] = self.normalization.value
         data["spacing"] = list(self.spacing) if self.spacing is not None else None
+        data["decoders"] = list(self.decoders)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -80,6 +84,8 @@ class ModelMetadata:
         data["normalization"] = parse_enum(IntensityNormalization, data["normalization"])
         if data.get("spacing") is not None:
             data["spacing"] = tuple(float(s) for s in data["spacing"])
+        if "decoders" in data:
+            data["decoders"] = tuple(int(d) for d in data["decoders"])
         return cls(**data)
 
 
@@ -91,11 +97,14 @@ def save_model_file(
     Args:
         path: Destination, conventionally ``*.safetensors``.
         model: The trained network (projection heads are left out).
-        metadata: Architecture and preprocessing to record.
+        metadata: Architecture and preprocessing to record; ``metadata.decoders`` selects
+            the decoders stored.
         half: Store floating-point weights as float16 (half the size).
     """
     tensors = {}
     for key, value in inference_state_dict(model).items():
+        if key.startswith("decoders.") and int(key.split(".")[1]) not in metadata.decoders:
+            continue
         value = value.detach().to("cpu").contiguous()
         if half and value.is_floating_point():
             value = value.half()
@@ -160,8 +169,19 @@ def load_model_file(
         raise ValueError(f"{str(path)!r} is damaged (cannot read its weights: {error})") from error
     model = FBANet(metadata.model, with_contrast=False)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    expected = {
+        k
+        for k in model.state_dict()
+        if not k.startswith("decoders.") or int(k.split(".")[1]) in metadata.decoders
+    }
+    problems = sorted(expected ^ set(tensors))
+    if problems:
+        raise ValueError(
+            f"{str(path)!r}: weights do not match its architecture (missing or unexpected: "
+            f"{problems[:5]}); the file is damaged or was edited"
+        )
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=False)
     except RuntimeError as error:
         raise ValueError(
             f"{str(path)!r}: weights do not match its architecture: {error}"

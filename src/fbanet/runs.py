@@ -21,6 +21,42 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 
+# Named starting points for `fbanet train --preset`; a config file and flags override them.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The paper's LA configuration, as the authors' code runs it (for a GPU).
+    "la-paper": {
+        "model": {"patch_size": (112, 112, 80), "base_filters": 16, "projection_dim": 128},
+        "train": {
+            "iterations": 15000, "batch_size": 4, "labeled_batch_size": 2,
+            "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
+            "dice_weight": 0.5, "consistency_weight": 1.0, "rampup_length": 40.0,
+            "rampup_interval": 150, "temperature": 0.1, "negative_alpha": 2.5,
+            "validate_every": 200, "checkpoint_every": 200,
+        },
+    },
+    # What fits a laptop CPU: volumes at 1.25 mm (--spacing), a 64x64x48 patch, the
+    # consistency ramp-up scaled to the short run (40 % of it, as in the paper).
+    "la-cpu": {
+        "model": {"patch_size": (64, 64, 48), "base_filters": 16},
+        "train": {
+            "iterations": 500, "rampup_interval": 5, "validate_every": 100,
+            "checkpoint_every": 100, "log_every": 10,
+        },
+    },
+}  # fmt: skip
+
+
+def preset_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and training settings of a preset.
+
+    Raises:
+        ValueError: Unknown name; the message lists the presets.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    return dict(preset["model"]), dict(preset["train"])
+
 
 def _load(refs: Sequence[CaseRef], normalization: str, labeled: bool, **options: Any) -> list[Case]:
     def mode(ref: CaseRef) -> str:
