@@ -11,6 +11,7 @@ from typing import Any
 
 from fbanet import __version__
 from fbanet.cli_inference import add_parsers as add_inference_parsers
+from fbanet.cli_rank import add_parser as add_rank_parser
 
 logger = logging.getLogger("fbanet")
 
@@ -131,6 +132,32 @@ def _add_import_parser(commands: Any) -> None:
     p.set_defaults(handler=_import_checkpoint)
 
 
+def _add_export_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "export-model", help="write a smaller copy of a model file (float16, fewer decoders)"
+    )
+    p.add_argument("model", type=Path, help="fbanet model file")
+    p.add_argument("-o", "--out", type=Path, required=True, help="exported model file")
+    p.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    p.add_argument("--decoders", type=int, nargs="+", help="decoders to keep (0 is required)")
+    p.add_argument("--description", help="new description text")
+    p.set_defaults(handler=_export_model)
+
+
+def _export_model(args: argparse.Namespace) -> int:
+    from fbanet.modelfile import export_model_file
+
+    out = export_model_file(
+        args.model,
+        args.out,
+        half=not args.fp32,
+        decoders=tuple(args.decoders) if args.decoders else None,
+        description=args.description,
+    )
+    logger.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fbanet", description=__doc__)
@@ -139,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
     add_inference_parsers(commands)
+    add_rank_parser(commands)
     _add_import_parser(commands)
+    _add_export_parser(commands)
     return parser
 
 

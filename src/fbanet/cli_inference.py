@@ -138,8 +138,10 @@ def segment_command(args: argparse.Namespace) -> int:
 
     from fbanet.segment_files import RegionOfInterest, output_paths, segment_file
 
-    segmenter = _segmenter(args)
+    if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
+        raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
     outputs = output_paths(args.images, args.out, args.format)
+    segmenter = _segmenter(args)
     roi = None
     if args.roi or args.roi_mm:
         values = args.roi or args.roi_mm

@@ -218,3 +218,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def state_dict_to_cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Detached CPU copies, so a checkpoint does not pin device memory."""
     return {k: v.detach().to("cpu") for k, v in state.items()}
+
+
+def export_model_file(
+    source: str | Path,
+    destination: str | Path,
+    *,
+    half: bool = True,
+    decoders: tuple[int, ...] | None = None,
+    description: str | None = None,
+) -> Path:
+    """Re-write a model file smaller: float16 weights and/or fewer decoders.
+
+    Args:
+        source: An fbanet model file.
+        destination: Where to write the exported file.
+        half: Store float16 weights.
+        decoders: Decoders to keep (must include 0, the one segmentation uses); None keeps
+            those of ``source``.
+        description: Replaces the description (for example a pointer to the model card).
+    """
+    model, metadata = load_model_file(source)
+    keep = tuple(metadata.decoders if decoders is None else decoders)
+    if 0 not in keep or not set(keep) <= set(metadata.decoders):
+        raise ValueError(
+            f"decoders {list(keep)} must include 0 and be among those in {str(source)!r} "
+            f"({list(metadata.decoders)})"
+        )
+    changes: dict[str, Any] = {"decoders": tuple(sorted(keep))}
+    if description is not None:
+        changes["description"] = description
+    return save_model_file(destination, model, dataclasses.replace(metadata, **changes), half=half)

@@ -142,6 +142,7 @@ def segment_file(
         write_scalar_volume(result.uncertainty, path)
         outputs = dataclasses.replace(outputs, uncertainty=path)
     if preview is not None:
+        Path(preview).parent.mkdir(parents=True, exist_ok=True)
         colors = {s.label_value: s.color for s in segments}
         save_preview(volume, result.labelmap, preview, colors=colors, title=Path(image_path).name)
         outputs = dataclasses.replace(outputs, preview=preview)

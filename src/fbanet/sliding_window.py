@@ -107,6 +107,11 @@ def paper_starts(
     patch = _triple(patch_size, "patch_size")
     steps = _triple(stride, "stride")
     _check_fits(shape, patch)
+    if any(t > p for t, p in zip(steps, patch, strict=True)):
+        raise ValueError(
+            f"stride {steps} is larger than the window {patch} on some axis, which would leave "
+            f"voxels unseen; use a stride no larger than the window"
+        )
     per_axis = [
         [min(t * i, s - p) for i in range(math.ceil((s - p) / t) + 1)]
         for s, p, t in zip(shape, patch, steps, strict=True)
