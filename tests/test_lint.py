@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = [p for p in ("src", "tests", "benchmarks", "scripts") if (ROOT / p).exists()]
+TARGETS = [p for p in ("src", "tests", "benchmarks", "scripts") if (ROOT / p).exists()] + sorted(
+    p.name for p in ROOT.glob("FBANet*") if p.is_dir()
+)
 
 
 def _ruff() -> list[str]:

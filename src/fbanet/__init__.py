@@ -1,10 +1,8 @@
 """FBANet: semi-supervised 3D segmentation with FBA-Net (Chung et al., MICCAI 2023)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("fbanet")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# One constant, read by the build (pyproject) and by copies of the package that were not
+# pip-installed (the Slicer extension ships the source folder), so model files always record
+# the real version.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

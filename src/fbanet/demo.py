@@ -26,6 +26,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from fbanet.config import InferenceConfig, ModelConfig, TrainConfig
 from fbanet.curves import plot_training_curves
 from fbanet.inference import Segmenter
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # Chosen so the default demo trains in a few minutes on a laptop CPU and segments the
 # phantom well; --quick only shows that the pipeline runs end to end.
-DEFAULT_ITERATIONS = 150
+DEFAULT_ITERATIONS = 200
 QUICK_ITERATIONS = 12
 DEFAULT_SHAPE = (64, 64, 48)
 QUICK_SHAPE = (48, 48, 32)
@@ -127,6 +129,40 @@ def _write_test_phantom(
     return image_path, reference
 
 
+def _demo_size(
+    labeled: int, unlabeled: int, validation: int, iterations: int | None, quick: bool
+) -> tuple[tuple[int, int, int], int, tuple[int, int, int]]:
+    """Checked phantom counts (labeled, unlabeled, validation), iterations and phantom shape."""
+    counts = {"labeled": (labeled, 1), "unlabeled": (unlabeled, 1), "validation": (validation, 0)}
+    for name, (value, minimum) in counts.items():
+        _check_count(name, value, minimum)
+    if iterations is not None:
+        _check_count("iterations", iterations, 1)
+    if quick:  # a smoke run: the smallest cohort that still exercises every data path
+        sizes = (min(labeled, 2), min(unlabeled, 2), min(validation, 1))
+        return sizes, iterations or QUICK_ITERATIONS, QUICK_SHAPE
+    return (labeled, unlabeled, validation), iterations or DEFAULT_ITERATIONS, DEFAULT_SHAPE
+
+
+def _phantom_data(
+    counts: tuple[int, int, int], seed: int, shape: tuple[int, int, int]
+) -> tuple[TrainingData, tuple[Volume, np.ndarray]]:
+    """Training data from a seeded cohort, and the held-out test phantom (the last one)."""
+    labeled, unlabeled, validation = counts
+    cohort = make_cohort(labeled + unlabeled + validation + 1, seed, shape, DEFAULT_SPACING)
+    cases = [as_case(f"phantom{i:02d}", image, label) for i, (image, label) in enumerate(cohort)]
+    data = TrainingData(
+        labeled=cases[:labeled],
+        # Unlabeled phantoms have labels too; the semi-supervised loss must not see them.
+        unlabeled=[
+            dataclasses.replace(c, label=None) for c in cases[labeled : labeled + unlabeled]
+        ],
+        validation=cases[labeled + unlabeled : -1],
+        spacing=DEFAULT_SPACING,
+    )
+    return data, cohort[-1]
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     *,
@@ -169,59 +205,28 @@ def run_demo(
     """
     started = time.monotonic()
     out = Path(out_dir)
-    if quick:
-        labeled, unlabeled, validation = min(labeled, 2), min(unlabeled, 2), min(validation, 1)
-    counts = {"labeled": (labeled, 1), "unlabeled": (unlabeled, 1), "validation": (validation, 0)}
-    for name, (value, minimum) in counts.items():
-        _check_count(name, value, minimum)
-    steps = (
-        iterations if iterations is not None else QUICK_ITERATIONS if quick else DEFAULT_ITERATIONS
-    )
-    _check_count("iterations", steps, 1)
+    counts, steps, shape = _demo_size(labeled, unlabeled, validation, iterations, quick)
     model_config, train_config = demo_configs(
-        steps,
-        base_filters=base_filters,
-        patch_size=tuple(patch_size),
-        seed=seed,
-        device=device,
-        precision=precision,
-    )
+        steps, base_filters=base_filters, patch_size=tuple(patch_size), seed=seed,
+        device=device, precision=precision,
+    )  # fmt: skip
     run_dir = out / "run"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(
             f"{str(out)!r} already holds a demo run; choose another output folder or delete it"
         )
     out.mkdir(parents=True, exist_ok=True)
-
-    shape = QUICK_SHAPE if quick else DEFAULT_SHAPE
-    cohort = make_cohort(labeled + unlabeled + validation + 1, seed, shape, DEFAULT_SPACING)
-    cases = [as_case(f"phantom{i:02d}", volume, label) for i, (volume, label) in enumerate(cohort)]
-    data = TrainingData(
-        labeled=cases[:labeled],
-        unlabeled=[
-            dataclasses.replace(c, label=None) for c in cases[labeled : labeled + unlabeled]
-        ],
-        validation=cases[labeled + unlabeled : -1],
-        spacing=DEFAULT_SPACING,
-    )
-    test_volume, test_label = cohort[-1]
-    image_path, reference_path = _write_test_phantom(
-        out, test_volume, Volume(test_label, test_volume.geometry), model_config
-    )
+    data, (test_volume, test_label) = _phantom_data(counts, seed, shape)
+    label_volume = Volume(test_label, test_volume.geometry)
+    image_path, reference_path = _write_test_phantom(out, test_volume, label_volume, model_config)
     logger.info(
         "demo: %d labeled, %d unlabeled, %d validation phantoms %s; training %d iterations",
-        labeled,
-        unlabeled,
-        validation,
-        shape,
-        steps,
-    )
+        *counts, shape, steps,
+    )  # fmt: skip
     trained = Trainer(model_config, train_config, data, run_dir, show_progress=progress).run()
     curves = plot_training_curves(run_dir / "progress.jsonl", out / "curves.png")
-
     model_path = trained.best_model_path or trained.model_path
-    inference = InferenceConfig(device=device, precision=precision)
-    segmenter = Segmenter.from_file(model_path, inference)
+    segmenter = Segmenter.from_file(model_path, InferenceConfig(device=device, precision=precision))
     written = segment_file(
         segmenter, image_path, out / "test_phantom.seg.nrrd", preview=out / "test_phantom.png"
     )
@@ -229,25 +234,15 @@ def run_demo(
     predicted, _ = read_segmentation(written.segmentation)
     metrics = compute_metrics(predicted.array == 1, test_label == 1, test_volume.geometry.spacing)
     result = DemoResult(
-        out_dir=out,
-        run_dir=run_dir,
-        model_path=model_path,
-        image_path=image_path,
-        reference_path=reference_path,
-        segmentation_path=written.segmentation,
-        preview_path=out / "test_phantom.png",
-        curves_path=curves,
-        dice=metrics.dice,
-        hd95=metrics.hd95,
-        validation_dice=trained.best_validation_dice,
-        iterations=trained.iterations,
-        train_seconds=trained.seconds,
+        out_dir=out, run_dir=run_dir, model_path=model_path, image_path=image_path,
+        reference_path=reference_path, segmentation_path=written.segmentation,
+        preview_path=out / "test_phantom.png", curves_path=curves, dice=metrics.dice,
+        hd95=metrics.hd95, validation_dice=trained.best_validation_dice,
+        iterations=trained.iterations, train_seconds=trained.seconds,
         seconds=time.monotonic() - started,
-    )
+    )  # fmt: skip
     logger.info(
         "demo: Dice %.3f on the held-out phantom after %d iterations (%.0f s in all)",
-        result.dice,
-        result.iterations,
-        result.seconds,
-    )
+        result.dice, result.iterations, result.seconds,
+    )  # fmt: skip
     return result

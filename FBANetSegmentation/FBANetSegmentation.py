@@ -1,0 +1,398 @@
+"""FBANet Segmentation: segment the left atrium in a 3D MRI with an FBA-Net model.
+
+Thin Slicer module (module, parameters, widget, logic entry points, self-test); the work is
+in ``FBANetSegmentationLib``, which does not depend on Qt.
+"""
+
+import logging
+from pathlib import Path
+
+import qt
+import slicer
+import vtk
+from FBANetSegmentationLib import environment, testing
+from FBANetSegmentationLib.job import (
+    FINISHED,
+    RUNNING,
+    SegmentationJob,
+    SegmentationOptions,
+    SegmentationResult,
+)
+from FBANetSegmentationLib.logic import segmentIdsByName, segmentTerminology
+from FBANetSegmentationLib.models import (
+    DeviceChoice,
+    ModelSource,
+    defaultSource,
+    describeModel,
+    listTrainedModels,
+    resolveModelPath,
+)
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = Path(__file__).resolve().parent
+try:  # a source checkout: make <repo>/src importable; an installed extension needs nothing
+    environment.ensureFbanetImportable(MODULE_DIR)
+except ImportError as error:
+    logging.warning("FBANet: %s", error)
+
+
+class FBANetSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("FBANet Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["FBANet developers"]
+        self.parent.helpText = _(
+            "Segments the left atrium in a 3D (LGE) MRI with FBA-Net, a semi-supervised network. "
+            "Pick the volume, optionally a region of interest around the heart, and press Apply; "
+            "a named, coded 'Left atrium' segment appears, ready for the Segment Editor. "
+            "Inference runs in a background process: Slicer stays responsive and Cancel stops it."
+        )
+        self.parent.acknowledgementText = _(
+            "FBA-Net: Chung et al., 'Foreground-background separation through contrastive "
+            "learning for semi-supervised medical image segmentation', MICCAI 2023."
+        )
+
+
+@parameterNodeWrapper
+class FBANetSegmentationParameterNode:
+    """Panel settings, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    roi: vtkMRMLMarkupsROINode
+    outputSegmentation: vtkMRMLSegmentationNode
+    modelSource: ModelSource = ModelSource.BUNDLED
+    trainedModel: str = ""
+    modelFile: Path
+    device: DeviceChoice = DeviceChoice.AUTO
+    largestComponent: bool = True
+    probabilityMap: bool = False
+    uncertaintyMap: bool = False
+    showInSegmentEditor: bool = False
+
+
+def ensureDependencies() -> bool:
+    """Install what inference needs, after asking; False if the user declined."""
+    if not environment.torchInstalled():
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(
+                _(
+                    "FBANet runs on PyTorch, which the PyTorch extension installs. Open View > "
+                    "Extensions Manager, install 'PyTorch', restart Slicer and press Apply again."
+                )
+            ) from None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=True, torchVersionRequirement=environment.TORCH_REQUIREMENT
+        )
+        if torch is None:
+            return False
+    missing = environment.missingRequirements()
+    if missing:
+        question = _(
+            "FBANet needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
+            "Install them now with pip? This needs an internet connection."
+        ).format(packages="\n".join(missing))
+        selfTest = slicer.app.testingEnabled()  # self-tests install without asking
+        title = _("FBANet dependencies")
+        if not selfTest and not slicer.util.confirmOkCancelDisplay(question, windowTitle=title):
+            return False
+        slicer.util.pip_install(missing)
+        still = environment.missingRequirements()
+        if still:
+            raise RuntimeError(_("Installing {packages} failed.").format(packages=", ".join(still)))
+    return True
+
+
+def showInSegmentEditor(segmentationNode, volumeNode) -> None:
+    """Open the Segment Editor on ``segmentationNode`` with ``volumeNode`` as source."""
+    slicer.util.selectModule("SegmentEditor")
+    editor = slicer.modules.SegmentEditorWidget.editor
+    editor.setSegmentationNode(segmentationNode)
+    if hasattr(editor, "setSourceVolumeNode"):
+        editor.setSourceVolumeNode(volumeNode)
+    else:  # Slicer before 5.2
+        editor.setMasterVolumeNode(volumeNode)
+
+
+class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._dependenciesChecked = False
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/FBANetSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = FBANetSegmentationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._timer.connect("timeout()", self.onPollTimer)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshTrainedModels)
+        self.ui.trainedModelComboBox.connect("currentIndexChanged(int)", self.onTrainedModelChanged)
+        self._setRunning(False)
+        self.initializeParameterNode()
+        self.refreshTrainedModels()
+        qt.QTimer.singleShot(0, self.updateDeviceInfo)
+
+    def cleanup(self) -> None:
+        self._stopJob()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopJob()
+        self.setParameterNode(None)
+        self._setRunning(False)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameters ----------------------------------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        node = self.logic.getParameterNode()
+        if not node.parameterNode.GetParameter("FBANetInitialized"):
+            node.parameterNode.SetParameter("FBANetInitialized", "1")
+            node.modelSource = defaultSource(self.logic.modelsFolder())
+        self.setParameterNode(node)
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume:
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._updateGui()
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        params = self._parameterNode
+        if params is None:
+            return
+        trained = params.modelSource is ModelSource.TRAINED
+        fromFile = params.modelSource is ModelSource.FILE
+        self.ui.trainedModelLabel.setVisible(trained)
+        self.ui.trainedModelComboBox.setVisible(trained)
+        self.ui.refreshModelsButton.setVisible(trained)
+        self.ui.modelFileLabel.setVisible(fromFile)
+        self.ui.modelFilePathLineEdit.setVisible(fromFile)
+        try:
+            path = self.logic.modelPath(params)
+            self.ui.modelInfoLabel.text = describeModel(path).description
+            modelError = ""
+        except ValueError as error:
+            self.ui.modelInfoLabel.text = str(error)
+            modelError = str(error)
+        running = self._job is not None
+        ready = bool(params.inputVolume) and not modelError
+        self.ui.applyButton.enabled = ready and not running
+        self.ui.applyButton.toolTip = modelError or (
+            _("Segment the input volume") if params.inputVolume else _("Select an input volume")
+        )
+        self.ui.segmentEditorButton.enabled = bool(params.outputSegmentation) and not running
+
+    def refreshTrainedModels(self) -> None:
+        combo = self.ui.trainedModelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for model in listTrainedModels(self.logic.modelsFolder()):
+            combo.addItem(model.name)
+            combo.setItemData(combo.count - 1, model.description, qt.Qt.ToolTipRole)
+        if self._parameterNode and self._parameterNode.trainedModel:
+            combo.setCurrentIndex(max(0, combo.findText(self._parameterNode.trainedModel)))
+        combo.blockSignals(wasBlocked)
+        self.onTrainedModelChanged()
+
+    def onTrainedModelChanged(self, index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.trainedModel = self.ui.trainedModelComboBox.currentText or ""
+
+    def updateDeviceInfo(self) -> None:
+        self.ui.deviceInfoLabel.text = environment.describeDevices()
+
+    # -- running -------------------------------------------------------------------------------
+    def _setRunning(self, running: bool) -> None:
+        self.ui.cancelButton.enabled = running
+        self.ui.progressBar.setVisible(running)
+        self.ui.progressBar.setRange(0, 0)  # busy until the first progress event
+        self._updateGui()
+
+    def onApplyButton(self) -> None:
+        try:
+            with slicer.util.tryWithErrorDisplay(_("FBANet could not start."), waitCursor=True):
+                if not self._dependenciesChecked:
+                    if not ensureDependencies():
+                        return
+                    self._dependenciesChecked = True
+                    self.updateDeviceInfo()
+                self._job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
+                self._job.start()
+        except Exception:
+            self._job = None
+            return
+        self.ui.statusLabel.text = _("Segmenting...")
+        self._setRunning(True)
+        self._timer.start()
+
+    def onPollTimer(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("FBANet segmentation failed.")):
+                status = job.poll()
+        except Exception as error:
+            self._finish(None, _("Failed: {error}").format(error=error))
+            return
+        if status.fraction is not None:
+            self.ui.progressBar.setRange(0, 100)
+            self.ui.progressBar.value = round(100 * status.fraction)
+        if status.state == FINISHED:
+            seconds = status.result.seconds
+            self._finish(status.result, _("Done in {seconds:.1f} s.").format(seconds=seconds))
+        elif status.state != RUNNING:
+            self._finish(None, _("Cancelled."))
+
+    def onCancelButton(self) -> None:
+        self._stopJob()
+        self._finish(None, _("Cancelled."))
+
+    def _stopJob(self) -> None:
+        """Cancel the running job (its whole process tree), if any."""
+        self._timer.stop()
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+
+    def _finish(self, result: SegmentationResult | None, message: str) -> None:
+        self._timer.stop()
+        volume = self._job.volumeNode if self._job is not None else None
+        self._job = None
+        self.ui.statusLabel.text = message
+        if result is not None and self._parameterNode is not None:
+            self._parameterNode.outputSegmentation = result.segmentationNode
+            result.segmentationNode.CreateClosedSurfaceRepresentation()  # shows it in 3D too
+            slicer.util.setSliceViewerLayers(background=volume, fit=False)
+            if self._parameterNode.showInSegmentEditor:
+                showInSegmentEditor(result.segmentationNode, volume)
+        self._setRunning(False)
+
+    def onSegmentEditorButton(self) -> None:
+        params = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not open the Segment Editor.")):
+            showInSegmentEditor(params.outputSegmentation, params.inputVolume)
+
+
+class FBANetSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Entry points for scripts; the work is in ``FBANetSegmentationLib``."""
+
+    def getParameterNode(self):
+        return FBANetSegmentationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def modelsFolder() -> Path:
+        """Where FBANet Training saves models (``<settings folder>/FBANet/models``)."""
+        return environment.modelsFolder(slicer.app.slicerUserSettingsFilePath)
+
+    def modelPath(self, params) -> Path:
+        return resolveModelPath(
+            params.modelSource, params.trainedModel, params.modelFile, self.modelsFolder()
+        )
+
+    def createJob(self, params, workDir=None) -> SegmentationJob:
+        """A job for the panel's settings (not started)."""
+        options = SegmentationOptions(
+            self.modelPath(params),
+            device=params.device.value,
+            largestComponent=params.largestComponent,
+            probabilityMap=params.probabilityMap,
+            uncertaintyMap=params.uncertaintyMap,
+        )
+        return SegmentationJob(
+            params.inputVolume, options, params.roi, params.outputSegmentation, workDir=workDir
+        )
+
+    def segment(self, volumeNode, modelPath, roiNode=None, outputSegmentation=None,
+                timeout=None, **options) -> SegmentationResult:  # fmt: skip
+        """Segment and wait (blocks: for scripts and tests). ``options``: SegmentationOptions."""
+        job = SegmentationJob(
+            volumeNode, SegmentationOptions(Path(modelPath), **options), roiNode,
+            outputSegmentation, workDir=slicer.app.temporaryPath,
+        )  # fmt: skip
+        job.start()
+        return job.wait(timeout=timeout)
+
+
+class FBANetSegmentationTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SyntheticEllipsoid()
+
+    def test_SyntheticEllipsoid(self):
+        """A bright ellipsoid in a rotated, anisotropic volume comes back as 'Left atrium'."""
+        self.delayDisplay("Starting the test")
+        self.assertTrue(ensureDependencies(), "FBANet's dependencies are not installed")
+        case = testing.syntheticCase()
+        volume = slicer.util.addVolumeFromArray(
+            case.image.transpose(2, 1, 0).copy(), ijkToRAS=testing.obliqueIjkToRas(),
+            name="FBANet synthetic",
+        )  # fmt: skip
+        modelPath = Path(slicer.app.temporaryPath) / "FBANet-test.safetensors"
+        testing.thresholdModel(modelPath)
+        result = FBANetSegmentationLogic().segment(volume, modelPath, device="cpu", timeout=600)
+
+        segmentation = result.segmentationNode
+        ids = segmentIdsByName(segmentation)
+        self.assertIn("Left atrium", ids)
+        segment = segmentation.GetSegmentation().GetSegment(ids["Left atrium"])
+        self.assertIn("82471001", segmentTerminology(segment))
+        role = segmentation.GetReferenceImageGeometryReferenceRole()
+        self.assertEqual(segmentation.GetNodeReferenceID(role), volume.GetID())
+        segmentId = ids["Left atrium"]
+        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        overlap = testing.dice(labelmap.transpose(2, 1, 0), case.mask)
+        self.assertGreater(overlap, 0.9)
+        self.delayDisplay(f"Test passed (Dice {overlap:.3f})")

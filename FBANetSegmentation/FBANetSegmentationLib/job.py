@@ -1,0 +1,256 @@
+"""One segmentation run: ``fbanet segment`` in a background process, polled from the GUI.
+
+:class:`SegmentationJob` exports the volume, starts the worker, turns its JSON events into
+progress and, once it is done, loads the results into the scene. Everything that touches the
+scene happens inside :meth:`SegmentationJob.poll`, which the caller runs on the main thread
+(from a ``qt.QTimer`` in the panel, in a loop in scripts and tests). Qt-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import logic
+from .environment import ensureFbanetImportable, pythonExecutable, workerEnvironment
+
+logger = logging.getLogger(__name__)
+
+MODULE_DIR = Path(__file__).resolve().parent.parent
+RUNNING, FINISHED, CANCELLED, FAILED = "running", "finished", "cancelled", "failed"
+
+
+class SegmentationError(RuntimeError):
+    """The worker failed; the message is the worker's own (no traceback)."""
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """What to run.
+
+    Attributes:
+        modelPath: The fbanet model file.
+        device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
+        largestComponent: Keep only the largest connected component; None: the model's default.
+        probabilityMap: Also load the foreground probability as a volume.
+        uncertaintyMap: Also load the decoders' disagreement as a volume.
+    """
+
+    modelPath: Path
+    device: str = "auto"
+    largestComponent: bool | None = None
+    probabilityMap: bool = False
+    uncertaintyMap: bool = False
+
+
+@dataclass
+class SegmentationResult:
+    """What a finished run added to the scene."""
+
+    segmentationNode: Any
+    segmentIds: list[str]
+    probabilityNode: Any | None = None
+    uncertaintyNode: Any | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class JobStatus:
+    """Where a job stands; ``fraction`` is None until the worker reports its first window."""
+
+    state: str = RUNNING
+    done: int = 0
+    total: int = 0
+    result: SegmentationResult | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.total else None
+
+
+def segmentArguments(
+    inputPath: str | Path,
+    outputPath: str | Path,
+    options: SegmentationOptions,
+    roiBox: tuple[int, ...] | None = None,
+) -> list[str]:
+    """The ``fbanet`` arguments (after the program) for one segmentation."""
+    args = ["segment", str(inputPath), "-o", str(outputPath), "-m", str(options.modelPath)]
+    args += ["--device", options.device, "--json"]
+    if options.largestComponent is not None:
+        args.append("--largest-component" if options.largestComponent else "--no-largest-component")
+    if options.probabilityMap:
+        args.append("--probability")
+    if options.uncertaintyMap:
+        args.append("--uncertainty")
+    if roiBox is not None:
+        args += ["--roi", *[str(int(v)) for v in roiBox]]
+    return args
+
+
+class SegmentationJob:
+    """Segment ``volumeNode`` with ``options``; results go into ``outputSegmentation`` (or new).
+
+    Args:
+        volumeNode: Scalar volume to segment (in a scene).
+        options: Model and settings.
+        roiNode: Optional markups ROI; only the voxels inside are segmented.
+        outputSegmentation: Segmentation node to put the segments in (segments of the same
+            name are replaced); None creates "<volume> FBANet".
+        python: Interpreter for the worker (default: PythonSlicer, or this Python).
+        workDir: Parent folder for the job's temporary files (default: the system's).
+    """
+
+    def __init__(
+        self,
+        volumeNode: Any,
+        options: SegmentationOptions,
+        roiNode: Any | None = None,
+        outputSegmentation: Any | None = None,
+        python: str | None = None,
+        workDir: str | Path | None = None,
+    ) -> None:
+        if volumeNode is None:
+            raise ValueError("select an input volume")
+        self.volumeNode = volumeNode
+        self.options = options
+        self.roiNode = roiNode
+        self.outputSegmentation = outputSegmentation
+        self.python = python or pythonExecutable()
+        self.workDir = Path(workDir) if workDir else None
+        self.status = JobStatus()
+        self.worker: Any = None
+        self._folder: Path | None = None
+        self._outputs: dict[str, Any] | None = None
+
+    # -- starting ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Export the inputs and start the worker (returns at once)."""
+        from fbanet.worker import WorkerProcess, fbanet_command
+
+        fbanetParent = ensureFbanetImportable(MODULE_DIR)
+        if not Path(self.options.modelPath).is_file():
+            raise ValueError(f"the model file {self.options.modelPath} does not exist")
+        if self.workDir is not None:
+            self.workDir.mkdir(parents=True, exist_ok=True)
+        self._folder = Path(tempfile.mkdtemp(prefix="FBANet-", dir=self.workDir))
+        try:
+            image = logic.exportVolume(self.volumeNode, self._folder / "input.nrrd")
+            roi = logic.roiVoxelBox(self.roiNode, self.volumeNode) if self.roiNode else None
+            output = self._folder / "segmentation.seg.nrrd"
+            arguments = segmentArguments(image, output, self.options, roi)
+            command = fbanet_command(arguments, self.python)
+            self.worker = WorkerProcess(command, env=workerEnvironment(fbanetParent))
+            self.worker.start()
+        except Exception:
+            self._cleanUp()
+            raise
+
+    # -- following -----------------------------------------------------------------------------
+    def _readEvents(self) -> None:
+        for event in self.worker.events():
+            if event.get("event") == "progress":
+                self.status.done = int(event.get("done", 0))
+                self.status.total = int(event.get("total", 0))
+            elif event.get("event") == "done":
+                self._outputs = event
+
+    def poll(self) -> JobStatus:
+        """Read the worker's progress; once it ended, load the results (main thread only).
+
+        Raises:
+            SegmentationError: The worker failed (its message), or its results cannot be read.
+        """
+        if self.status.state != RUNNING or self.worker is None:
+            return self.status
+        self._readEvents()
+        if self.worker.running:
+            return self.status
+        code = self.worker.wait()
+        self._readEvents()
+        self.status.log = self.worker.log()
+        if self.worker.cancelled:
+            self.status.state = CANCELLED
+            self._cleanUp()
+            return self.status
+        try:
+            if code != 0 or self._outputs is None:
+                raise SegmentationError(self.worker.error_message())
+            self.status.result = self._addResults(self._outputs)
+            self.status.state = FINISHED
+        except Exception:
+            self.status.state = FAILED
+            raise
+        finally:
+            self._cleanUp()
+        return self.status
+
+    def _addResults(self, outputs: dict[str, Any]) -> SegmentationResult:
+        volume = self.volumeNode
+        scene = volume.GetScene()
+        name = volume.GetName()
+        loaded = logic.loadSegmentationFile(scene, outputs["segmentation"], f"{name} (loading)")
+        try:
+            target = logic.prepareOutputSegmentation(
+                volume, self.outputSegmentation, f"{name} FBANet"
+            )
+            segmentIds = logic.replaceSegments(loaded, target)
+        finally:
+            scene.RemoveNode(loaded)
+        result = SegmentationResult(target, segmentIds, seconds=float(outputs.get("seconds", 0.0)))
+        if outputs.get("probability"):
+            result.probabilityNode = logic.addVolumeNextTo(
+                volume, outputs["probability"], f"{name} FBANet probability", unitRange=True
+            )
+        if outputs.get("uncertainty"):
+            result.uncertaintyNode = logic.addVolumeNextTo(
+                volume, outputs["uncertainty"], f"{name} FBANet uncertainty", unitRange=False
+            )
+        return result
+
+    # -- stopping ------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the worker and everything it started; the scene is left unchanged."""
+        if self.worker is not None and self.status.state == RUNNING:
+            self.worker.cancel()
+            self.status.state = CANCELLED
+            self.status.log = self.worker.log()
+        self._cleanUp()
+
+    def _cleanUp(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        interval: float = 0.2,
+        callback: Callable[[JobStatus], None] | None = None,
+    ) -> SegmentationResult:
+        """Poll until the job ends (for scripts and tests); returns the result.
+
+        Raises:
+            SegmentationError: The worker failed or was cancelled.
+            TimeoutError: ``timeout`` seconds passed (the worker is cancelled).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if callback is not None:
+                callback(status)
+            if status.state == FINISHED and status.result is not None:
+                return status.result
+            if status.state != RUNNING:
+                raise SegmentationError(f"the segmentation was {status.state}")
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"the segmentation took longer than {timeout} s")
+            time.sleep(interval)

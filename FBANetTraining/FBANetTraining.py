@@ -1,0 +1,414 @@
+"""FBANet Training: semi-supervised fine-tuning of FBA-Net on the volumes in the scene.
+
+The panel is thin: its logic (FBANetTrainingLib/logic.py) exports the scene to a dataset,
+runs ``fbanet train`` in a background process and follows its progress; this file only
+binds the widgets to it.
+"""
+
+import logging
+import pathlib
+import tempfile
+from typing import Annotated
+
+import qt
+import slicer
+from FBANetTrainingLib import logic as trainingLogic
+from FBANetTrainingLib.dataset import InputError
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+POLL_INTERVAL_MS = 500
+
+
+class FBANetTraining(ScriptedLoadableModule):
+    """Module description (Slicer's module registry reads it)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "FBANet Training"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["FBANet developers"]
+        self.parent.helpText = (
+            "Fine-tune FBA-Net (semi-supervised left-atrium segmentation) on the volumes of the "
+            "scene: a few segmented volumes as labeled examples and many unsegmented ones as "
+            "unlabeled volumes. Training runs in the background; Stop keeps the latest checkpoint "
+            "and Resume continues it. The trained model appears in the FBANet Segmentation module."
+        )
+        self.parent.acknowledgementText = (
+            "FBA-Net: Chung et al., 'Foreground-Background Separation Semi-Supervised "
+            "Segmentation' (MICCAI 2023)."
+        )
+
+
+@parameterNodeWrapper
+class FBANetTrainingParameterNode:
+    """The panel's settings, saved with the scene."""
+
+    labeledVolume: vtkMRMLScalarVolumeNode
+    startFrom: Annotated[str, Choice(list(trainingLogic.START_CHOICES))] = (
+        trainingLogic.START_DEFAULT
+    )
+    initModelPath: pathlib.Path
+    iterations: Annotated[int, WithinRange(1, 1000000)] = 1000
+    patchSizeX: Annotated[int, WithinRange(16, 512)] = 112
+    patchSizeY: Annotated[int, WithinRange(16, 512)] = 112
+    patchSizeZ: Annotated[int, WithinRange(16, 512)] = 80
+    batchSize: Annotated[int, WithinRange(2, 64)] = 4
+    labeledBatchSize: Annotated[int, WithinRange(1, 64)] = 2
+    learningRate: Annotated[float, WithinRange(0.000001, 1.0)] = 0.01
+    validationCases: Annotated[int, WithinRange(0, 100)] = 0
+    validateEvery: Annotated[int, WithinRange(1, 100000)] = 100
+    device: Annotated[str, Choice(list(trainingLogic.DEVICE_CHOICES))] = "auto"
+    modelName: str = "LeftAtriumFineTuned"
+    modelsFolder: pathlib.Path
+
+
+def _pathText(path):
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
+
+
+class FBANetTrainingLogic(trainingLogic.FBANetTrainingLogic, ScriptedLoadableModuleLogic):
+    """The Qt-free logic plus Slicer's parameter node."""
+
+    def __init__(self, scene=None):
+        ScriptedLoadableModuleLogic.__init__(self)
+        trainingLogic.FBANetTrainingLogic.__init__(self, scene or slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return FBANetTrainingParameterNode(super().getParameterNode())
+
+    def applyParameterNode(self, parameters):
+        """Copy the parameter node into :attr:`settings`."""
+        s = self.settings
+        s.startFrom, s.initModelPath = parameters.startFrom, _pathText(parameters.initModelPath)
+        s.iterations, s.device = parameters.iterations, parameters.device
+        s.patchSize = (parameters.patchSizeX, parameters.patchSizeY, parameters.patchSizeZ)
+        s.batchSize, s.labeledBatchSize = parameters.batchSize, parameters.labeledBatchSize
+        s.learningRate, s.validationCases = parameters.learningRate, parameters.validationCases
+        s.validateEvery = s.checkpointEvery = parameters.validateEvery
+        s.modelName, s.modelsFolder = parameters.modelName, _pathText(parameters.modelsFolder)
+
+
+class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._reportedState = None
+        self._shownChart = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/FBANetTraining.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = FBANetTrainingLogic()
+        self.logic.observeScene()  # closing the scene stops training (checkpoint kept)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(
+            slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.updateUnlabeledList
+        )
+        self.addObserver(
+            slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.updateUnlabeledList
+        )
+        slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
+        self.timer.connect("timeout()", self.onTimer)
+        for button, handler in (
+            (self.ui.addLabeledButton, self.onAddLabeled),
+            (self.ui.removeLabeledButton, self.onRemoveLabeled),
+            (self.ui.checkLabeledButton, self.onCheckLabeled),
+            (self.ui.takeUnusedButton, self.onTakeUnused),
+            (self.ui.startButton, self.onStart),
+            (self.ui.stopButton, self.onStop),
+            (self.ui.resumeButton, self.onResume),
+            (self.ui.copyLogButton, self.onCopyLog),
+            (self.ui.showChartButton, self.onShowChart),
+            (self.ui.segmentUnlabeledButton, self.onSegmentUnlabeled),
+            (self.ui.rankButton, self.onRank),
+        ):
+            button.connect("clicked(bool)", lambda _checked, h=handler: h())
+        self.ui.rankingList.connect(
+            "itemDoubleClicked(QListWidgetItem*)", self.onRankingDoubleClicked
+        )
+        self.initializeParameterNode()
+        self.updateUnlabeledList()
+        self.updateButtons()
+
+    def cleanup(self):
+        """Module reload or application exit: nothing may keep running."""
+        self.timer.stop()
+        if self.logic is not None:
+            self.logic.cleanup()
+            self.logic.stopObservingScene()
+        self.removeObservers()
+        slicer.app.disconnect("aboutToQuit()", self.onAboutToQuit)
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onAboutToQuit(self):
+        self.timer.stop()
+        self.logic.cleanup()
+
+    def onSceneStartClose(self, caller, event):
+        self.timer.stop()  # the logic's own observer has stopped its processes
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        self.updateLabeledTable()
+        self.updateUnlabeledList()
+        self.updateButtons()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not _pathText(self._parameterNode.modelsFolder):
+            self._parameterNode.modelsFolder = trainingLogic.defaultModelsFolder()
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def onAddLabeled(self):
+        with slicer.util.tryWithErrorDisplay("Cannot add this labeled example.", waitCursor=False):
+            self.logic.addLabeledExample(
+                self.ui.labeledVolumeSelector.currentNode(),
+                self.ui.labeledSegmentSelector.currentNode(),
+                self.ui.labeledSegmentSelector.currentSegmentID(),
+            )
+        self.updateLabeledTable()
+        self.updateUnlabeledList()
+
+    def onRemoveLabeled(self):
+        rows = sorted(
+            {index.row() for index in self.ui.labeledTable.selectedIndexes()}, reverse=True
+        )
+        for row in rows:
+            self.logic.removeLabeledExample(row)
+        self.updateLabeledTable()
+
+    def onCheckLabeled(self):
+        problems = self.logic.checkLabeledExamples()
+        if problems:
+            slicer.util.warningDisplay("\n\n".join(problems), windowTitle="Labeled examples")
+        else:
+            slicer.util.infoDisplay(
+                "Every labeled example overlaps its volume and has a non-empty segment."
+            )
+
+    def onTakeUnused(self):
+        self.logic.takeUnusedVolumes()
+        self.updateUnlabeledList()
+
+    def updateLabeledTable(self):
+        table = self.ui.labeledTable
+        table.setRowCount(len(self.logic.labeledExamples))
+        for row, example in enumerate(self.logic.labeledExamples):
+            for column, text in enumerate(
+                self.logic.describeLabeledExample(example).split(" / ", 2)
+            ):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
+
+    def updateUnlabeledList(self, caller=None, event=None):
+        listWidget = self.ui.unlabeledList
+        listWidget.clear()
+        checked = set(self.logic.unlabeledVolumeIds)
+        for node in self.logic.candidateUnlabeledVolumes():
+            item = qt.QListWidgetItem(node.GetName())
+            item.setData(qt.Qt.UserRole, node.GetID())
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked if node.GetID() in checked else qt.Qt.Unchecked)
+            listWidget.addItem(item)
+
+    def readUnlabeledList(self):
+        listWidget = self.ui.unlabeledList
+        items = [listWidget.item(row) for row in range(listWidget.count)]
+        self.logic.unlabeledVolumeIds = [
+            i.data(qt.Qt.UserRole) for i in items if i.checkState() == qt.Qt.Checked
+        ]
+
+    # -- running -----------------------------------------------------------------------------
+    def onStart(self):
+        self.readUnlabeledList()
+        self.logic.applyParameterNode(self._parameterNode)
+        self.logic.settings.replaceExisting = False
+        if self.logic.modelPath().exists():
+            if not slicer.util.confirmYesNoDisplay(f"Replace the model {self.logic.modelPath()}?"):
+                return
+            self.logic.settings.replaceExisting = True
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.startTraining()
+        except (InputError, OSError, ValueError) as error:
+            slicer.util.errorDisplay(str(error), windowTitle="Cannot start training")
+            return
+        self.ui.summaryLabel.text = f"Run folder: {self.logic.run.runDir}"
+        self._reportedState = None
+        self.timer.start()
+        self.updateButtons()
+
+    def onStop(self):
+        self.logic.requestStop()
+        self.updateButtons()
+
+    def onResume(self):
+        with slicer.util.tryWithErrorDisplay("Cannot resume training.", waitCursor=True):
+            self.logic.resumeTraining()
+            self._reportedState = None
+            self.timer.start()
+        self.updateButtons()
+
+    def onTimer(self):
+        try:
+            self.logic.poll()
+        except Exception as error:  # never let a timer callback raise repeatedly
+            logging.exception("FBANet training: polling failed")
+            self.timer.stop()
+            slicer.util.errorDisplay(f"Following the training failed: {error}")
+        self.updateProgress()
+        self.updateReview()
+        if not self.logic.busy():
+            self.timer.stop()
+        self.updateButtons()
+
+    def updateProgress(self):
+        run = self.logic.run
+        if run is None:
+            return
+        progress = run.progress
+        self.ui.progressBar.maximum = max(progress.total, 1)
+        self.ui.progressBar.value = progress.iteration
+        self.ui.statusLabel.text = run.statusText()
+        log = run.logText()
+        if log != self.ui.logTextEdit.toPlainText():
+            self.ui.logTextEdit.setPlainText(log)
+            self.ui.logTextEdit.verticalScrollBar().setValue(
+                self.ui.logTextEdit.verticalScrollBar().maximum
+            )
+        chart = self.logic.chart
+        if (
+            chart is not None
+            and chart.chartNode is not None
+            and self._shownChart is not chart.chartNode
+        ):
+            self._shownChart = chart.chartNode
+            self.onShowChart()
+        if run.running or run.state == self._reportedState:
+            return
+        self._reportedState = run.state
+        self.ui.summaryLabel.text = self.logic.summary() or run.statusText()
+        if run.state == "failed":
+            slicer.util.errorDisplay(
+                f"Training failed:\n{run.errorMessage}", windowTitle="FBANet training"
+            )
+        elif run.state == "finished" and self.logic.registrationError:
+            slicer.util.errorDisplay(self.logic.registrationError)
+        elif run.state == "finished":
+            self.notifySegmentationModule()
+
+    def notifySegmentationModule(self):
+        """Let an open FBANet Segmentation panel list the new model at once (if it can)."""
+        module = getattr(slicer.modules, "fbanetsegmentation", None)
+        widget = module.widgetRepresentation().self() if module is not None else None
+        if hasattr(widget, "refreshTrainedModels"):
+            widget.refreshTrainedModels()
+
+    def onShowChart(self):
+        chart = self.logic.chart
+        if chart is not None and chart.chartNode is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart.chartNode)
+
+    def onCopyLog(self):
+        qt.QApplication.clipboard().setText(self.logic.run.logText() if self.logic.run else "")
+
+    def updateButtons(self):
+        run, busy = self.logic.run, self.logic.busy()
+        self.ui.startButton.enabled = not busy
+        self.ui.stopButton.enabled = run is not None and run.state == "running"
+        self.ui.resumeButton.enabled = run is not None and run.canResume and not busy
+        trained = run is not None and run.bestModelPath() is not None and not busy
+        self.ui.segmentUnlabeledButton.enabled = trained
+        self.ui.rankButton.enabled = trained
+        self.ui.copyLogButton.enabled = run is not None
+
+    # -- review ------------------------------------------------------------------------------
+    def onSegmentUnlabeled(self):
+        with slicer.util.tryWithErrorDisplay(
+            "Cannot segment the unlabeled volumes.", waitCursor=True
+        ):
+            self.logic.segmentUnlabeled()
+            self.ui.statusLabel.text = "Segmenting the unlabeled volumes..."
+            self.timer.start()
+        self.updateButtons()
+
+    def onRank(self):
+        with slicer.util.tryWithErrorDisplay("Cannot rank the unlabeled volumes.", waitCursor=True):
+            self.logic.rankUnlabeled()
+            self.ui.statusLabel.text = "Ranking the unlabeled volumes..."
+            self.timer.start()
+        self.updateButtons()
+
+    def updateReview(self):
+        for job, what in ((self.logic.segmentJob, "Segmentation"), (self.logic.rankJob, "Ranking")):
+            if job is not None and job.state == "failed" and self._reportedState != (what, id(job)):
+                self._reportedState = (what, id(job))
+                slicer.util.errorDisplay(f"{what} failed:\n{job.errorMessage}")
+        self.ui.rankingList.clear()
+        for row in self.logic.ranking:
+            item = qt.QListWidgetItem(row.describe())
+            item.setData(qt.Qt.UserRole, row.volumeNodeId)
+            self.ui.rankingList.addItem(item)
+
+    def onRankingDoubleClicked(self, item):
+        node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+        if node is not None:
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+
+class FBANetTrainingTest(ScriptedLoadableModuleTest):
+    """Runs the panel's logic on a synthetic scene for a few iterations."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_TrainingOnSyntheticScene()
+
+    def test_TrainingOnSyntheticScene(self):
+        from FBANetTrainingLib.selftest import runTrainingSelfTest
+
+        self.delayDisplay("Training a tiny FBA-Net on a synthetic scene")
+        with tempfile.TemporaryDirectory() as folder:
+            logic, events = runTrainingSelfTest(slicer.mrmlScene, folder, log=logging.info)
+            self.assertTrue(any(e.get("event") == "validation" for e in events))
+            self.assertIsNotNone(logic.chart)
+            logic.cleanup()
+        self.delayDisplay("Test passed")

@@ -1,0 +1,25 @@
+"""Logic of the FBANetTraining module, free of Qt so that it runs under pytest.
+
+- dataset: scene nodes -> NRRD dataset + manifest (Slicer's segmentation export)
+- runner: background ``fbanet`` processes (training with stop/resume, review jobs)
+- charts: live loss / validation Dice chart as MRML table and plot nodes
+- review: segmenting and ranking the unlabeled volumes after training
+- logic: the panel's logic, tying these together
+- synthetic: synthetic scenes for the tests and the self-test
+"""
+
+import sys as _sys
+from pathlib import Path as _Path
+
+
+def _ensureFbanetImportable():
+    """Use ``<repo>/src`` when the module runs from a source checkout without fbanet installed."""
+    try:
+        import fbanet  # noqa: F401
+    except ImportError:
+        source = _Path(__file__).resolve().parents[2] / "src"
+        if (source / "fbanet" / "__init__.py").is_file():
+            _sys.path.insert(0, str(source))
+
+
+_ensureFbanetImportable()

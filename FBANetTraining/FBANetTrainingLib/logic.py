@@ -1,0 +1,367 @@
+"""The FBANetTraining panel's logic, without Qt: inputs, checks, the run, the results.
+
+The widget (FBANetTraining.py) only copies its fields into :class:`TrainingSettings`,
+calls these methods and polls :meth:`FBANetTrainingLogic.poll` from a timer. Everything
+here runs under pytest with the MRML library of the slicer-core wheel.
+"""
+
+import dataclasses
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from FBANetTrainingLib import dataset as datasetModule
+from FBANetTrainingLib.charts import TrainingChart
+from FBANetTrainingLib.dataset import InputError, LabeledExample
+from FBANetTrainingLib.review import ReviewActions
+from FBANetTrainingLib.runner import TrainingRun, formatDuration
+
+START_DEFAULT, START_FILE, START_SCRATCH = "default", "file", "scratch"
+START_CHOICES = (START_DEFAULT, START_FILE, START_SCRATCH)
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+MODEL_EXTENSION = ".safetensors"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+
+
+def settingsFolder():
+    """Slicer's user settings folder (where Slicer.ini lives)."""
+    try:
+        import slicer
+
+        return Path(slicer.app.slicerUserSettingsFilePath).parent
+    except (ImportError, AttributeError):
+        return Path.home() / ".config" / "NA-MIC"
+
+
+def defaultModelsFolder():
+    """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
+    return settingsFolder() / "FBANet" / "models"
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """The panel's settings; defaults suit fine-tuning on a GPU (CPU: fewer iterations)."""
+
+    iterations: int = 1000
+    patchSize: tuple = (112, 112, 80)
+    batchSize: int = 4
+    labeledBatchSize: int = 2
+    learningRate: float = 0.01
+    validationCases: int = 0
+    validateEvery: int = 100
+    checkpointEvery: int = 100
+    device: str = "auto"
+    startFrom: str = START_DEFAULT
+    initModelPath: str = ""
+    baseFilters: int = 16  # from scratch only; a model file fixes its own
+    modelName: str = "LeftAtriumFineTuned"
+    modelsFolder: str = ""  # empty: defaultModelsFolder()
+    replaceExisting: bool = False
+    extraArguments: tuple = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
+
+
+class FBANetTrainingLogic(ReviewActions):
+    """Labeled examples, unlabeled volumes, settings, and the training run they make."""
+
+    def __init__(self, scene=None, python=None, workerEnvironment=None):
+        if scene is None:
+            import slicer
+
+            scene = slicer.mrmlScene
+        self.scene = scene
+        self.python = python
+        self.workerEnvironment = dict(workerEnvironment or {})
+        self.settings = TrainingSettings()
+        self.labeledExamples = []
+        self.unlabeledVolumeIds = []
+        self.run = None
+        self.dataset = None
+        self.chart = None
+        self.registeredModelPath = None
+        self.registrationError = ""
+        self.segmentJob = None  # review: segmenting the unlabeled volumes
+        self.rankJob = None  # review: ranking them for annotation
+        self.ranking = []
+        self.reviewNodes = []
+        self.useSegmentationModule = True  # review through FBANet Segmentation when present
+
+    # -- inputs ------------------------------------------------------------------------------
+    def addLabeledExample(self, volumeNode, segmentationNode, segmentId):
+        """Add a (volume, segmentation, segment) row; InputError if incomplete or repeated."""
+        if volumeNode is None or segmentationNode is None or not segmentId:
+            raise InputError(
+                "Pick a volume, a segmentation and one of its segments to add an example"
+            )
+        example = LabeledExample(volumeNode.GetID(), segmentationNode.GetID(), segmentId)
+        if example in self.labeledExamples:
+            raise InputError("This (volume, segmentation, segment) is already a labeled example")
+        datasetModule.resolveExample(self.scene, example, len(self.labeledExamples) + 1)
+        self.labeledExamples.append(example)
+        self.unlabeledVolumeIds = [i for i in self.unlabeledVolumeIds if i != example.volumeNodeId]
+        return example
+
+    def removeLabeledExample(self, index):
+        """Remove the row ``index`` (0-based)."""
+        del self.labeledExamples[index]
+
+    def describeLabeledExample(self, example):
+        """'volume / segmentation / segment'."""
+        return datasetModule.describeExample(self.scene, example)
+
+    def candidateUnlabeledVolumes(self):
+        """Every scalar volume of the scene (the checkable list)."""
+        return datasetModule.scalarVolumeNodes(self.scene)
+
+    def takeUnusedVolumes(self):
+        """Use as unlabeled every scalar volume that no labeled example uses; returns their IDs."""
+        used = {e.volumeNodeId for e in self.labeledExamples}
+        self.unlabeledVolumeIds = [
+            n.GetID() for n in self.candidateUnlabeledVolumes() if n.GetID() not in used
+        ]
+        return list(self.unlabeledVolumeIds)
+
+    def checkLabeledExamples(self):
+        """Problems with the labeled examples (empty list: all fine)."""
+        return datasetModule.checkLabeledExamples(self.scene, self.labeledExamples)
+
+    # -- settings ----------------------------------------------------------------------------
+    def modelsFolder(self):
+        """Where the model is registered."""
+        return (
+            Path(self.settings.modelsFolder)
+            if self.settings.modelsFolder
+            else defaultModelsFolder()
+        )
+
+    def modelPath(self):
+        """``<models folder>/<name>.safetensors``."""
+        return self.modelsFolder() / f"{self.settings.modelName.strip()}{MODEL_EXTENSION}"
+
+    def initModelFile(self):
+        """The model file training starts from (None: from scratch); InputError if missing."""
+        start = self.settings.startFrom
+        if start == START_SCRATCH:
+            return None
+        if start == START_DEFAULT:
+            from fbanet.models import default_model_path
+
+            path = default_model_path()
+            if path is None:
+                raise InputError(
+                    "No default model ships with this version: pick a model file or train "
+                    "from scratch"
+                )
+            return path
+        if start != START_FILE:
+            raise InputError(f"Start from must be one of {', '.join(START_CHOICES)}, not '{start}'")
+        path = Path(self.settings.initModelPath) if self.settings.initModelPath else None
+        if path is None or not path.is_file():
+            raise InputError(
+                f"Pick an existing fbanet model file to start from (got '{path or ''}')"
+            )
+        try:
+            from fbanet.model_header import read_model_header
+        except ImportError:  # no torch: checkInputs says so
+            return path
+        try:
+            read_model_header(path)
+        except (OSError, ValueError) as error:
+            raise InputError(f"Cannot start from this model file: {error}") from error
+        return path
+
+    def _settingsProblems(self):
+        s, problems = self.settings, []
+        if not _MODEL_NAME.match(s.modelName.strip() or "-"):
+            problems.append(
+                "Model name: use letters, digits, spaces, '_', '-' or '.' (not starting with one)"
+            )
+        elif self.modelPath().exists() and not s.replaceExisting:
+            problems.append(
+                f"A model named '{s.modelName}' already exists in {self.modelsFolder()}; "
+                "choose another name"
+            )
+        if any(int(side) % 16 or int(side) <= 0 for side in s.patchSize):
+            problems.append(
+                f"Patch size {tuple(s.patchSize)}: each side must be a positive multiple of 16"
+            )
+        if s.batchSize < 2 or not 1 <= s.labeledBatchSize <= s.batchSize:
+            problems.append("Batch: at least 2 patches, of which 1 to all are labeled")
+        if not self.unlabeledVolumeIds and s.labeledBatchSize < s.batchSize:
+            problems.append(
+                "No unlabeled volume: check some, or make every patch of the batch labeled"
+            )
+        if self.labeledExamples and not 0 <= s.validationCases < len(self.labeledExamples):
+            problems.append("Validation cases: keep at least one labeled example for training")
+        return problems
+
+    def checkInputs(self):
+        """Every problem that would stop training from starting (empty list: ready)."""
+        problems = self.checkLabeledExamples() + self._settingsProblems()
+        try:
+            self.initModelFile()
+        except InputError as error:
+            problems.append(str(error))
+        if self.run is not None and self.run.running:
+            problems.append("A training run is in progress; stop it first")
+        if importlib.util.find_spec("torch") is None:
+            problems.append(
+                "PyTorch is not installed: install it (PyTorch Utils module, or let the FBANet "
+                "Segmentation module set it up) and restart Slicer"
+            )
+        return problems
+
+    def trainingArguments(self, manifest):
+        """The ``fbanet train`` flags (without -o/--json/--stop-file/--resume)."""
+        s = self.settings
+        arguments = [
+            "--manifest", manifest, "--iterations", s.iterations, "--patch-size", *s.patchSize,
+            "--batch-size", s.batchSize, "--labeled-batch-size", s.labeledBatchSize,
+            "--lr", s.learningRate, "--device", s.device, "--validate-every", s.validateEvery,
+            "--checkpoint-every", s.checkpointEvery,
+        ]  # fmt: skip
+        initModel = self.initModelFile()
+        if initModel is None:
+            arguments += ["--base-filters", s.baseFilters]
+        else:
+            from fbanet.model_header import read_model_header
+
+            header = read_model_header(initModel)
+            arguments += ["--init-model", initModel, "--base-filters", header.model.base_filters]
+            if header.spacing is not None:  # train at the spacing the model knows
+                arguments += ["--spacing", *header.spacing]
+        return [str(a) for a in (*arguments, *s.extraArguments)]
+
+    # -- running -----------------------------------------------------------------------------
+    def newRunFolder(self):
+        """A fresh folder for a run's dataset, checkpoints and log."""
+        root = Path(tempfile.gettempdir()) / "FBANet" / "runs"
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return Path(
+            tempfile.mkdtemp(
+                prefix=f"{datasetModule.safeName(self.settings.modelName)}-{stamp}-", dir=root
+            )
+        )
+
+    def startTraining(self, runDir=None):
+        """Check the inputs, export the dataset and start ``fbanet train`` in the background.
+
+        Raises:
+            InputError: What to fix (every problem, one per line); nothing was started.
+        """
+        problems = self.checkInputs()
+        if problems:
+            raise InputError("\n".join(problems))
+        runDir = Path(runDir) if runDir is not None else self.newRunFolder()
+        self.dataset = datasetModule.exportDataset(
+            self.scene, self.labeledExamples, self.unlabeledVolumeIds, runDir / "dataset",
+            self.settings.validationCases,
+        )  # fmt: skip
+        arguments = self.trainingArguments(self.dataset.manifest)
+        self.run = TrainingRun(runDir, arguments, self.python, self.workerEnvironment)
+        self.registeredModelPath = None
+        self.registrationError = ""
+        self.ranking = []
+        if self.chart is not None:
+            self.chart.clear()
+        self.run.start()
+        return self.run
+
+    def requestStop(self):
+        """Stop cleanly after the current iteration (the checkpoint is kept)."""
+        if self.run is not None:
+            self.run.requestStop()
+
+    def resumeTraining(self):
+        """Continue the stopped run from its latest checkpoint, in the same run folder."""
+        if self.run is None or not self.run.canResume:
+            raise InputError("There is no stopped run to resume")
+        self.run.resume()
+        return self.run
+
+    def poll(self):
+        """Follow the background jobs (chart, progress, completion); returns new training events."""
+        events = []
+        if self.run is not None:
+            wasRunning = self.run.running
+            events = self.run.poll()
+            if events:
+                if self.chart is None:
+                    self.chart = TrainingChart(self.scene)
+                self.chart.addEvents(events)
+            if wasRunning and self.run.state == "finished":
+                try:
+                    self.registerModel()
+                except (OSError, InputError) as error:
+                    self.registrationError = f"The model could not be registered: {error}"
+        self._pollReview()
+        return events
+
+    def registerModel(self):
+        """Copy the run's best model to ``<models folder>/<name>.safetensors`` atomically.
+
+        The copy is written as a hidden ``.<name>.safetensors.partial`` file first, so a
+        panel listing ``*.safetensors`` never sees a half-written model.
+        """
+        source = self.run.bestModelPath() if self.run is not None else None
+        if source is None:
+            raise InputError("The run has written no model yet")
+        target = self.modelPath()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            shutil.copyfile(source, partial)
+            with open(partial, "r+b") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        self.registeredModelPath = target
+        return target
+
+    def summary(self):
+        """Text for the panel once the run has ended."""
+        if self.run is None:
+            return ""
+        p = self.run.progress
+        lines = [f"Iterations: {p.iteration}", f"Time: {formatDuration(p.seconds)}"]
+        if p.bestDice is not None:
+            lines.append(f"Best validation Dice: {p.bestDice:.3f}")
+        if self.registeredModelPath is not None:
+            lines.append(f"Model: {self.registeredModelPath}")
+        return "\n".join(lines)
+
+    def busy(self):
+        """Whether a background job runs."""
+        return any(
+            job is not None and job.running for job in (self.run, self.segmentJob, self.rankJob)
+        )
+
+    def cleanup(self, graceSeconds=5.0):
+        """End every background process (scene close, Slicer exit); training checkpoints first."""
+        for job in (self.run, self.segmentJob, self.rankJob):
+            if job is not None and job.running:
+                job.cancel(graceSeconds)
+
+    def observeScene(self):
+        """Stop every background process when the scene starts to close."""
+        if getattr(self, "_closeObserver", None) is None:
+            self._closeObserver = self.scene.AddObserver(
+                self.scene.StartCloseEvent, lambda caller, event: self.onSceneClosed()
+            )
+
+    def stopObservingScene(self):
+        """Undo :meth:`observeScene`."""
+        if getattr(self, "_closeObserver", None) is not None:
+            self.scene.RemoveObserver(self._closeObserver)
+            self._closeObserver = None
+
+    def onSceneClosed(self):
+        """Forget nodes of the closed scene (the run folder stays on disk)."""
+        self.cleanup()
+        self.labeledExamples, self.unlabeledVolumeIds, self.reviewNodes = [], [], []
+        self.chart = None

@@ -1,0 +1,220 @@
+"""After training: segment the unlabeled volumes for review, and rank them for annotation.
+
+Segmenting reuses the FBANet Segmentation module's job (one volume after another, results
+named "<volume> FBANet") when that module is importable; otherwise one ``fbanet segment``
+process segments every unlabeled volume the dataset export wrote. Ranking runs
+``fbanet rank`` on them. Results come back into the scene as segmentation nodes and as an
+"annotate these next" list.
+"""
+
+import dataclasses
+from pathlib import Path
+
+from FBANetTrainingLib.dataset import InputError
+from FBANetTrainingLib.runner import BackgroundJob
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedVolume:
+    """One row of "annotate these next"."""
+
+    volumeNodeId: str
+    name: str
+    score: float
+    missed: bool
+
+    def describe(self):
+        """Text for the panel."""
+        if self.missed:
+            return f"{self.name}: nothing found (annotate first)"
+        return f"{self.name}: disagreement {self.score:.3f}"
+
+
+def loadSegmentation(scene, path, volumeNode, name):
+    """Read a ``.seg.nrrd`` into a new segmentation node on ``volumeNode``'s geometry.
+
+    The file is only read (no storage node is kept), so saving the scene asks where to
+    save the segmentation instead of writing into the temporary run folder.
+    """
+    import slicer
+
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    reader.SetFileName(str(path))
+    if not reader.ReadData(segmentation):
+        scene.RemoveNode(segmentation)
+        raise OSError(f"could not read the segmentation {path}")
+    segmentation.CreateDefaultDisplayNodes()
+    if volumeNode is not None:
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    return segmentation
+
+
+class SegmentJob(BackgroundJob):
+    """``fbanet segment`` of the dataset's unlabeled volumes in one process."""
+
+    def __init__(self, cases, modelPath, outFolder, device="auto", python=None, env=None):
+        self.cases = list(cases)
+        arguments = ["segment", *[c.image for c in self.cases], "-m", modelPath]
+        arguments += ["-o", outFolder, "--json", "--device", device]
+        super().__init__(arguments, python, env)
+        self.written = {}  # image path -> segmentation file
+
+    def handleEvent(self, event):
+        if event.get("event") == "done" and event.get("segmentation"):
+            self.written[str(Path(event["image"]))] = Path(event["segmentation"])
+
+    def loadResults(self, scene):
+        """Segmentation nodes ("<volume> FBANet") of every case segmented."""
+        nodes = []
+        for case in self.cases:
+            path = self.written.get(str(case.image))
+            volume = scene.GetNodeByID(case.volumeNodeId)
+            if path is not None:
+                name = f"{volume.GetName() if volume else case.name} FBANet"
+                nodes.append(loadSegmentation(scene, path, volume, name))
+        return nodes
+
+
+class ModuleSegmentQueue:
+    """The FBANet Segmentation module's job, run on each unlabeled volume in turn."""
+
+    def __init__(self, scene, cases, modelPath, device="auto", python=None):
+        from FBANetSegmentationLib.job import SegmentationJob, SegmentationOptions
+
+        self._newJob = lambda volume: SegmentationJob(
+            volume, SegmentationOptions(Path(modelPath), device=device), python=python
+        )
+        self.scene = scene
+        self.pending = [scene.GetNodeByID(c.volumeNodeId) for c in cases]
+        self.pending = [v for v in self.pending if v is not None]
+        self.current = None
+        self.nodes = []
+        self.log = []
+        self.state = "idle"
+        self.errorMessage = ""
+
+    @property
+    def running(self):
+        return self.state == "running"
+
+    def start(self):
+        """Segment the first volume (poll starts the next ones)."""
+        self.state = "running"
+        self._next()
+
+    def _next(self):
+        if not self.pending:
+            self.current, self.state = None, "succeeded"
+            return
+        self.current = self._newJob(self.pending.pop(0))
+        self.current.start()
+
+    def poll(self):
+        """Follow the current job; start the next when it is done."""
+        if not self.running:
+            return []
+        try:
+            status = self.current.poll()
+        except Exception as error:  # the job raises its worker's message
+            self.state, self.errorMessage = "failed", str(error)
+            return []
+        if status.state == "finished":
+            self.log += status.log
+            self.nodes.append(status.result.segmentationNode)
+            self._next()
+        elif status.state != "running":
+            self.state = status.state
+        return []
+
+    def cancel(self, graceSeconds=5.0):
+        """Stop the current job; the volumes already segmented stay."""
+        if self.running and self.current is not None:
+            self.current.cancel()
+        self.state = "cancelled" if self.running else self.state
+
+    def loadResults(self, scene):
+        """The segmentation nodes the module's jobs made."""
+        return list(self.nodes)
+
+    def logText(self):
+        return "\n".join(self.log)
+
+
+class RankJob(BackgroundJob):
+    """``fbanet rank`` of the dataset's unlabeled volumes."""
+
+    def __init__(self, cases, modelPath, device="auto", python=None, env=None):
+        self.cases = list(cases)
+        arguments = ["rank", *[c.image for c in self.cases], "-m", modelPath]
+        super().__init__([*arguments, "--json", "--device", device], python, env)
+        self.rawRanking = []
+
+    def handleEvent(self, event):
+        if event.get("event") == "ranked":
+            self.rawRanking = list(event.get("ranking", []))
+
+    def ranking(self, scene):
+        """The ranked volumes, most in need of annotation first, with their node names."""
+        byPath = {str(Path(c.image)): c for c in self.cases}
+        rows = []
+        for item in self.rawRanking:
+            case = byPath.get(str(Path(item.get("path") or "")))
+            if case is not None:
+                node = scene.GetNodeByID(case.volumeNodeId)
+                name = node.GetName() if node is not None else case.name
+                rows.append(RankedVolume(case.volumeNodeId, name, item["score"], item["missed"]))
+        return rows
+
+
+class ReviewActions:
+    """The review half of the panel's logic (mixed into FBANetTrainingLogic)."""
+
+    def reviewModel(self):
+        """The model to review with: the registered one, else the run's latest."""
+        if self.registeredModelPath is not None:
+            return self.registeredModelPath
+        model = self.run.bestModelPath() if self.run is not None else None
+        if model is None:
+            raise InputError("Train a model first")
+        return model
+
+    def _unlabeledCases(self, what):
+        cases = self.dataset.unlabeled if self.dataset is not None else ()
+        if not cases:
+            raise InputError(f"There are no unlabeled volumes in this run to {what}")
+        return cases
+
+    def segmentUnlabeled(self):
+        """Segment the unlabeled volumes with the model, in the background (see poll)."""
+        cases, model = self._unlabeledCases("segment"), self.reviewModel()
+        try:
+            if not self.useSegmentationModule:
+                raise ImportError("not asked to use the FBANet Segmentation module")
+            job = ModuleSegmentQueue(self.scene, cases, model, self.settings.device, self.python)
+        except ImportError:
+            out = self.run.runDir / "review"
+            device, env = self.settings.device, self.workerEnvironment
+            job = SegmentJob(cases, model, out, device, self.python, env)
+        self.segmentJob = job
+        job.start()
+        return job
+
+    def rankUnlabeled(self):
+        """Rank the unlabeled volumes by decoder disagreement, in the background (see poll)."""
+        cases, model = self._unlabeledCases("rank"), self.reviewModel()
+        device, env = self.settings.device, self.workerEnvironment
+        self.rankJob = RankJob(cases, model, device, self.python, env)
+        self.rankJob.start()
+        return self.rankJob
+
+    def _pollReview(self):
+        if self.segmentJob is not None and self.segmentJob.running:
+            self.segmentJob.poll()
+            if self.segmentJob.state == "succeeded":
+                self.reviewNodes += self.segmentJob.loadResults(self.scene)
+        if self.rankJob is not None and self.rankJob.running:
+            self.rankJob.poll()
+            if self.rankJob.state == "succeeded":
+                self.ranking = self.rankJob.ranking(self.scene)

@@ -1,0 +1,98 @@
+"""The module's self-test, shared by Slicer's ScriptedLoadableModuleTest and by pytest.
+
+A synthetic scene (two labeled, two unlabeled volumes of different geometry) trains a
+tiny FBA-Net for a few iterations through the panel's logic: start, a clean stop after
+the first iteration, resume to the end, registration of the model, then ranking of the
+unlabeled volumes.
+"""
+
+from pathlib import Path
+
+from FBANetTrainingLib import synthetic
+from FBANetTrainingLib.logic import START_SCRATCH, FBANetTrainingLogic, TrainingSettings
+
+TINY_SETTINGS = {
+    "iterations": 4, "patchSize": (16, 16, 16), "batchSize": 2, "labeledBatchSize": 1,
+    "learningRate": 0.01, "validationCases": 1, "validateEvery": 2, "checkpointEvery": 2,
+    "device": "cpu", "startFrom": START_SCRATCH, "baseFilters": 4,
+    "extraArguments": ("--fp32", "--log-every", "1", "--seed", "3"),
+}  # fmt: skip
+
+
+def tinyLogic(scene, modelsFolder, modelName="SelfTestModel", workerEnvironment=None):
+    """A logic on ``scene`` with the synthetic cases as inputs and tiny settings."""
+    built = synthetic.buildSyntheticScene(scene)
+    logic = FBANetTrainingLogic(scene, workerEnvironment=workerEnvironment)
+    logic.settings = TrainingSettings(
+        **TINY_SETTINGS, modelName=modelName, modelsFolder=str(modelsFolder)
+    )
+    for volume, segmentation, segmentId in built.labeled:
+        logic.addLabeledExample(volume, segmentation, segmentId)
+    logic.takeUnusedVolumes()
+    return logic, built
+
+
+def waitFor(logic, condition, timeout, log=None, events=None):
+    """Poll the logic until ``condition()`` holds; collects the training events."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        new = logic.poll()
+        if events is not None:
+            events.extend(new)
+        if log is not None and new:
+            log(logic.run.statusText())
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"timed out after {timeout} s; log:\n{logic.run.logText() if logic.run else ''}"
+            )
+        time.sleep(0.1)
+    new = logic.poll()
+    if events is not None:
+        events.extend(new)
+
+
+def runTrainingSelfTest(
+    scene, workFolder, log=print, timeout=240, rank=True, workerEnvironment=None
+):
+    """Train through the panel's logic on a synthetic scene; raise AssertionError on failure.
+
+    Returns the logic and the training events, for further checks.
+    """
+    workFolder = Path(workFolder)
+    logic, _ = tinyLogic(scene, workFolder / "models", workerEnvironment=workerEnvironment)
+    problems = logic.checkInputs()
+    assert not problems, problems
+    events = []
+    logic.startTraining(workFolder / "run")
+    log("Training started")
+    waitFor(logic, lambda: logic.run.progress.iteration >= 1, timeout, log, events)
+    logic.requestStop()
+    waitFor(logic, lambda: not logic.run.running, timeout, log, events)
+    assert logic.run.state == "stopped", (logic.run.state, logic.run.errorMessage)
+    assert logic.run.checkpointPath.is_file(), "no checkpoint after a clean stop"
+    stoppedAt = logic.run.progress.iteration
+    log(f"Stopped at iteration {stoppedAt}; resuming")
+    logic.resumeTraining()
+    waitFor(logic, lambda: not logic.run.running, timeout, log, events)
+    assert logic.run.state == "finished", (
+        logic.run.state,
+        logic.run.errorMessage,
+        logic.run.logText(),
+    )
+    assert logic.registeredModelPath is not None and logic.registeredModelPath.is_file(), (
+        logic.registrationError
+    )
+    from fbanet.model_header import read_model_header
+
+    header = read_model_header(logic.registeredModelPath)
+    assert header.iterations == TINY_SETTINGS["iterations"], header.iterations
+    log(logic.summary())
+    if rank:
+        logic.rankUnlabeled()
+        waitFor(logic, lambda: not logic.rankJob.running, timeout)
+        assert logic.rankJob.state == "succeeded", logic.rankJob.errorMessage
+        assert len(logic.ranking) == 2, logic.ranking
+        log("Annotate these next: " + "; ".join(r.describe() for r in logic.ranking))
+    return logic, events

@@ -1,0 +1,86 @@
+"""Shared helpers of the FBANetTraining tests (no tests here).
+
+Puts the module folder on ``sys.path`` (as Slicer does) and skips the importing test module
+when the slicer-core wheel is missing. Every test uses a real ``vtkMRMLScene``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "FBANetTraining"
+for folder in (MODULE_DIR, ROOT / "FBANetSegmentation"):
+    if folder.is_dir() and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
+def _importSlicer() -> Any:
+    """Import slicer-core's ``slicer`` without this ``tests/slicer`` folder joining it.
+
+    ``slicer/__init__.py`` extends its path with every ``slicer`` folder on ``sys.path`` and
+    imports all their modules: with ``tests/`` on ``sys.path`` (pytest puts it there for
+    ``tests/test_*.py``) it would import these test files as ``slicer.*`` submodules.
+    """
+    here = Path(__file__).resolve().parent
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if (Path(p or ".").resolve() / "slicer") != here]
+    try:
+        return pytest.importorskip(
+            "slicer", reason="needs the slicer-core wheel (pip install slicer-core)"
+        )
+    finally:
+        sys.path[:] = saved
+
+
+slicer = _importSlicer()
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the 'slicer' package found is not slicer-core", allow_module_level=True)
+
+from FBANetTrainingLib import dataset, logic, review, runner, selftest, synthetic  # noqa: E402
+
+
+def _registerSegmentationConverters() -> None:
+    """What Slicer's Segmentations module does at startup: the representation converters."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.GetConverterRules():
+        return
+    for name in dir(slicer):
+        if name.endswith("ConversionRule") and name.startswith("vtk"):
+            factory.RegisterConverterRule(getattr(slicer, name)())
+
+
+_registerSegmentationConverters()
+
+# One thread per worker: the tests run on small CPUs next to other jobs.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+__all__ = [
+    "ROOT", "WORKER_ENV", "dataset", "logic", "review", "runner", "selftest", "slicer", "synthetic",
+]  # fmt: skip
+
+
+def newScene() -> Any:
+    """An empty MRML scene."""
+    return slicer.vtkMRMLScene()
+
+
+def nodeIds(scene: Any) -> list[str]:
+    """IDs of every node of the scene, in order."""
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def volumeArrays(scene: Any) -> dict[str, Any]:
+    """Copies of every scalar volume's voxels, by node ID."""
+    import numpy as np
+    from vtk.util import numpy_support
+
+    arrays = {}
+    for node in dataset.scalarVolumeNodes(scene):
+        scalars = node.GetImageData().GetPointData().GetScalars()
+        arrays[node.GetID()] = np.array(numpy_support.vtk_to_numpy(scalars))
+    return arrays
