@@ -1,0 +1,250 @@
+"""Seconds per FBA-Net training iteration, in fp32 and bfloat16, at two configurations.
+
+Measures full optimizer steps (batch sampling, forward through the three decoders and
+contrastive modules, loss, backward, SGD) with :class:`fbanet.training.Trainer` and
+:func:`fbanet.training.seconds_per_iteration`, and prints a markdown table::
+
+    python benchmarks/train_speed.py                       # both configs, 3 timed iterations
+    python benchmarks/train_speed.py --configs small --iterations 5
+    python benchmarks/train_speed.py --la ../shared/la     # real LA volumes instead of noise
+
+Configurations:
+
+- ``paper``: the authors' LA setting, patch 112x112x80, batch 4 (2 labeled + 2 unlabeled),
+  16 base filters, three decoders.
+- ``small``: patch 64x64x48, batch 4 (2 + 2), 16 base filters: a CPU-sized run.
+
+Each runs in fp32 and in bfloat16 autocast, both in the channels-last memory layout (the
+training default) unless ``--contiguous`` is given. Timings are the median of the timed
+iterations after the warm-up ones; the reported ratio is fp32 time / bf16 time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fbanet.config import ModelConfig, TrainConfig
+from fbanet.data import Case, load_case
+from fbanet.training import Trainer, TrainingData, seconds_per_iteration
+
+logger = logging.getLogger("train_speed")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One benchmarked setting.
+
+    Attributes:
+        name: Row label.
+        patch_size: Training patch (X, Y, Z).
+        base_filters: Width of the first encoder stage.
+        volume_shape: Shape of the synthetic volumes (a little larger than the patch, so
+            crops move).
+    """
+
+    name: str
+    patch_size: tuple[int, int, int]
+    base_filters: int
+    volume_shape: tuple[int, int, int]
+
+
+CONFIGS = {
+    "paper": BenchConfig("paper", (112, 112, 80), 16, (144, 128, 88)),
+    "small": BenchConfig("small", (64, 64, 48), 16, (80, 72, 56)),
+}
+BATCH_SIZE = 4
+LABELED_BATCH_SIZE = 2
+
+
+def synthetic_case(name: str, shape: tuple[int, int, int], seed: int, labeled: bool) -> Case:
+    """A z-scored noise volume with a bright ellipsoid, and its label if ``labeled``.
+
+    Args:
+        name: Case name.
+        shape: Volume shape (X, Y, Z).
+        seed: Seed of the noise and the ellipsoid's position.
+        labeled: Attach the ellipsoid as label.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    inside = sum(((g - c) / (0.25 * s)) ** 2 for g, c, s in zip(grid, centre, shape, strict=True))
+    label = (inside <= 1).astype(np.uint8)
+    image = label * 1.5 + rng.normal(0.0, 1.0, shape)
+    image = ((image - image.mean()) / image.std()).astype(np.float32)
+    return Case(name, image, label if labeled else None, (1.0, 1.0, 1.0))
+
+
+def synthetic_data(config: BenchConfig, seed: int = 0) -> TrainingData:
+    """Two labeled and two unlabeled synthetic cases (one batch's worth)."""
+    shape = config.volume_shape
+    return TrainingData(
+        labeled=[synthetic_case(f"lab{i}", shape, seed + i, True) for i in range(2)],
+        unlabeled=[synthetic_case(f"unl{i}", shape, seed + 10 + i, False) for i in range(2)],
+    )
+
+
+def la_data(folder: Path) -> TrainingData:
+    """The first two cases of ``folder/train.list`` labeled, the next two unlabeled.
+
+    Args:
+        folder: The LA data folder (``train.list`` and ``train/<case>.h5``).
+    """
+    names = (folder / "train.list").read_text(encoding="utf-8").split()[:4]
+    if len(names) < 4:
+        raise ValueError(f"{folder / 'train.list'} lists fewer than 4 cases")
+
+    def load(name: str, labeled: bool) -> Case:
+        return load_case(
+            folder / "train" / f"{name}.h5",
+            normalization="as-stored",
+            h5_spacing=(0.625, 0.625, 0.625),
+            require_label=labeled,
+            read_label=labeled,
+        )
+
+    return TrainingData(
+        labeled=[load(n, True) for n in names[:2]],
+        unlabeled=[load(n, False) for n in names[2:]],
+        spacing=(0.625, 0.625, 0.625),
+    )
+
+
+def time_config(
+    config: BenchConfig,
+    data: TrainingData,
+    precision: str,
+    channels_last: bool,
+    iterations: int,
+    warmup: int,
+    device: str,
+) -> tuple[float | None, str]:
+    """Median seconds per iteration, and the compute description (or why it could not run).
+
+    Returns:
+        (median seconds or None when the precision is unsupported here, description).
+    """
+    model_config = ModelConfig(base_filters=config.base_filters, patch_size=config.patch_size)
+    train_config = TrainConfig(
+        iterations=warmup + iterations,
+        batch_size=BATCH_SIZE,
+        labeled_batch_size=LABELED_BATCH_SIZE,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        seed=0,
+    )
+    with tempfile.TemporaryDirectory(prefix="fbanet-bench-") as run_dir:
+        try:
+            trainer = Trainer(model_config, train_config, data, run_dir, show_progress=False)
+        except RuntimeError as error:  # e.g. bf16 forced on hardware without it
+            logger.warning("%s %s: skipped (%s)", config.name, precision, error)
+            return None, str(error)
+        description = trainer.setup.describe()
+        logger.info(
+            "%s, %s: %d warm-up + %d timed iterations", config.name, description, warmup,
+            iterations,
+        )  # fmt: skip
+        times = seconds_per_iteration(trainer, iterations, warmup=warmup)
+        on_cuda = trainer.setup.device.type == "cuda"
+        del trainer
+    if on_cuda:
+        torch.cuda.empty_cache()
+    logger.info("%s %s: %s s/iter", config.name, precision, ", ".join(f"{t:.2f}" for t in times))
+    return statistics.median(times), description
+
+
+def markdown_table(rows: Sequence[tuple[str, str, float | None, float | None]]) -> str:
+    """Rows of (config, precision, median s/iter, ratio fp32/bf16) as a markdown table."""
+
+    def number(value: float | None, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| config | precision | median s/iter | ratio fp32/bf16 |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {c} | {p} | {number(s, 3)} | {number(r, 2) if r is not None else ''} |"
+        for c, p, s, r in rows
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["paper", "small"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"],
+                        default=["fp32", "bf16"])  # fmt: skip
+    parser.add_argument("--contiguous", action="store_true",
+                        help="contiguous memory layout instead of channels-last")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--la", type=Path, help="LA data folder: use real volumes")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0:
+        parser.error("--iterations must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the table; returns the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    logger.info("torch %s, %d CPU threads", torch.__version__, torch.get_num_threads())
+    real = la_data(args.la) if args.la is not None else None
+    rows: list[tuple[str, str, float | None, float | None]] = []
+    layout = "contiguous" if args.contiguous else "channels-last"
+    device_name = ""
+    for name in args.configs:
+        config = CONFIGS[name]
+        data = real if real is not None else synthetic_data(config)
+        medians: dict[str, float | None] = {}
+        for precision in args.precisions:
+            medians[precision], description = time_config(
+                config, data, precision, not args.contiguous, args.iterations, args.warmup,
+                args.device,
+            )  # fmt: skip
+            if medians[precision] is not None:
+                device_name = description.split(",")[0]
+        fp32, bf16 = medians.get("fp32"), medians.get("bf16")
+        ratio = fp32 / bf16 if fp32 is not None and bf16 else None
+        patch = "x".join(map(str, config.patch_size))
+        label = f"{name} ({patch}, batch {LABELED_BATCH_SIZE}+{BATCH_SIZE - LABELED_BATCH_SIZE})"
+        for i, precision in enumerate(args.precisions):
+            shown = f"{precision}, {layout}"
+            rows.append((label, shown, medians[precision], ratio if i == 0 else None))
+    data_kind = f"LA volumes from {args.la}" if real is not None else "synthetic volumes"
+    threads = f", {torch.get_num_threads()} CPU threads" if device_name == "cpu" else ""
+    print(
+        f"Training speed on {device_name or args.device}{threads} ({data_kind}; median of "
+        f"{args.iterations} timed iterations after {args.warmup} warm-up)\n"
+    )
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

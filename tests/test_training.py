@@ -1,0 +1,281 @@
+"""The training loop: exact resume, stop requests, convergence, bad input, validation, NaN guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import fbanet.training as training
+from fbanet.config import ModelConfig, TrainConfig
+from fbanet.data import Case
+from fbanet.modelfile import load_checkpoint, load_model_file, read_model_header
+from fbanet.progress import StopRequest
+from fbanet.training import Trainer, TrainingData
+
+LA = Path(__file__).resolve().parents[1].parent / "shared" / "la"
+TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread() -> Iterator[None]:
+    """Run the tiny networks on one thread.
+
+    They gain little from a second thread, and on a busy 2-core machine the thread pool's
+    busy-waiting makes them many times slower; one thread keeps the file fast everywhere.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _settings(**changes: Any) -> TrainConfig:
+    """A CPU-sized, exactly reproducible training configuration."""
+    base = {
+        "iterations": 4,
+        "batch_size": 4,
+        "labeled_batch_size": 2,
+        "learning_rate": 0.01,
+        "device": "cpu",
+        "precision": "fp32",
+        "seed": 7,
+        "checkpoint_every": 100,
+        "validate_every": 100,
+        # Make the consistency weight non-zero from the first step, so every loss term counts.
+        "rampup_length": 0.0,
+    }
+    return TrainConfig(**{**base, **changes})
+
+
+def _blob_case(
+    name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (24, 22, 20)
+) -> Case:
+    """A bright ellipsoid in Gaussian noise, z-scored; its label is the ellipsoid."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
+    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
+    image = ((image - image.mean()) / image.std()).astype(np.float32)
+    label = inside.astype(np.uint8) if labeled else None
+    return Case(name, image, label, (1.0, 1.0, 1.0))
+
+
+def _data(num_labeled: int = 2, num_unlabeled: int = 2, num_validation: int = 0) -> TrainingData:
+    return TrainingData(
+        labeled=[_blob_case(f"lab{i}", i, True) for i in range(num_labeled)],
+        unlabeled=[_blob_case(f"unl{i}", 100 + i, False) for i in range(num_unlabeled)],
+        validation=[_blob_case(f"val{i}", 200 + i, True) for i in range(num_validation)],
+        spacing=(1.0, 1.0, 1.0),
+    )
+
+
+def _trainer(run_dir: Path, config: TrainConfig, data: TrainingData | None = None,
+             **kwargs: Any) -> Trainer:  # fmt: skip
+    return Trainer(TINY, config, data or _data(), run_dir, show_progress=False, **kwargs)
+
+
+def _events(run_dir: Path, kind: str = "iteration") -> list[dict[str, Any]]:
+    lines = (run_dir / "progress.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+class _StopAt:
+    """A JSON-lines sink that requests a stop once iteration ``at`` has been reported."""
+
+    def __init__(self, stop: StopRequest, at: int) -> None:
+        self.stop = stop
+        self.at = at
+
+    def write(self, text: str) -> None:
+        event = json.loads(text)
+        if event.get("event") == "iteration" and event["iteration"] >= self.at:
+            self.stop.request()
+
+    def flush(self) -> None:
+        pass
+
+
+LOSS_KEYS = ("loss", "dice_loss", "consistency_loss", "contrastive_loss", "consistency_weight")
+
+
+def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
+    config = _settings(iterations=4)
+    whole = _trainer(tmp_path / "whole", config).run()
+    assert (whole.iterations, whole.stopped) == (4, False)
+
+    stop = StopRequest()
+    first = _trainer(tmp_path / "split", config, stop=stop, json_stream=_StopAt(stop, 2)).run()
+    assert (first.iterations, first.stopped) == (2, True)
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["iteration"] == 2
+    # A fresh trainer (as after a restart) picks up model, optimizer, sampler and RNG state.
+    second = _trainer(tmp_path / "split", config, resume=True).run()
+    assert (second.iterations, second.stopped) == (4, False)
+
+    expected = _events(tmp_path / "whole")
+    actual = _events(tmp_path / "split")
+    assert [e["iteration"] for e in expected] == [1, 2, 3, 4]
+    assert [e["iteration"] for e in actual] == [1, 2, 3, 4]
+    for a, b in zip(actual, expected, strict=True):
+        for key in LOSS_KEYS:
+            assert a[key] == b[key], (a["iteration"], key, a[key], b[key])
+    assert expected[2]["loss"] != expected[3]["loss"]  # the losses do move
+    assert expected[2]["consistency_weight"] == 1.0
+
+    # The final weights are identical too.
+    model_a, _ = load_model_file(whole.model_path)
+    model_b, _ = load_model_file(second.model_path)
+    state_b = model_b.state_dict()
+    for key, value in model_a.state_dict().items():
+        torch.testing.assert_close(value, state_b[key], rtol=0, atol=0, msg=key)
+
+
+def test_stop_before_the_first_iteration(tmp_path: Path) -> None:
+    stop = StopRequest()
+    stop.request()
+    result = _trainer(tmp_path / "run", _settings(), stop=stop).run()
+    assert result.stopped is True
+    assert result.iterations == 0
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 0
+    assert read_model_header(result.model_path).iterations == 0
+    assert _events(tmp_path / "run") == []
+    assert [e["iteration"] for e in _events(tmp_path / "run", "stopped")] == [0]
+
+
+def test_stop_file_stops_the_run(tmp_path: Path) -> None:
+    stop_file = tmp_path / "STOP"
+    stop_file.touch()
+    result = _trainer(tmp_path / "run", _settings(), stop=StopRequest(stop_file)).run()
+    assert (result.stopped, result.iterations) == (True, 0)
+
+
+def _real_cases(names: list[str], labeled: bool) -> list[Case]:
+    cases = []
+    for name in names:
+        with h5py.File(LA / "train" / f"{name}.h5", "r") as handle:
+            # Every 4th voxel in-plane and every 2nd slice: about 48 x 35 x 44 voxels.
+            image = np.ascontiguousarray(handle["image"][::4, ::4, ::2], dtype=np.float32)
+            label = np.ascontiguousarray(handle["label"][::4, ::4, ::2]) if labeled else None
+        cases.append(Case(name, image, label, (2.5, 2.5, 1.25)))
+    return cases
+
+
+@pytest.mark.slow
+def test_training_on_real_volumes_lowers_the_dice_loss(tmp_path: Path) -> None:
+    if not (LA / "train.list").is_file():
+        pytest.skip(f"LA data not found at {LA}")
+    names = (LA / "train.list").read_text(encoding="utf-8").split()
+    data = TrainingData(_real_cases(names[:4], True), _real_cases(names[4:8], False))
+    config = _settings(iterations=40, learning_rate=0.1, seed=0, rampup_length=40.0)
+    model = ModelConfig(base_filters=4, patch_size=(32, 32, 16), projection_dim=16)
+    Trainer(model, config, data, tmp_path / "run", show_progress=False).run()
+    dice = [e["dice_loss"] for e in _events(tmp_path / "run")]
+    assert len(dice) == 40
+    assert all(0.0 <= d <= 3.0 for d in dice)  # the sum of three decoders' Dice losses
+    first, last = float(np.mean(dice[:5])), float(np.mean(dice[-5:]))
+    assert last < first - 0.2, (first, last)
+
+
+def test_no_labeled_case_is_refused(tmp_path: Path) -> None:
+    data = TrainingData(labeled=[], unlabeled=_data().unlabeled)
+    with pytest.raises(ValueError, match="no labeled case"):
+        _trainer(tmp_path, _settings(), data)
+
+
+def test_labeled_case_without_label_is_refused(tmp_path: Path) -> None:
+    data = _data()
+    data = dataclasses.replace(data, labeled=[*data.labeled, _blob_case("bare", 9, False)])
+    with pytest.raises(ValueError, match="'bare' is used as labeled but has no label"):
+        _trainer(tmp_path, _settings(), data)
+
+
+def test_unlabeled_places_without_unlabeled_cases_are_refused(tmp_path: Path) -> None:
+    data = _data(num_unlabeled=0)
+    with pytest.raises(ValueError, match="no unlabeled case") as info:
+        _trainer(tmp_path, _settings(), data)
+    assert "labeled_batch_size" in str(info.value)  # the advice: train supervised instead
+    # Which is accepted: every place of the batch labeled.
+    result = _trainer(tmp_path, _settings(iterations=1, labeled_batch_size=4), data).run()
+    assert result.iterations == 1
+
+
+def test_a_folder_holding_a_run_needs_resume(tmp_path: Path) -> None:
+    _trainer(tmp_path, _settings(iterations=1)).run()
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    before = checkpoint.read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        _trainer(tmp_path, _settings(iterations=2)).run()
+    assert checkpoint.read_bytes() == before
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path: Path) -> None:
+    _trainer(tmp_path, _settings(iterations=1)).run()
+    other = dataclasses.replace(TINY, base_filters=8)
+    trainer = Trainer(other, _settings(iterations=2), _data(), tmp_path, resume=True,
+                      show_progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="another architecture"):
+        trainer.run()
+
+
+def test_validation_writes_the_best_model(tmp_path: Path) -> None:
+    config = _settings(iterations=4, validate_every=2)
+    result = _trainer(tmp_path, config, _data(num_validation=2)).run()
+    events = _events(tmp_path, "validation")
+    assert [e["iteration"] for e in events] == [2, 4]
+    for event in events:
+        assert 0.0 <= event["dice"] <= 1.0
+    best = max(e["dice"] for e in events)
+    assert result.best_validation_dice == pytest.approx(best)
+    assert events[-1]["best_dice"] == pytest.approx(best)
+    assert result.best_model_path == tmp_path / "best_model.safetensors"
+    assert result.best_model_path.is_file()
+    header = read_model_header(result.best_model_path)
+    assert header.validation_dice == pytest.approx(best)
+    assert header.iterations == next(e["iteration"] for e in events if e["dice"] == best)
+    assert read_model_header(result.model_path).validation_dice == pytest.approx(events[-1]["dice"])
+    model, _ = load_model_file(result.best_model_path)
+    assert model.config == TINY
+
+
+def test_no_validation_no_best_model(tmp_path: Path) -> None:
+    result = _trainer(tmp_path, _settings(iterations=2, validate_every=1)).run()
+    assert result.best_model_path is None and result.best_validation_dice is None
+    assert not (tmp_path / "best_model.safetensors").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    real_loss = training.fba_loss
+    snapshot: dict[str, bytes] = {}
+
+    def nan_at_three(*args: Any, **kwargs: Any) -> Any:
+        terms = real_loss(*args, **kwargs)
+        iteration = args[4]
+        if iteration < 3:
+            return terms
+        snapshot["checkpoint"] = checkpoint.read_bytes()
+        snapshot["model"] = (tmp_path / "model.safetensors").read_bytes()
+        return dataclasses.replace(terms, total=terms.total * float("nan"))
+
+    monkeypatch.setattr(training, "fba_loss", nan_at_three)
+    trainer = _trainer(tmp_path, _settings(iterations=4, checkpoint_every=2))
+    with pytest.raises(FloatingPointError, match="iteration 3"):
+        trainer.run()
+    assert checkpoint.read_bytes() == snapshot["checkpoint"]
+    assert (tmp_path / "model.safetensors").read_bytes() == snapshot["model"]
+    assert load_checkpoint(checkpoint)["iteration"] == 2
+    assert [e["iteration"] for e in _events(tmp_path)] == [1, 2]
+    leftovers = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
