@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 # Chosen so the default demo trains in a few minutes on a laptop CPU and segments the
 # phantom well; --quick only shows that the pipeline runs end to end.
 DEFAULT_ITERATIONS = 200
-QUICK_ITERATIONS = 12
+QUICK_ITERATIONS = 40
 DEFAULT_SHAPE = (64, 64, 48)
 QUICK_SHAPE = (48, 48, 32)
 LEARNING_RATE = 0.05  # above the paper's 0.01: a short run must converge quickly

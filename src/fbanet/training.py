@@ -254,7 +254,8 @@ class Trainer:
         terms = fba_loss(out.logits, out.fg, out.bg, y, self.iteration + 1, self.config)
         if not torch.isfinite(terms.total):
             raise FloatingPointError(
-                f"the loss became {float(terms.total.detach())} at iteration {self.iteration + 1}; lower "
+                f"the loss became {float(terms.total.detach())} at iteration "
+                f"{self.iteration + 1}; lower "
                 f"the learning rate or use --precision fp32 (the last checkpoint is kept)"
             )
         self.optimizer.zero_grad(set_to_none=True)
