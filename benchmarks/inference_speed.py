@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -217,7 +218,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
         setup = f"{device.type}, float32, contiguous"
     else:
-        segmenter = Segmenter.from_file(args.model, InferenceConfig(device=args.device))
+        config = InferenceConfig(device=args.device)
+        if args.overlap is not None:
+            config = dataclasses.replace(config, overlap=args.overlap)
+        segmenter = Segmenter.from_file(args.model, config)
         patch = segmenter.patch_size
         with torch.inference_mode():
             segmenter.predictor((0,))(torch.zeros(1, 1, *patch))
@@ -269,6 +273,8 @@ def run_child(args: argparse.Namespace, size: str, path: str, pred: Path) -> dic
     ]  # fmt: skip
     if args.case:
         command += ["--case", args.case]
+    if args.overlap is not None:
+        command += ["--overlap", str(args.overlap)]
     logger.info("running %s on %s", PATH_NAMES[path], size)
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
@@ -311,6 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LA data folder")
     p.add_argument("--case", help="LA case name (default: the first of train.list)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--overlap", type=float, help="window overlap of path (b) (default: fbanet's)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", choices=sorted(SHAPES), help=argparse.SUPPRESS)
     p.add_argument("--path", choices=sorted(PATH_NAMES), help=argparse.SUPPRESS)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fbanet import __version__
+from fbanet.cli_demo import add_parsers as add_demo_parsers
 from fbanet.cli_inference import add_parsers as add_inference_parsers
 from fbanet.cli_rank import add_parser as add_rank_parser
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     add_inference_parsers(commands)
     add_rank_parser(commands)
+    add_demo_parsers(commands)
     _add_import_parser(commands)
     _add_export_parser(commands)
     return parser

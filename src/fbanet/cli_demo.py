@@ -24,8 +24,10 @@ def add_parsers(commands: Any) -> None:
     p.add_argument(
         "-o", "--out", type=Path, default=Path("fbanet-demo"), help="output folder (fbanet-demo)"
     )
-    p.add_argument("--iterations", type=int, help="training iterations (default: per mode)")
-    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (poor Dice)")
+    p.add_argument("--iterations", type=int, help="training iterations (200; 40 with --quick)")
+    p.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke run (Dice about 0.5-0.8)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and training (0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
@@ -52,7 +54,7 @@ def _summary(result: Any) -> str:
         f"  model:         {result.model_path}",
         "In 3D Slicer: drag the scan and both .seg.nrrd files into the window (or File > Add "
         "Data), then show them in 3D from the Segmentations module.",
-        f"Segment your own scans with: fbanet segment SCAN -m {result.model_path} -o OUT.seg.nrrd",
+        "This model has only seen phantoms; for real scans, train on them with 'fbanet train'.",
     ]
     return "\n".join(lines)
 
