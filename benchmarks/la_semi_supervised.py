@@ -50,7 +50,7 @@ ARMS = {
 
 def arm_data(all_data: TrainingData, arm: str, labeled: int) -> TrainingData:
     """The cases one arm trains on (validation cases are never among them)."""
-    pool = [*all_data.labeled, *all_data.unlabeled]
+    pool = list(all_data.labeled)  # every training case, loaded with its label
     if arm == "a":
         groups = pool[:labeled], []
     elif arm == "b":
@@ -172,8 +172,10 @@ def main() -> None:
         args.arms, args.labeled, args.iterations = ["b"], 16, 15000
         args.patch, args.spacing = (112, 112, 80), LA_SPACING[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Load every training case with its label; each arm decides what it may see.
+    names = [n for n in (args.data / "train.list").read_text().split() if n]
     spec = spec_from_h5_list(
-        args.data / "train", args.data / "train.list", args.labeled, args.validation
+        args.data / "train", args.data / "train.list", len(names) - args.validation, args.validation
     )
     args.validation_names = [ref.name for ref in spec.validation]
     started = time.monotonic()

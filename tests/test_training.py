@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import fbanet.training as training
 from fbanet.config import ModelConfig, TrainConfig
@@ -245,6 +246,8 @@ def test_validation_writes_the_best_model(tmp_path: Path) -> None:
     assert read_model_header(result.model_path).validation_dice == pytest.approx(events[-1]["dice"])
     model, _ = load_model_file(result.best_model_path)
     assert model.config == TINY
+    with Image.open(tmp_path / "curves.png") as curves:  # losses and validation Dice drawn
+        assert curves.size[0] > 0 and curves.size[1] > 0
 
 
 def test_no_validation_no_best_model(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from fbanet.config import ModelConfig
@@ -126,16 +125,13 @@ def infer_model_config(state: Mapping[str, Tensor]) -> ModelConfig:
 
 def load_authors_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """Read an authors' ``.pth`` file safely (tensors only, no arbitrary objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise ValueError(
-            f"{str(path)!r} is not a readable PyTorch checkpoint of tensors ({error}); "
-            f"only state dicts are accepted, never pickled objects"
-        ) from error
+    from fbanet.modelfile import safe_torch_load  # modelfile imports the network, heavy
+
+    state = safe_torch_load(
+        path,
+        "PyTorch checkpoint of tensors",
+        "only state dicts are accepted, never pickled objects",
+    )
     if (
         isinstance(state, Mapping)
         and "state_dict" in state

@@ -119,18 +119,32 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only=True``: no arbitrary objects)."""
+def safe_torch_load(path: str | Path, what: str, advice: str) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (never arbitrary objects).
+
+    Args:
+        path: A file written by ``torch.save``.
+        what: What the file should be, for the message.
+        advice: What the user should do when the file cannot be read.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: Corrupt, foreign, or holding objects other than tensors and containers.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise ValueError(
-            f"{str(path)!r} is not a readable fbanet checkpoint ({error}); start a new run or "
-            f"resume from another checkpoint"
-        ) from error
+        raise ValueError(f"{str(path)!r} is not a readable {what} ({error}); {advice}") from error
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint safely (``weights_only=True``: no arbitrary objects)."""
+    state = safe_torch_load(
+        path, "fbanet checkpoint", "start a new run or resume from another checkpoint"
+    )
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not an fbanet training checkpoint")
     return state

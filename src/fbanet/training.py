@@ -9,6 +9,7 @@ A run lives in one folder::
       checkpoints/last.pt  full training state (atomic), for resuming
       model.safetensors    inference model file of the latest state
       best_model.safetensors  the state with the best validation Dice (when validating)
+      curves.png           losses and validation Dice, redrawn at every checkpoint
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from fbanet import __version__
 from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, to_dict
+from fbanet.curves import plot_training_curves
 from fbanet.data import Case
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.io import atomic_write
@@ -302,6 +304,10 @@ class Trainer:
     def _checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
         save_model_file(self.model_path, self.model, self.metadata())
+        try:
+            plot_training_curves(self.run_dir / "progress.jsonl", self.run_dir / "curves.png")
+        except (OSError, ValueError) as error:  # a picture must never stop training
+            logger.warning("could not draw the training curves: %s", error)
 
     def _maybe_validate(self, reporter: ProgressReporter) -> None:
         if not self.data.validation or self.iteration % self.config.validate_every:
