@@ -112,9 +112,10 @@ def run_arm(arm: str, data: TrainingData, args: argparse.Namespace) -> dict:
     table: MetricsTable = evaluate(segmenter, volumes)
     table.to_csv(run_dir / "validation_metrics.csv")
     summary = {k: list(v) for k, v in table.summary().items()}
+    described = ARMS[arm] if arm == "c" else f"{ARMS[arm]} ({args.labeled} labeled)"
     record = {
         "arm": arm,
-        "description": f"{ARMS[arm]} ({args.labeled} labeled)",
+        "description": described,
         "iterations": result.iterations,
         "train_seconds": result.seconds,
         "seconds_per_iteration": result.seconds / max(1, result.iterations),
