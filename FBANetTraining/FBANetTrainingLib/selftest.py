@@ -12,8 +12,8 @@ from FBANetTrainingLib import synthetic
 from FBANetTrainingLib.logic import START_SCRATCH, FBANetTrainingLogic, TrainingSettings
 
 TINY_SETTINGS = {
-    "iterations": 4, "patchSize": (16, 16, 16), "batchSize": 2, "labeledBatchSize": 1,
-    "learningRate": 0.01, "validationCases": 1, "validateEvery": 2, "checkpointEvery": 2,
+    "iterations": 100, "patchSize": (16, 16, 16), "batchSize": 2, "labeledBatchSize": 1,
+    "learningRate": 0.01, "validationCases": 1, "validateEvery": 50, "checkpointEvery": 50,
     "device": "cpu", "startFrom": START_SCRATCH, "baseFilters": 4,
     "extraArguments": ("--fp32", "--log-every", "1", "--seed", "3"),
 }  # fmt: skip
