@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,7 @@ TINY_FLAGS = ["--patch-size", "16", "16", "16", "--base-filters", "4", "--fp32",
               "--device", "cpu"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    """Run the tiny networks on one thread.
-
-    They gain little from a second thread, and on a busy 2-core machine the thread pool's
-    busy-waiting makes them many times slower; one thread keeps the file fast everywhere.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _write_nrrd(array: np.ndarray, path: Path, spacing: tuple[float, ...]) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,7 @@ RADIUS_MM = 8.0
 SPHERE_INDEX = (29.3, 16.8, 13.6)  # off-centre, so a flipped or shifted result is caught
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and far faster on a machine with other load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +27,7 @@ from fbanet.network import FBANet
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    """Run the tiny networks on one thread.
-
-    They gain little from a second thread, and on a busy 2-core machine the thread pool's
-    busy-waiting makes them many times slower; one thread keeps the file fast everywhere.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _trained_looking_model(seed: int = 0, config: ModelConfig = TINY) -> FBANet:
