@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fbanet.inference import Segmenter
-from fbanet.io import Geometry, Volume
+from fbanet.io import Volume
 from fbanet.metrics import MetricsTable, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,3 @@ def evaluate(
         if on_case is not None:
             on_case(case.name, metrics.as_dict())
     return table
-
-
-def labeled_volume_from_case(
-    name: str,
-    image: np.ndarray,
-    label: np.ndarray,
-    spacing: tuple[float, float, float],
-    normalized: bool,
-) -> LabeledVolume:
-    """Wrap arrays (X, Y, Z) with an axis-aligned geometry of ``spacing``."""
-    return LabeledVolume(name, Volume(image, Geometry(spacing)), label, normalized)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +91,7 @@ class TrainResult:
     seconds: float
 
 
-def check_training_data(data: TrainingData, model: ModelConfig, train: TrainConfig) -> None:
+def check_training_data(data: TrainingData, train: TrainConfig) -> None:
     """Refuse data that cannot train this configuration, with advice."""
     if not data.labeled:
         raise ValueError("no labeled case: FBA-Net needs at least one labeled volume")
@@ -110,7 +109,6 @@ def check_training_data(data: TrainingData, model: ModelConfig, train: TrainConf
     for case in (*data.labeled, *data.unlabeled, *data.validation):
         if case.image.ndim != 3:
             raise ValueError(f"case {case.name!r}: image must be 3-D, got {case.image.shape}")
-    del model  # the patch is padded when a volume is smaller, so any size trains
 
 
 class Trainer:
@@ -142,7 +140,7 @@ class Trainer:
         show_progress: bool = True,
         init_model: str | Path | None = None,
     ) -> None:
-        check_training_data(data, model_config, train_config)
+        check_training_data(data, train_config)
         self.model_config = model_config
         self.config = train_config
         self.data = data
@@ -402,4 +400,4 @@ def seconds_per_iteration(trainer: Trainer, iterations: int, warmup: int = 1) ->
         started = time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - started)
-    return [t for t in times if math.isfinite(t)]
+    return times
