@@ -63,13 +63,16 @@ def arm_data(all_data: TrainingData, arm: str, labeled: int) -> TrainingData:
 def arm_config(arm: str, args: argparse.Namespace) -> TrainConfig:
     """Same budget for every arm; only the mode and the labeled share of the batch differ."""
     semi = arm == "b"
+    # Every arm sees the same labeled patches per step (the authors' 2); FBA-Net adds its
+    # unlabeled patches on top, so the supervised signal per step is the same in all arms.
+    labeled = args.labeled_batch
     # The authors ramp the consistency weight over 40 x 150 = 6,000 of 15,000 iterations
     # (40 %); keep that fraction for a short budget, else the consistency term stays ~0.
     interval = max(1, round(args.iterations * 0.4 / 40))
     return TrainConfig(
         iterations=args.iterations,
-        batch_size=4,
-        labeled_batch_size=2 if semi else 4,
+        batch_size=labeled + args.unlabeled_batch if semi else labeled,
+        labeled_batch_size=labeled,
         mode=TrainingMode.SEMI_SUPERVISED if semi else TrainingMode.SUPERVISED,
         rampup_interval=interval,
         seed=args.seed,
@@ -160,6 +163,12 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs=3, default=(64, 64, 48))
     parser.add_argument("--spacing", type=float, default=1.25, help="training spacing (mm)")
     parser.add_argument("--labeled", type=int, default=8)
+    parser.add_argument(
+        "--labeled-batch", type=int, default=2, help="labeled patches per step (every arm)"
+    )
+    parser.add_argument(
+        "--unlabeled-batch", type=int, default=2, help="unlabeled patches per step (arm b)"
+    )
     parser.add_argument("--validation", type=int, default=8)
     parser.add_argument("--arms", nargs="+", default=["a", "b", "c"], choices=sorted(ARMS))
     parser.add_argument("--seed", type=int, default=1337)
