@@ -152,7 +152,7 @@ def test_total_loss_combines_the_terms() -> None:
     weight = consistency_rampup(3000)
     assert terms.consistency_weight == pytest.approx(weight)
     expected = 0.5 * dice + weight * consistency + contrast
-    assert float(terms.total) == pytest.approx(float(expected), rel=1e-6)
+    assert float(terms.total.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     terms.total.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in logits + fg + bg)
 
