@@ -1,39 +1,16 @@
-"""Tests for fbanet.sliding_window: window placement, weights, aggregation and the driver."""
+"""Tests for fbanet.sliding_window: padding, aggregation and the drivers."""
 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import pytest
 import torch
+from authors_protocol import authors_starts
 
 from fbanet import sliding_window as sw
-
-
-def _coverage(shape: tuple[int, int, int], patch: tuple[int, int, int], starts) -> np.ndarray:
-    count = np.zeros(shape, dtype=np.int64)
-    for x, y, z in starts:
-        count[x : x + patch[0], y : y + patch[1], z : z + patch[2]] += 1
-    return count
-
-
-def _authors_starts(shape, patch, stride) -> list[tuple[int, int, int]]:
-    """The nested loops of the authors' test_single_case, written out independently."""
-    ww, hh, dd = shape
-    sx = math.ceil((ww - patch[0]) / stride[0]) + 1
-    sy = math.ceil((hh - patch[1]) / stride[1]) + 1
-    sz = math.ceil((dd - patch[2]) / stride[2]) + 1
-    out = []
-    for x in range(sx):
-        xs = min(stride[0] * x, ww - patch[0])
-        for y in range(sy):
-            ys = min(stride[1] * y, hh - patch[1])
-            for z in range(sz):
-                zs = min(stride[2] * z, dd - patch[2])
-                out.append((xs, ys, zs))
-    return out
+from fbanet import windows
 
 
 def _conv_predictor(in_ch: int = 1, out_ch: int = 2, seed: int = 0):
@@ -48,57 +25,6 @@ def _conv_predictor(in_ch: int = 1, out_ch: int = 2, seed: int = 0):
     return predict
 
 
-# --- window placement -----------------------------------------------------------------------
-
-
-def test_patch_starts_known_values() -> None:
-    assert sw.patch_starts((10, 4, 5), (4, 4, 5), 0.5) == [(x, 0, 0) for x in (0, 2, 4, 6)]
-    # LA-sized x axis: step 56, n = ceil(63 / 56) + 1 = 3, linspace(0, 63, 3) rounded.
-    xs = sorted({s[0] for s in sw.patch_starts((175, 112, 80), (112, 112, 80))})
-    assert xs == [0, 32, 63]
-    assert sw.patch_starts((8, 8, 8), (8, 8, 8), 0.9) == [(0, 0, 0)]
-
-
-def test_patch_starts_cover_every_voxel_and_stay_inside() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(150):
-        patch = tuple(int(v) for v in rng.integers(1, 10, size=3))
-        shape = tuple(int(p + rng.integers(0, 3 * p + 6)) for p in patch)
-        overlap = float(rng.choice([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]))
-        starts = sw.patch_starts(shape, patch, overlap)
-        assert len(set(starts)) == len(starts)
-        for start in starts:
-            assert all(0 <= s <= n - p for s, n, p in zip(start, shape, patch, strict=True))
-        assert _coverage(shape, patch, starts).min() >= 1, (shape, patch, overlap)
-
-
-def test_patch_starts_overlap_controls_count() -> None:
-    counts = [len(sw.patch_starts((64, 64, 64), (16, 16, 16), o)) for o in (0.0, 0.5, 0.75)]
-    assert counts == [4**3, 7**3, 13**3]
-
-
-@pytest.mark.parametrize(
-    ("shape", "patch", "stride"),
-    [
-        ((175, 132, 88), (112, 112, 80), (18, 18, 4)),
-        ((112, 112, 80), (112, 112, 80), (18, 18, 4)),
-        ((130, 113, 81), (112, 112, 80), (18, 18, 4)),
-        ((30, 21, 17), (8, 7, 5), (3, 4, 2)),
-    ],
-)
-def test_paper_starts_match_authors_loops(shape, patch, stride) -> None:
-    starts = sw.paper_starts(shape, patch, stride)
-    assert starts == _authors_starts(shape, patch, stride)
-    assert _coverage(shape, patch, starts).min() >= 1
-
-
-def test_paper_starts_la_counts() -> None:
-    # (175 - 112) / 18 -> 5 windows, (132 - 112) / 18 -> 3, (88 - 80) / 4 -> 3.
-    starts = sw.paper_starts((175, 132, 88), (112, 112, 80), (18, 18, 4))
-    assert len(starts) == 5 * 3 * 3
-    assert starts[-1] == (63, 20, 8)
-
-
 def test_pad_to_patch_symmetric_split_and_crop() -> None:
     image = torch.arange(2 * 5 * 9 * 3, dtype=torch.float32).reshape(2, 5, 9, 3)
     padded, crop = sw.pad_to_patch(image, (8, 4, 6))
@@ -109,32 +35,6 @@ def test_pad_to_patch_symmetric_split_and_crop() -> None:
     assert padded.sum() == image.sum()
     same, _ = sw.pad_to_patch(image, (5, 9, 3))
     assert same is image
-
-
-# --- importance maps ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("patch", [(9, 7, 5), (8, 6, 4), (112, 112, 80)])
-def test_gaussian_map_peak_symmetry_positivity(patch) -> None:
-    g = sw.gaussian_importance_map(patch)
-    assert g.shape == patch and g.dtype == torch.float32
-    assert g.max().item() == 1.0
-    centre = tuple(p // 2 for p in patch)
-    assert g[centre].item() == 1.0  # for even sides one of the central voxels
-    for axis in range(3):
-        assert torch.equal(g, torch.flip(g, dims=(axis,)))
-    assert g.min().item() > 0
-    assert g[0, 0, 0] < 1e-6 or min(patch) < 10
-
-
-def test_gaussian_map_clamps_underflow_to_smallest_positive() -> None:
-    g = sw.gaussian_importance_map((32, 32, 32), sigma_scale=0.02, dtype=torch.float16)
-    assert g.min().item() > 0
-    assert g.max().item() == 1.0
-
-
-def test_constant_map_is_ones() -> None:
-    assert torch.equal(sw.constant_importance_map((3, 4, 5)), torch.ones(3, 4, 5))
 
 
 # --- aggregation and driver -----------------------------------------------------------------
@@ -199,7 +99,7 @@ def _brute_force_paper(image: np.ndarray, predict, patch, stride) -> np.ndarray:
     pads = [max(0, p - s) for s, p in zip(image.shape, patch, strict=True)]
     padded = np.pad(image, [(p // 2, p - p // 2) for p in pads])
     score, cnt = None, np.zeros(padded.shape)
-    for xs, ys, zs in _authors_starts(padded.shape, patch, stride):
+    for xs, ys, zs in authors_starts(padded.shape, patch, stride):
         window = padded[xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]]
         y = predict(torch.from_numpy(window[None, None].astype(np.float32)))[0].numpy()
         if score is None:
@@ -225,13 +125,13 @@ def test_paper_protocol_matches_brute_force(shape) -> None:
     assert out.shape == expected.shape == (2, *shape)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     padded = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
-    total = len(_authors_starts(padded, patch, stride))
+    total = len(authors_starts(padded, patch, stride))
     assert calls == [(i, total) for i in range(1, total + 1)]
 
 
 def test_explicit_starts_and_low_precision_output_accumulate_in_float32() -> None:
     image = torch.randn(1, 12, 10, 8)
-    starts = sw.paper_starts((12, 10, 8), (6, 6, 6), (3, 2, 1))
+    starts = windows.paper_starts((12, 10, 8), (6, 6, 6), (3, 2, 1))
     out = sw.sliding_window_inference(
         image, lambda x: x.to(torch.bfloat16), (6, 6, 6), starts=starts, blend="constant"
     )
@@ -336,14 +236,3 @@ def test_bad_inputs_raise_clear_errors(kwargs, exc, match) -> None:
     image, predictor, patch = args.pop("image"), args.pop("predictor"), args.pop("patch_size")
     with pytest.raises(exc, match=match):
         sw.sliding_window_inference(image, predictor, patch, **args)
-
-
-def test_start_helpers_reject_bad_shapes() -> None:
-    with pytest.raises(ValueError, match="smaller than patch size"):
-        sw.patch_starts((7, 8, 8), (8, 8, 8))
-    with pytest.raises(ValueError, match="overlap must be in"):
-        sw.patch_starts((8, 8, 8), (4, 4, 4), -0.1)
-    with pytest.raises(ValueError, match=r"stride must be 3 positive ints.*\(18, 18, 0\)"):
-        sw.paper_starts((8, 8, 8), (4, 4, 4), (18, 18, 0))
-    with pytest.raises(ValueError, match="sigma_scale must be > 0"):
-        sw.gaussian_importance_map((4, 4, 4), sigma_scale=0.0)

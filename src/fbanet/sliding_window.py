@@ -1,9 +1,8 @@
 """Sliding-window inference over a 3D volume with any patch predictor.
 
-Small, separately testable parts: window corners (:func:`patch_starts`, or the FBA-Net
-authors' :func:`paper_starts`), blending weights (:func:`gaussian_importance_map`,
-:func:`constant_importance_map`), accumulation (:class:`Aggregator`) and the drivers
-:func:`sliding_window_inference` and :func:`paper_protocol_inference`.
+Small, separately testable parts: window corners and blending weights
+(:mod:`fbanet.windows`), padding (:func:`pad_to_patch`), accumulation (:class:`Aggregator`)
+and the drivers :func:`sliding_window_inference` and :func:`paper_protocol_inference`.
 
 Layouts: an image is ``(C, X, Y, Z)``; a predictor maps ``(B, C, px, py, pz)`` to
 ``(B, K, px, py, pz)``; results are ``(K, X, Y, Z)`` float32.
@@ -11,112 +10,27 @@ Layouts: an image is ``(C, X, Y, Z)``; a predictor maps ``(B, C, px, py, pz)`` t
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fbanet.windows import (
+    Triple,
+    as_triple,
+    check_fits,
+    constant_importance_map,
+    gaussian_importance_map,
+    is_positive_int,
+    paper_starts,
+    patch_starts,
+)
+
 logger = logging.getLogger(__name__)
 
-Triple = tuple[int, int, int]
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 BLENDS = ("gaussian", "constant")
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
-
-def _triple(value: object, name: str) -> Triple:
-    """Validate ``value`` as three positive ints (patch size, stride, image shape)."""
-    try:
-        items = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(f"{name} must be 3 positive ints, got {value!r}") from None
-    if len(items) != 3 or not all(_is_positive_int(v) for v in items):
-        raise ValueError(f"{name} must be 3 positive ints, got {value!r}")
-    return (int(items[0]), int(items[1]), int(items[2]))
-
-
-def _check_fits(image_shape: Triple, patch: Triple) -> None:
-    if any(s < p for s, p in zip(image_shape, patch, strict=True)):
-        raise ValueError(
-            f"image shape {image_shape} is smaller than patch size {patch} on some axis; "
-            "pad it first (see pad_to_patch)"
-        )
-
-
-def patch_starts(
-    image_shape: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5
-) -> list[Triple]:
-    """Window start corners that cover every voxel with roughly ``overlap`` overlap.
-
-    Per axis, ``n = ceil((S - P) / step) + 1`` windows with
-    ``step = max(1, round(P * (1 - overlap)))``, spread evenly from 0 to ``S - P``.
-
-    Args:
-        image_shape: Spatial shape ``(X, Y, Z)``; every side must be >= the patch side.
-        patch_size: Window shape ``(px, py, pz)``.
-        overlap: Fraction of a window shared with its neighbour, in ``[0, 1)``.
-
-    Returns:
-        Start corners ``(x, y, z)`` in C order (z fastest).
-
-    Raises:
-        ValueError: On a bad shape, a patch larger than the image, or overlap outside [0, 1).
-    """
-    shape = _triple(image_shape, "image_shape")
-    patch = _triple(patch_size, "patch_size")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
-    _check_fits(shape, patch)
-    per_axis = []
-    for s, p in zip(shape, patch, strict=True):
-        step = max(1, round(p * (1.0 - overlap)))
-        n = math.ceil((s - p) / step) + 1
-        # Rounding can merge neighbours only when they are closer than a voxel; the gap
-        # between kept starts never exceeds step <= p, so coverage holds.
-        per_axis.append(sorted({int(v) for v in np.rint(np.linspace(0, s - p, n))}))
-    return [tuple(c) for c in itertools.product(*per_axis)]  # type: ignore[misc]
-
-
-def paper_starts(
-    image_shape: Sequence[int], patch_size: Sequence[int], stride: Sequence[int]
-) -> list[Triple]:
-    """Window start corners of the FBA-Net authors' evaluation (``test_single_case``).
-
-    Per axis ``sx = ceil((S - P) / stride) + 1`` and ``start_i = min(stride * i, S - P)``,
-    visited in their nested x, y, z loop order.
-
-    Args:
-        image_shape: Spatial shape ``(X, Y, Z)`` of the (already padded) image.
-        patch_size: Window shape ``(px, py, pz)``.
-        stride: Step per axis; the authors use ``(18, 18, 4)`` for the LA data.
-
-    Returns:
-        Start corners ``(x, y, z)``.
-
-    Raises:
-        ValueError: On a bad shape/stride or a patch larger than the image.
-    """
-    shape = _triple(image_shape, "image_shape")
-    patch = _triple(patch_size, "patch_size")
-    steps = _triple(stride, "stride")
-    _check_fits(shape, patch)
-    if any(t > p for t, p in zip(steps, patch, strict=True)):
-        raise ValueError(
-            f"stride {steps} is larger than the window {patch} on some axis, which would leave "
-            f"voxels unseen; use a stride no larger than the window"
-        )
-    per_axis = [
-        [min(t * i, s - p) for i in range(math.ceil((s - p) / t) + 1)]
-        for s, p, t in zip(shape, patch, steps, strict=True)
-    ]
-    return [tuple(c) for c in itertools.product(*per_axis)]  # type: ignore[misc]
 
 
 def pad_to_patch(
@@ -135,7 +49,7 @@ def pad_to_patch(
         no axis needed padding) and ``result[crop]`` undoes the padding on any
         ``(K, X', Y', Z')`` tensor of the padded spatial shape.
     """
-    patch = _triple(patch_size, "patch_size")
+    patch = as_triple(patch_size, "patch_size")
     _check_image(image)
     before, after, crop = [], [], [slice(None)]
     for s, p in zip(image.shape[1:], patch, strict=True):
@@ -148,51 +62,6 @@ def pad_to_patch(
         pads = [v for axis in (2, 1, 0) for v in (before[axis], after[axis])]
         image = F.pad(image, pads, mode="constant", value=0.0)
     return image, tuple(crop)  # type: ignore[return-value]
-
-
-def gaussian_importance_map(
-    patch_size: Sequence[int],
-    sigma_scale: float = 0.125,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Separable Gaussian weight ``(px, py, pz)`` peaking at the patch centre.
-
-    Window borders are the least reliable (least context), so they get low weight. The
-    centre is ``(P - 1) / 2`` so the map is exactly mirror-symmetric; sigma is
-    ``sigma_scale * P`` per axis. Normalized to max 1; zeros from underflow are raised to the
-    smallest nonzero value so every voxel keeps a positive weight (no 0/0 at image corners).
-
-    Args:
-        patch_size: Window shape ``(px, py, pz)``.
-        sigma_scale: Sigma as a fraction of each side; must be > 0.
-        dtype: Output dtype.
-        device: Output device.
-
-    Returns:
-        Tensor ``(px, py, pz)`` with values in ``(0, 1]``.
-    """
-    patch = _triple(patch_size, "patch_size")
-    if not sigma_scale > 0:
-        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale!r}")
-    axes = []
-    for p in patch:
-        offset = torch.arange(p, dtype=torch.float64) - (p - 1) / 2.0
-        g = torch.exp(-0.5 * (offset / (sigma_scale * p)) ** 2)
-        axes.append(g / g.max())
-    weights = (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).to(dtype)
-    positive = weights[weights > 0]
-    weights = torch.where(weights > 0, weights, positive.min())
-    return weights.to(device) if device is not None else weights
-
-
-def constant_importance_map(
-    patch_size: Sequence[int],
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """All-ones weight ``(px, py, pz)``: overlapping windows are plainly averaged."""
-    return torch.ones(_triple(patch_size, "patch_size"), dtype=dtype, device=device)
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -227,14 +96,14 @@ class Aggregator:
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not _is_positive_int(num_channels):
+        if not is_positive_int(num_channels):
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-        self.image_shape = _triple(image_shape, "image_shape")
+        self.image_shape = as_triple(image_shape, "image_shape")
         if importance.ndim != 3:
             shape = tuple(importance.shape)
             raise ValueError(f"importance must be (px, py, pz), got shape {shape}")
-        self.patch_size = _triple(importance.shape, "importance shape")
-        _check_fits(self.image_shape, self.patch_size)
+        self.patch_size = as_triple(importance.shape, "importance shape")
+        check_fits(self.image_shape, self.patch_size)
         self.num_channels = int(num_channels)
         self.device = torch.device(device)
         self._sum, self._count = self._allocate(self.device, dtype)
@@ -386,8 +255,8 @@ def sliding_window_inference(
     _check_image(image)
     if not callable(predictor):
         raise TypeError(f"predictor must be callable, got {type(predictor).__name__}")
-    patch = _triple(patch_size, "patch_size")
-    if not _is_positive_int(windows_per_batch):
+    patch = as_triple(patch_size, "patch_size")
+    if not is_positive_int(windows_per_batch):
         raise ValueError(f"windows_per_batch must be an int >= 1, got {windows_per_batch!r}")
     importance = _importance(blend, patch)
     device = torch.device(device) if device is not None else image.device
@@ -466,7 +335,7 @@ def paper_protocol_inference(
         Float32 tensor ``(K, X, Y, Z)``.
     """
     _check_image(image)
-    patch = _triple(patch_size, "patch_size")
+    patch = as_triple(patch_size, "patch_size")
     padded_shape = tuple(max(s, p) for s, p in zip(image.shape[1:], patch, strict=True))
     return sliding_window_inference(
         image,
