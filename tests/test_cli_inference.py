@@ -26,7 +26,8 @@ from fbanet.inference import Segmenter
 from fbanet.io import Geometry, Volume, read_volume, write_volume
 from fbanet.modelfile import ModelMetadata, save_model_file
 from fbanet.network import FBANet
-from fbanet.segmentation_io import read_segmentation, segments_from_model, write_segmentation
+from fbanet.segmentation_io import read_segmentation, write_segmentation
+from fbanet.segments import segments_from_model
 
 CONFIG = ModelConfig(base_filters=4, patch_size=(32, 32, 16), projection_dim=8)
 COLOR = (0.85, 0.4, 0.35)  # the model's "Left atrium" colour

@@ -35,7 +35,8 @@ from fbanet.io import Volume, write_volume
 from fbanet.metrics import compute_metrics
 from fbanet.phantoms import DEFAULT_SPACING, as_case, make_cohort
 from fbanet.segment_files import segment_file
-from fbanet.segmentation_io import read_segmentation, segments_from_model, write_segmentation
+from fbanet.segmentation_io import read_segmentation, write_segmentation
+from fbanet.segments import segments_from_model
 from fbanet.training import Trainer, TrainingData
 
 logger = logging.getLogger(__name__)

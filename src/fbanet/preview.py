@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fbanet.io import Volume, atomic_write
-from fbanet.segmentation_io import default_color
+from fbanet.segments import default_color
 
 logger = logging.getLogger(__name__)
 

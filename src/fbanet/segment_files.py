@@ -17,10 +17,10 @@ from fbanet.preview import save_preview
 from fbanet.segmentation_io import (
     SEG_NRRD_EXTENSION,
     SUPPORTED_EXTENSIONS,
-    segments_from_model,
     write_scalar_volume,
     write_segmentation,
 )
+from fbanet.segments import segments_from_model
 
 logger = logging.getLogger(__name__)
 
