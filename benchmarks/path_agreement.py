@@ -34,7 +34,12 @@ VARIANTS = {
     "b, no largest component": InferenceConfig(largest_component=False),
     "b, constant blend, overlap 0.5": InferenceConfig(overlap=0.5, blend="constant"),
 }
-COLUMNS = ("Dice(a,b)", "Dice(a,b no LCC)", "Dice(a,b const 0.5)", "Dice(a,label)", "Dice(b,label)")
+SHORT = ("b", "b no LCC", "b const 0.5")
+COLUMNS = (
+    *(f"Dice(a,{v})" for v in SHORT),
+    "Dice(a,label)",
+    *(f"Dice({v},label)" for v in SHORT),
+)
 
 
 def case_row(path: Path, reference: Segmenter, variants: dict[str, Segmenter]) -> list[float]:
@@ -43,7 +48,7 @@ def case_row(path: Path, reference: Segmenter, variants: dict[str, Segmenter]) -
     label = read_volume(path, dataset="label", h5_spacing=LA_SPACING).array > 0
     a = reference.segment(image, normalized=True).labelmap.array > 0
     preds = [s.segment(image, normalized=True).labelmap.array > 0 for s in variants.values()]
-    return [*(dice(b, a) for b in preds), dice(a, label), dice(preds[0], label)]
+    return [*(dice(b, a) for b in preds), dice(a, label), *(dice(b, label) for b in preds)]
 
 
 def markdown(rows: dict[str, list[float]]) -> str:
