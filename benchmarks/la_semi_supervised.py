@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 
 from fbanet.config import ModelConfig, TrainConfig, TrainingMode
-from fbanet.data import spec_from_h5_list
 from fbanet.evaluation import LabeledVolume, evaluate
 from fbanet.inference import Segmenter, paper_config
 from fbanet.io import Geometry, read_volume
+from fbanet.manifest import spec_from_h5_list
 from fbanet.metrics import MetricsTable
 from fbanet.runs import load_training_data
 from fbanet.training import Trainer, TrainingData

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_spec(args: argparse.Namespace) -> Any:
-    from fbanet.data import read_manifest, spec_from_h5_list
+    from fbanet.manifest import read_manifest, spec_from_h5_list
 
     if args.manifest is not None:
         if args.h5_dir or args.h5_list:

@@ -190,7 +190,7 @@ def segment_command(args: argparse.Namespace) -> int:
 
 
 def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
-    from fbanet.data import read_manifest, spec_from_h5_list
+    from fbanet.manifest import read_manifest, spec_from_h5_list
     from fbanet.segment_files import read_labeled
 
     if args.manifest is not None:

@@ -12,8 +12,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, parse_enum
-from fbanet.data import Case, CaseRef, DatasetSpec, load_cases
+from fbanet.data import Case, load_cases
 from fbanet.io import Geometry, Volume, is_hdf5
+from fbanet.manifest import CaseRef, DatasetSpec
 from fbanet.preprocess import resample
 from fbanet.training import TrainingData
 

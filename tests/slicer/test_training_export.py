@@ -10,8 +10,9 @@ import pytest
 import test_training_support as support
 from test_training_support import dataset, logic, slicer, synthetic
 
-from fbanet.data import load_case, read_manifest
+from fbanet.data import load_case
 from fbanet.io import read_volume
+from fbanet.manifest import read_manifest
 from fbanet.runs import load_training_data
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
