@@ -43,5 +43,5 @@ def test_segment_without_a_model_uses_the_default(tmp_path: Path) -> None:
         reference = handle["label"][()] == 1
     prediction = labelmap.array == 1
     dice = 2 * (prediction & reference).sum() / (prediction.sum() + reference.sum())
-    assert dice > 0.75, dice  # measured 0.855 on this validation case
+    assert dice > 0.75, dice  # measured 0.858 on this validation case
     assert np.isclose(labelmap.geometry.spacing, 0.625).all()
