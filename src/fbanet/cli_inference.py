@@ -32,6 +32,11 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         help="keep only the largest connected component",
     )
     lcc.add_argument("--no-largest-component", dest="largest_component", action="store_false")
+    add_compute_options(p)
+
+
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that runs a model: device, precision, HDF5 spacing."""
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
         "--precision", default="auto", help="auto (bfloat16 where supported), bf16, fp32"
@@ -122,14 +127,19 @@ def _inference_config(args: argparse.Namespace) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def _segmenter(args: argparse.Namespace) -> Any:
+def load_segmenter(model: Path | None, config: Any) -> Any:
+    """A ``Segmenter`` for ``model``, or for the bundled model when ``model`` is None."""
     from fbanet.inference import Segmenter
     from fbanet.models import default_model_path
 
-    model = args.model or default_model_path()
+    model = model or default_model_path()
     if model is None:
         raise ValueError("no model given and no default model is bundled; pass --model FILE")
-    return Segmenter.from_file(model, _inference_config(args))
+    return Segmenter.from_file(model, config)
+
+
+def _segmenter(args: argparse.Namespace) -> Any:
+    return load_segmenter(args.model, _inference_config(args))
 
 
 def segment_command(args: argparse.Namespace) -> int:

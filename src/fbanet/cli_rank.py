@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fbanet.cli_inference import add_compute_options, load_segmenter
+
 logger = logging.getLogger("fbanet")
 
 
@@ -28,39 +30,22 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--margin", type=int, default=2, help="voxels added around the predicted region (2)"
     )
-    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument(
-        "--precision", default="auto", help="auto (bfloat16 where supported), bf16, fp32"
-    )
-    p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     p.add_argument("--windows-per-batch", type=int, help="windows per forward pass (4)")
-    p.add_argument(
-        "--h5-spacing",
-        type=float,
-        nargs=3,
-        default=(1.0, 1.0, 1.0),
-        metavar=("X", "Y", "Z"),
-        help="voxel spacing (mm) of HDF5 inputs",
-    )
+    add_compute_options(p)
     p.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a table")
     p.set_defaults(handler=rank_command)
 
 
 def _segmenter(args: argparse.Namespace) -> Any:
     from fbanet.config import InferenceConfig
-    from fbanet.inference import Segmenter
-    from fbanet.models import default_model_path
 
-    model = args.model or default_model_path()
-    if model is None:
-        raise ValueError("no model given and no default model is bundled; pass --model FILE")
     settings: dict[str, Any] = {
         "device": args.device,
         "precision": "fp32" if args.fp32 else args.precision,
     }
     if args.windows_per_batch is not None:
         settings["windows_per_batch"] = args.windows_per_batch
-    return Segmenter.from_file(model, InferenceConfig(**settings))
+    return load_segmenter(args.model, InferenceConfig(**settings))
 
 
 def _emit(event: dict[str, Any]) -> None:
