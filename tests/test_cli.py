@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from builders import trained_looking_model
 
 from fbanet import __version__
 from fbanet.checkpoint_import import convert_key
@@ -238,23 +239,12 @@ def test_authors_key_inverts_convert_key_on_the_official_layout() -> None:
     assert not mismatched, [(k, ours[k], official[k]) for k in mismatched[:5]]
 
 
-def _randomized(config: ModelConfig, seed: int = 0) -> FBANet:
-    torch.manual_seed(seed)
-    model = FBANet(config)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
 @pytest.mark.parametrize("layout", ["plain", "wrapped"])
 def test_import_checkpoint_gives_the_same_outputs(
     layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = ModelConfig(base_filters=4, patch_size=(32, 32, 32))
-    original = _randomized(config)
+    original = trained_looking_model(config)
     state: dict[str, Any] = _authors_state(original)
     if layout == "wrapped":  # saved from nn.DataParallel, inside a dict
         state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-import torch
+from builders import trained_looking_model
 from PIL import Image
 
 import fbanet.models
@@ -25,7 +25,6 @@ from fbanet.config import InferenceConfig, ModelConfig
 from fbanet.inference import Segmenter
 from fbanet.io import Geometry, Volume, read_volume, write_volume
 from fbanet.modelfile import ModelMetadata, save_model_file
-from fbanet.network import FBANet
 from fbanet.segmentation_io import read_segmentation, write_segmentation
 from fbanet.segments import segments_from_model
 
@@ -53,14 +52,7 @@ GEOMETRY = Geometry(SPACING, (12.5, -30.0, 44.0), orthonormal(OBLIQUE))
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = FBANet(CONFIG)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.bias.normal_(0.0, 0.3)
+    model = trained_looking_model(CONFIG)
     metadata = ModelMetadata(CONFIG, spacing=(1.0, 1.0, 1.0), description="test model")
     return save_model_file(tmp_path_factory.mktemp("model") / "tiny.safetensors", model, metadata)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from builders import rotation, trained_looking_model
 from safetensors.torch import save_file
 
 from fbanet.cli import main
@@ -39,15 +40,6 @@ SPHERE_INDEX = (29.3, 16.8, 13.6)  # off-centre, so a flipped or shifted result 
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    """A proper rotation matrix from three angles (radians)."""
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 GEOMETRY = Geometry(SPACING, (-40.0, 25.5, 80.0), tuple(rotation(0.3, -0.25, 0.6).ravel()))
@@ -97,16 +89,7 @@ def intensity_predictor(image: np.ndarray) -> Callable[[Sequence[int]], Callable
 
 def randomized_model(seed: int = 0, config: ModelConfig = TINY) -> FBANet:
     """An inference network with random weights and non-trivial batch-norm statistics."""
-    torch.manual_seed(seed)
-    model = FBANet(config, with_contrast=False)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.3)
-    return model.eval()
+    return trained_looking_model(config, seed, with_contrast=False)
 
 
 def sphere_segmenter(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import trained_looking_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -28,24 +29,6 @@ TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def _trained_looking_model(seed: int = 0, config: ModelConfig = TINY) -> FBANet:
-    """A network with random weights and non-default batch-norm statistics.
-
-    Fresh batch-norm layers have mean 0 / variance 1; randomizing them makes sure a round
-    trip that dropped the buffers would change the eval-mode outputs.
-    """
-    torch.manual_seed(seed)
-    model = FBANet(config)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-    return model.eval()
 
 
 def _input(seed: int = 1, config: ModelConfig = TINY) -> torch.Tensor:
@@ -75,7 +58,7 @@ def _metadata(config: ModelConfig = TINY) -> ModelMetadata:
 
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[FBANet, Path]:
-    model = _trained_looking_model()
+    model = trained_looking_model(TINY)
     path = save_model_file(tmp_path / "model.safetensors", model, _metadata())
     return model, path
 
@@ -97,7 +80,7 @@ def test_round_trip_gives_identical_outputs(saved: tuple[FBANet, Path]) -> None:
 
 
 def test_half_file_is_half_the_size_and_close(tmp_path: Path) -> None:
-    model = _trained_looking_model()
+    model = trained_looking_model(TINY)
     full = save_model_file(tmp_path / "full.safetensors", model, _metadata())
     half = save_model_file(tmp_path / "half.safetensors", model, _metadata(), half=True)
     ratio = half.stat().st_size / full.stat().st_size
@@ -144,7 +127,7 @@ def test_metadata_round_trip(saved: tuple[FBANet, Path]) -> None:
 
 def test_metadata_defaults_round_trip(tmp_path: Path) -> None:
     metadata = ModelMetadata(model=TINY)
-    path = save_model_file(tmp_path / "m.safetensors", _trained_looking_model(), metadata)
+    path = save_model_file(tmp_path / "m.safetensors", trained_looking_model(TINY), metadata)
     header = read_model_header(path)
     assert header == metadata
     assert header.spacing is None and header.validation_dice is None
@@ -323,7 +306,7 @@ def test_missing_files_raise_file_not_found(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    model = _trained_looking_model()
+    model = trained_looking_model(TINY)
     state = {
         "iteration": 7,
         "model": modelfile.state_dict_to_cpu(model.state_dict()),

@@ -11,6 +11,7 @@ import itertools
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from builders import rotation
 
 from fbanet.io import Geometry, Volume
 from fbanet.preprocess import IndexBox, crop, physical_roi, resample, resample_onto, voxel_roi
@@ -18,15 +19,6 @@ from fbanet.preprocess import IndexBox, crop, physical_roi, resample, resample_o
 SPACING = (0.7, 0.9, 1.6)
 ORIGIN = (-31.5, 12.25, 104.0)
 SHAPE = (30, 26, 18)
-
-
-def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    """A proper rotation matrix from three angles (radians)."""
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 # Oblique: no axis of the grid is parallel to a physical axis.
