@@ -88,7 +88,7 @@ def synthetic_scan(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 def la_case(data: Path, case: str | None) -> tuple[np.ndarray, str] | None:
     """A real LA image (z-scored as stored), or None when the data is absent."""
-    from fbanet.io import read_volume
+    from fbanet.io.volumes import read_volume
 
     listing = data / "train.list"
     if not listing.is_file():
@@ -103,7 +103,7 @@ def la_case(data: Path, case: str | None) -> tuple[np.ndarray, str] | None:
 
 def benchmark_volume(size: str, data: Path, case: str | None) -> tuple[Any, str]:
     """The volume for ``size`` (normalized, 0.625 mm) and a description of its source."""
-    from fbanet.io import Geometry, Volume
+    from fbanet.io.volumes import Geometry, Volume
 
     shape = SHAPES[size]
     real = la_case(data, case)
@@ -130,8 +130,8 @@ def benchmark_volume(size: str, data: Path, case: str | None) -> tuple[Any, str]
 def random_model_file(folder: Path) -> Path:
     """The default architecture (patch 112x112x80) with random weights, as a model file."""
     from fbanet.config import IntensityNormalization, ModelConfig
-    from fbanet.modelfile import ModelMetadata, save_model_file
-    from fbanet.network import FBANet
+    from fbanet.model.files import ModelMetadata, save_model_file
+    from fbanet.model.network import FBANet
 
     torch.manual_seed(0)
     config = ModelConfig()
@@ -152,8 +152,8 @@ def reference_predictor(model_path: Path, device: torch.device) -> tuple[Callabl
     """
     from safetensors.torch import load_file
 
-    from fbanet.modelfile import read_model_header
-    from fbanet.network import FBANet
+    from fbanet.model.files import read_model_header
+    from fbanet.model.network import FBANet
 
     metadata = read_model_header(model_path)
     torch.manual_seed(0)
@@ -174,8 +174,8 @@ def reference_predictor(model_path: Path, device: torch.device) -> tuple[Callabl
 
 def run_reference(volume: Any, predictor: Callable, metadata: Any) -> np.ndarray:
     """Path (a) on one volume: resample to the model spacing if needed, windows, argmax."""
-    from fbanet.preprocess import resample, resample_channels
-    from fbanet.sliding_window import paper_protocol_inference
+    from fbanet.data.preprocess import resample, resample_channels
+    from fbanet.infer.sliding_window import paper_protocol_inference
 
     spacing = metadata.spacing
     net_input = resample(volume, spacing) if spacing is not None else volume
@@ -201,7 +201,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """Time one path on one volume in this process; returns the JSON record."""
     from fbanet.config import InferenceConfig
     from fbanet.device import select_device
-    from fbanet.inference import Segmenter
+    from fbanet.infer.segmenter import Segmenter
 
     volume, source = benchmark_volume(args.size, args.data, args.case)
     logger.info("%s volume %s (%s), path %s", args.size, volume.array.shape, source, args.path)

@@ -31,13 +31,13 @@ import time
 from pathlib import Path
 
 from fbanet.config import ModelConfig, TrainConfig, TrainingMode
-from fbanet.evaluation import LabeledVolume, evaluate
-from fbanet.inference import Segmenter, paper_config
-from fbanet.io import Geometry, read_volume
-from fbanet.manifest import spec_from_h5_list
+from fbanet.data.manifest import spec_from_h5_list
+from fbanet.infer.evaluation import LabeledVolume, evaluate
+from fbanet.infer.segmenter import Segmenter, paper_config
+from fbanet.io.volumes import Geometry, read_volume
 from fbanet.metrics import MetricsTable
-from fbanet.runs import load_training_data
-from fbanet.training import Trainer, TrainingData
+from fbanet.train.runs import load_training_data
+from fbanet.train.trainer import Trainer, TrainingData
 
 logger = logging.getLogger("la_semi_supervised")
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fbanet.config import InferenceConfig
-from fbanet.inference import Segmenter, paper_config
-from fbanet.io import read_volume
+from fbanet.infer.segmenter import Segmenter, paper_config
+from fbanet.io.volumes import read_volume
 from fbanet.metrics import dice
 
 logger = logging.getLogger("path_agreement")

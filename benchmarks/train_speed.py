@@ -1,8 +1,8 @@
 """Seconds per FBA-Net training iteration, in fp32 and bfloat16, at two configurations.
 
 Measures full optimizer steps (batch sampling, forward through the three decoders and
-contrastive modules, loss, backward, SGD) with :class:`fbanet.training.Trainer` and
-:func:`fbanet.training.seconds_per_iteration`, and prints a markdown table::
+contrastive modules, loss, backward, SGD) with :class:`fbanet.train.trainer.Trainer` and
+:func:`fbanet.train.trainer.seconds_per_iteration`, and prints a markdown table::
 
     python benchmarks/train_speed.py                       # both configs, 3 timed iterations
     python benchmarks/train_speed.py --configs small --iterations 5
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from fbanet.config import ModelConfig, TrainConfig
-from fbanet.data import Case, load_case
-from fbanet.training import Trainer, TrainingData, seconds_per_iteration
+from fbanet.data.cases import Case, load_case
+from fbanet.train.trainer import Trainer, TrainingData, seconds_per_iteration
 
 logger = logging.getLogger("train_speed")
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fbanet.config import ModelConfig
-from fbanet.network import FBANet
+from fbanet.model.network import FBANet
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:

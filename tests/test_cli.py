@@ -17,11 +17,11 @@ import torch
 from builders import trained_looking_model
 
 from fbanet import __version__
-from fbanet.checkpoint_import import convert_key
-from fbanet.cli import main
+from fbanet.cli.main import main
 from fbanet.config import ModelConfig
-from fbanet.modelfile import load_checkpoint, load_model_file, read_model_header
-from fbanet.network import FBANet
+from fbanet.model.authors import convert_key
+from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
+from fbanet.model.network import FBANet
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 TINY_FLAGS = ["--patch-size", "16", "16", "16", "--base-filters", "4", "--fp32", "--json",
@@ -282,7 +282,7 @@ def test_import_refuses_foreign_checkpoints(
 
 def test_module_help_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fbanet.cli", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fbanet", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "import-checkpoint" in result.stdout

@@ -19,14 +19,14 @@ import slicerio
 from builders import trained_looking_model
 from PIL import Image
 
-import fbanet.models
-from fbanet.cli import main
+import fbanet.model.bundled
+from fbanet.cli.main import main
 from fbanet.config import InferenceConfig, ModelConfig
-from fbanet.inference import Segmenter
-from fbanet.io import Geometry, Volume, read_volume, write_volume
-from fbanet.modelfile import ModelMetadata, save_model_file
-from fbanet.segmentation_io import read_segmentation, write_segmentation
-from fbanet.segments import segments_from_model
+from fbanet.infer.segmenter import Segmenter
+from fbanet.io.segmentation import read_segmentation, write_segmentation
+from fbanet.io.segments import segments_from_model
+from fbanet.io.volumes import Geometry, Volume, read_volume, write_volume
+from fbanet.model.files import ModelMetadata, save_model_file
 
 CONFIG = ModelConfig(base_filters=4, patch_size=(32, 32, 16), projection_dim=8)
 COLOR = (0.85, 0.4, 0.35)  # the model's "Left atrium" colour
@@ -220,7 +220,7 @@ def test_missing_input_is_reported(
 def test_segment_without_a_model_asks_for_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(fbanet.models, "default_model_path", lambda: None)
+    monkeypatch.setattr(fbanet.model.bundled, "default_model_path", lambda: None)
     image = write_scan(tmp_path / "scan.nrrd")
     code = main(["segment", str(image), "-o", str(tmp_path / "s.seg.nrrd")])
     assert code == 2

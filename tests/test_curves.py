@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fbanet.curves import (
+from fbanet.train.curves import (
     LOSS_COLORS,
     SIZE,
     VALIDATION_COLOR,

@@ -1,4 +1,4 @@
-"""Tests of fbanet.data: normalization, case validation, label alignment, loading."""
+"""Tests of fbanet.data.cases: normalization, case validation, label alignment, loading."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fbanet.config import IntensityNormalization
-from fbanet.data import load_case, load_cases, zscore
-from fbanet.io import Geometry, Volume, write_volume
-from fbanet.manifest import CaseRef, spec_from_h5_list
+from fbanet.data.cases import load_case, load_cases, zscore
+from fbanet.data.manifest import CaseRef, spec_from_h5_list
+from fbanet.io.volumes import Geometry, Volume, write_volume
 
 LA_DIR = Path(__file__).parents[1].parent / "shared" / "la"
 ZSCORE = IntensityNormalization.ZSCORE

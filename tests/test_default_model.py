@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fbanet.cli import main
-from fbanet.model_header import read_model_header
-from fbanet.models import default_model_path
-from fbanet.segmentation_io import read_segmentation
+from fbanet.cli.main import main
+from fbanet.io.segmentation import read_segmentation
+from fbanet.model.bundled import default_model_path
+from fbanet.model.header import read_model_header
 
 LA = Path(__file__).resolve().parents[1].parent / "shared" / "la"
 # The last 8 cases of train.list: the validation split the default model never saw.

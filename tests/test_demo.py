@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from fbanet.cli import build_parser, main
-from fbanet.demo import (
+from fbanet.cli.main import build_parser, main
+from fbanet.demo.run import (
     DEFAULT_ITERATIONS,
     QUICK_ITERATIONS,
     DemoResult,
     demo_configs,
     run_demo,
 )
-from fbanet.io import read_volume
+from fbanet.io.segmentation import read_segmentation
+from fbanet.io.volumes import read_volume
 from fbanet.metrics import dice
-from fbanet.modelfile import read_model_header
-from fbanet.segmentation_io import read_segmentation
+from fbanet.model.files import read_model_header
 
 
 def _demo_registered() -> bool:

@@ -20,15 +20,15 @@ import torch
 from builders import rotation, trained_looking_model
 from safetensors.torch import save_file
 
-from fbanet.cli import main
+from fbanet.cli.main import main
 from fbanet.config import InferenceConfig as Config
 from fbanet.config import IntensityNormalization, ModelConfig
-from fbanet.data import zscore
-from fbanet.inference import Segmenter, largest_component, paper_config, with_flips
-from fbanet.io import Geometry, Volume
-from fbanet.modelfile import ModelMetadata, save_model_file
-from fbanet.network import FBANet
-from fbanet.preprocess import IndexBox
+from fbanet.data.cases import zscore
+from fbanet.data.preprocess import IndexBox
+from fbanet.infer.segmenter import Segmenter, largest_component, paper_config, with_flips
+from fbanet.io.volumes import Geometry, Volume
+from fbanet.model.files import ModelMetadata, save_model_file
+from fbanet.model.network import FBANet
 
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 FP32_CPU = Config(device="cpu", precision="fp32")

@@ -1,4 +1,4 @@
-"""Tests of fbanet.io: formats, geometry round trips, rejections and atomic writes."""
+"""Tests of fbanet.io.volumes: formats, geometry round trips, rejections and atomic writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fbanet.io import (
+from fbanet.io.volumes import (
     Geometry,
     Volume,
     atomic_write,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fbanet.config import ContrastiveKind, TrainConfig
-from fbanet.losses import (
+from fbanet.model.losses import (
     consistency_rampup,
     contrastive_loss,
     cosine_similarity_matrix,

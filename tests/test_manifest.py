@@ -1,4 +1,4 @@
-"""Tests for fbanet.manifest: JSON manifests and HDF5 case lists."""
+"""Tests for fbanet.data.manifest: JSON manifests and HDF5 case lists."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fbanet.manifest import CaseRef, read_manifest, spec_from_h5_list
+from fbanet.data.manifest import CaseRef, read_manifest, spec_from_h5_list
 
 LA_DIR = Path(__file__).parents[1].parent / "shared" / "la"
 

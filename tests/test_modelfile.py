@@ -13,9 +13,9 @@ from builders import trained_looking_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import fbanet.modelfile as modelfile
+import fbanet.model.files as modelfile
 from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, to_dict
-from fbanet.modelfile import (
+from fbanet.model.files import (
     ModelMetadata,
     load_checkpoint,
     load_model_file,
@@ -23,7 +23,7 @@ from fbanet.modelfile import (
     save_checkpoint,
     save_model_file,
 )
-from fbanet.network import FBANet
+from fbanet.model.network import FBANet
 
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 

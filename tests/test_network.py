@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fbanet.checkpoint_import import convert_key, convert_state_dict, infer_model_config
 from fbanet.config import ModelConfig
-from fbanet.network import FBANet, count_parameters, inference_state_dict
+from fbanet.model.authors import convert_key, convert_state_dict, infer_model_config
+from fbanet.model.network import FBANet, count_parameters, inference_state_dict
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 TINY = ModelConfig(base_filters=4, patch_size=(32, 32, 16), projection_dim=8)

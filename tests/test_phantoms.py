@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fbanet.data import Case
-from fbanet.phantoms import (
+from fbanet.data.cases import Case
+from fbanet.demo.phantoms import (
     FOREGROUND_FRACTION,
     as_case,
     bias_field,

@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from builders import rotation
 
-from fbanet.io import Geometry, Volume
-from fbanet.preprocess import IndexBox, crop, physical_roi, resample, resample_onto, voxel_roi
+from fbanet.data.preprocess import IndexBox, crop, physical_roi, resample, resample_onto, voxel_roi
+from fbanet.io.volumes import Geometry, Volume
 
 SPACING = (0.7, 0.9, 1.6)
 ORIGIN = (-31.5, 12.25, 104.0)

@@ -1,4 +1,4 @@
-"""Tests for fbanet.preview: the three-slice PNG with segment outlines."""
+"""Tests for fbanet.io.preview: the three-slice PNG with segment outlines."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fbanet.io import Geometry, Volume
-from fbanet.preview import save_preview
+from fbanet.io.preview import save_preview
+from fbanet.io.volumes import Geometry, Volume
 
 Image = pytest.importorskip("PIL.Image")
 

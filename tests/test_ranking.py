@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from fbanet.cli import main
+from fbanet.cli.main import main
 from fbanet.config import InferenceConfig, ModelConfig
-from fbanet.io import Geometry, Volume, write_volume
-from fbanet.modelfile import ModelMetadata, save_model_file
-from fbanet.network import FBANet
-from fbanet.ranking import (
+from fbanet.infer.ranking import (
     Disagreement,
     disagreement,
     disagreement_score,
@@ -24,6 +21,9 @@ from fbanet.ranking import (
     score_probabilities,
     sort_by_disagreement,
 )
+from fbanet.io.volumes import Geometry, Volume, write_volume
+from fbanet.model.files import ModelMetadata, save_model_file
+from fbanet.model.network import FBANet
 
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 OFFSETS = np.array([-1.0, 0.0, 1.0])  # decoder k predicts base + OFFSETS[k] * spread
@@ -128,7 +128,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_real_model_gives_a_finite_score(tiny_model: Path) -> None:
-    from fbanet.inference import Segmenter
+    from fbanet.infer.segmenter import Segmenter
 
     segmenter = Segmenter.from_file(tiny_model, InferenceConfig(device="cpu", precision="fp32"))
     result = disagreement(segmenter, _volume((18, 17, 16)), name="scan")

@@ -1,4 +1,4 @@
-"""Tests of fbanet.sampling: augmentation, crops, the two-stream sampler, the batcher."""
+"""Tests of fbanet.data.sampling: augmentation, crops, the two-stream sampler, the batcher."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fbanet.data import Case
-from fbanet.sampling import PatchBatcher, TwoStreamSampler, random_crop, random_rot_flip
+from fbanet.data.cases import Case
+from fbanet.data.sampling import PatchBatcher, TwoStreamSampler, random_crop, random_rot_flip
 
 
 def _pair(shape: tuple[int, int, int] = (9, 7, 5), seed: int = 0) -> tuple[np.ndarray, ...]:

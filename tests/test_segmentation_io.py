@@ -1,4 +1,4 @@
-"""Tests for fbanet.segmentation_io: Slicer .seg.nrrd and plain labelmap output."""
+"""Tests for fbanet.io.segmentation: Slicer .seg.nrrd and plain labelmap output."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fbanet import segmentation_io
-from fbanet.io import Geometry, Volume, read_volume
-from fbanet.segmentation_io import read_segmentation, write_scalar_volume, write_segmentation
-from fbanet.segments import LEFT_ATRIUM, SegmentInfo, segments_from_model
+from fbanet.io import segmentation as segmentation_io
+from fbanet.io.segmentation import read_segmentation, write_scalar_volume, write_segmentation
+from fbanet.io.segments import LEFT_ATRIUM, SegmentInfo, segments_from_model
+from fbanet.io.volumes import Geometry, Volume, read_volume
 
 slicerio = pytest.importorskip("slicerio")
 nrrd = pytest.importorskip("nrrd")

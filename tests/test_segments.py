@@ -1,10 +1,10 @@
-"""Tests for fbanet.segments: segment names, colours and terminology codes."""
+"""Tests for fbanet.io.segments: segment names, colours and terminology codes."""
 
 from __future__ import annotations
 
 import pytest
 
-from fbanet.segments import (
+from fbanet.io.segments import (
     LEFT_ATRIUM,
     Code,
     SegmentInfo,

@@ -1,4 +1,4 @@
-"""Tests for fbanet.sliding_window: padding, aggregation and the drivers."""
+"""Tests for fbanet.infer.sliding_window: padding, aggregation and the drivers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from authors_protocol import authors_starts
 
-from fbanet import sliding_window as sw
-from fbanet import windows
+from fbanet.infer import sliding_window as sw
+from fbanet.infer import windows
 
 
 def _conv_predictor(in_ch: int = 1, out_ch: int = 2, seed: int = 0):
@@ -174,7 +174,7 @@ def test_aggregator_falls_back_to_cpu_on_oom(monkeypatch, caplog, error) -> None
         return real_zeros(shape, device, dtype)
 
     monkeypatch.setattr(sw, "_zeros", fake_zeros)
-    with caplog.at_level(logging.WARNING, logger="fbanet.sliding_window"):
+    with caplog.at_level(logging.WARNING, logger="fbanet.infer.sliding_window"):
         agg = sw.Aggregator(2, (5, 3, 3), torch.ones(3, 3, 3), torch.device("cuda"))
     assert devices[0] == "cuda" and agg.device.type == "cpu"
     assert agg.importance.device.type == "cpu"

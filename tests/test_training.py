@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-import fbanet.training as training
+import fbanet.train.trainer as training
 from fbanet.config import ModelConfig, TrainConfig
-from fbanet.data import Case
-from fbanet.modelfile import load_checkpoint, load_model_file, read_model_header
-from fbanet.progress import StopRequest
-from fbanet.training import Trainer, TrainingData
+from fbanet.data.cases import Case
+from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
+from fbanet.train.progress import StopRequest
+from fbanet.train.trainer import Trainer, TrainingData
 
 LA = Path(__file__).resolve().parents[1].parent / "shared" / "la"
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)

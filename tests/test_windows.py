@@ -1,4 +1,4 @@
-"""Tests for fbanet.windows: window placement and importance maps."""
+"""Tests for fbanet.infer.windows: window placement and importance maps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from authors_protocol import authors_starts
 
-from fbanet import windows
+from fbanet.infer import windows
 
 
 def _coverage(shape: tuple[int, int, int], patch: tuple[int, int, int], starts) -> np.ndarray:

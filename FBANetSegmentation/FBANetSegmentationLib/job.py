@@ -133,7 +133,7 @@ class SegmentationJob:
     # -- starting ------------------------------------------------------------------------------
     def start(self) -> None:
         """Export the inputs and start the worker (returns at once)."""
-        from fbanet.worker import WorkerProcess, fbanet_command
+        from fbanet.cli.worker import WorkerProcess, fbanet_command
 
         fbanetParent = ensureFbanetImportable(MODULE_DIR)
         if not Path(self.options.modelPath).is_file():

@@ -67,7 +67,7 @@ def describeModel(path: str | Path) -> ModelInfo:
     path = Path(path)
     name = path.name[: -len(MODEL_SUFFIX)] if path.name.endswith(MODEL_SUFFIX) else path.stem
     try:
-        from fbanet.model_header import read_model_header
+        from fbanet.model.header import read_model_header
     except (ImportError, OSError) as error:  # torch missing, or a broken torch install
         return ModelInfo(name, path, f"details need FBANet's dependencies ({error})", True)
     try:
@@ -102,7 +102,7 @@ def listTrainedModels(folder: str | Path | None) -> list[ModelInfo]:
 
 def bundledModel() -> Path | None:
     """The model that ships with fbanet, or None while none ships."""
-    from fbanet.models import default_model_path
+    from fbanet.model.bundled import default_model_path
 
     return default_model_path()
 

@@ -79,8 +79,8 @@ def thresholdModel(path: str | Path, threshold: float = 2.5) -> Path:
     import torch
 
     from fbanet.config import ModelConfig
-    from fbanet.modelfile import ModelMetadata, save_model_file
-    from fbanet.network import FBANet
+    from fbanet.model.files import ModelMetadata, save_model_file
+    from fbanet.model.network import FBANet
 
     config = ModelConfig(base_filters=4, patch_size=TINY_PATCH, projection_dim=8, dropout=0.0)
     model = FBANet(config, with_contrast=False)

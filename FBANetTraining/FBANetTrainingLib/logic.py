@@ -147,7 +147,7 @@ class FBANetTrainingLogic(ReviewActions):
         if start == START_SCRATCH:
             return None
         if start == START_DEFAULT:
-            from fbanet.models import default_model_path
+            from fbanet.model.bundled import default_model_path
 
             path = default_model_path()
             if path is None:
@@ -164,7 +164,7 @@ class FBANetTrainingLogic(ReviewActions):
                 f"Pick an existing fbanet model file to start from (got '{path or ''}')"
             )
         try:
-            from fbanet.model_header import read_model_header
+            from fbanet.model.header import read_model_header
         except ImportError:  # no torch: checkInputs says so
             return path
         try:
@@ -227,7 +227,7 @@ class FBANetTrainingLogic(ReviewActions):
         if initModel is None:
             arguments += ["--base-filters", s.baseFilters]
         else:
-            from fbanet.model_header import read_model_header
+            from fbanet.model.header import read_model_header
 
             header = read_model_header(initModel)
             arguments += ["--init-model", initModel, "--base-filters", header.model.base_filters]

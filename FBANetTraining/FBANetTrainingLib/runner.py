@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from fbanet.worker import WorkerProcess, fbanet_command
+from fbanet.cli.worker import WorkerProcess, fbanet_command
 
 EXIT_STOPPED = 130
 LOSS_KEYS = ("loss", "dice_loss", "consistency_loss", "contrastive_loss")

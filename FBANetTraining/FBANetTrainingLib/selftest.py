@@ -84,7 +84,7 @@ def runTrainingSelfTest(
     assert logic.registeredModelPath is not None and logic.registeredModelPath.is_file(), (
         logic.registrationError
     )
-    from fbanet.model_header import read_model_header
+    from fbanet.model.header import read_model_header
 
     header = read_model_header(logic.registeredModelPath)
     assert header.iterations == TINY_SETTINGS["iterations"], header.iterations

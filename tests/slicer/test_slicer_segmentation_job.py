@@ -161,7 +161,7 @@ def test_command_line_and_environment(tmp_path: Path) -> None:
     assert args[args.index("--roi") + 1 :] == ["1", "2", "3", "4", "5", "6"]
     assert "--largest-component" not in segmentArguments("a", "b", SegmentationOptions(Path("m")))
     fbanet_parent = environment.ensureFbanetImportable(environment.__file__)
-    assert (fbanet_parent / "fbanet" / "worker.py").is_file()
+    assert (fbanet_parent / "fbanet" / "cli" / "worker.py").is_file()
     path = environment.workerEnvironment(fbanet_parent)["PYTHONPATH"].split(os.pathsep)
     assert path[0] == str(fbanet_parent)
     assert environment.pythonExecutable() in (

@@ -206,8 +206,8 @@ def test_saved_segmentation_reloads_with_name_color_and_terminology(
     assert segment.GetColor() == pytest.approx(LEFT_ATRIUM_COLOR)
     assert "SCT^82471001^Left atrium" in logic.segmentTerminology(segment)
     # fbanet's own reader (LPS) sees the same segment at the same place.
-    from fbanet.segmentation_io import read_segmentation
-    from fbanet.segments import LEFT_ATRIUM
+    from fbanet.io.segmentation import read_segmentation
+    from fbanet.io.segments import LEFT_ATRIUM
 
     volume, segments = read_segmentation(path)
     assert [(s.name, s.terminology) for s in segments] == [("Left atrium", LEFT_ATRIUM)]

@@ -10,10 +10,10 @@ import pytest
 import test_training_support as support
 from test_training_support import dataset, logic, slicer, synthetic
 
-from fbanet.data import load_case
-from fbanet.io import read_volume
-from fbanet.manifest import read_manifest
-from fbanet.runs import load_training_data
+from fbanet.data.cases import load_case
+from fbanet.data.manifest import read_manifest
+from fbanet.io.volumes import read_volume
+from fbanet.train.runs import load_training_data
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -210,8 +210,8 @@ def test_starting_from_a_model_file_adopts_its_architecture_and_spacing(
     import torch
 
     from fbanet.config import ModelConfig
-    from fbanet.modelfile import ModelMetadata, save_model_file
-    from fbanet.network import FBANet
+    from fbanet.model.files import ModelMetadata, save_model_file
+    from fbanet.model.network import FBANet
 
     torch.manual_seed(0)
     config = ModelConfig(base_filters=8, patch_size=(32, 32, 32), projection_dim=8)

@@ -13,7 +13,7 @@ import pytest
 import test_training_support as support
 from test_training_support import WORKER_ENV, logic, review, runner, selftest
 
-from fbanet.modelfile import load_checkpoint, load_model_file, read_model_header
+from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
 
 TIMEOUT = 240
 
@@ -23,8 +23,8 @@ def _tinyModelFile(path: Path) -> Path:
     import torch
 
     from fbanet.config import ModelConfig
-    from fbanet.modelfile import ModelMetadata, save_model_file
-    from fbanet.network import FBANet
+    from fbanet.model.files import ModelMetadata, save_model_file
+    from fbanet.model.network import FBANet
 
     torch.manual_seed(0)
     config = ModelConfig(base_filters=4, patch_size=(32, 32, 32), projection_dim=8)

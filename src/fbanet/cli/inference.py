@@ -1,0 +1,251 @@
+"""``fbanet segment`` and ``fbanet evaluate``: argument parsing and calls into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("fbanet")
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", type=Path, help="fbanet model file (default: bundled model)")
+    p.add_argument(
+        "--protocol",
+        default="default",
+        help="default (fast), or paper (stride 18/18/4, mean, no post-processing)",
+    )
+    p.add_argument("--overlap", type=float, help="window overlap of the default protocol (0.25)")
+    p.add_argument("--windows-per-batch", type=int, help="windows per forward pass (4)")
+    p.add_argument("--decoders", type=int, nargs="+", help="decoders to average (default: 0)")
+    p.add_argument("--flips", action="store_true", help="test-time mirroring (4x slower)")
+    lcc = p.add_mutually_exclusive_group()
+    lcc.add_argument(
+        "--largest-component",
+        dest="largest_component",
+        action="store_true",
+        default=None,
+        help="keep only the largest connected component",
+    )
+    lcc.add_argument("--no-largest-component", dest="largest_component", action="store_false")
+    add_compute_options(p)
+
+
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that runs a model: device, precision, HDF5 spacing."""
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bfloat16 where supported), bf16, fp32"
+    )
+    p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
+    p.add_argument(
+        "--h5-spacing",
+        type=float,
+        nargs=3,
+        default=(1.0, 1.0, 1.0),
+        metavar=("X", "Y", "Z"),
+        help="voxel spacing (mm) of HDF5 inputs",
+    )
+
+
+def add_parsers(commands: Any) -> None:
+    """Register ``segment`` and ``evaluate``."""
+    p = commands.add_parser("segment", help="segment scans with a model")
+    p.add_argument(
+        "images", type=Path, nargs="+", help="NRRD, NIfTI, MHA, DICOM folder or LA HDF5 files"
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        help="output file (.seg.nrrd, .nii.gz, .nrrd, .mha) or folder",
+    )
+    p.add_argument("--format", default=".seg.nrrd", help="file type in an output folder")
+    roi = p.add_mutually_exclusive_group()
+    roi.add_argument(
+        "--roi",
+        type=int,
+        nargs=6,
+        metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
+        help="region to segment, voxel indices (stop exclusive)",
+    )
+    roi.add_argument(
+        "--roi-mm",
+        type=float,
+        nargs=6,
+        metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+        help="region to segment, two opposite corners in mm (LPS)",
+    )
+    p.add_argument("--probability", action="store_true", help="also write the probability map")
+    p.add_argument(
+        "--uncertainty", action="store_true", help="also write the decoders' disagreement map"
+    )
+    p.add_argument(
+        "--preview", type=Path, help="PNG of three slices with the outline (folder: many inputs)"
+    )
+    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout, no bar")
+    _add_inference_options(p)
+    p.set_defaults(handler=segment_command)
+
+    e = commands.add_parser(
+        "evaluate", help="score a model, or saved segmentations, on labeled cases"
+    )
+    e.add_argument("--manifest", type=Path, help="JSON manifest; scores its 'validation' cases")
+    e.add_argument("--h5-dir", type=Path, help="folder of <case>.h5 files")
+    e.add_argument("--h5-list", type=Path, help="case names to score, one a line")
+    e.add_argument("--pred", type=Path, help="a saved segmentation to score (with --ref)")
+    e.add_argument("--ref", type=Path, help="the reference segmentation")
+    e.add_argument("--csv", type=Path, help="write the per-case table here")
+    _add_inference_options(e)
+    e.set_defaults(handler=evaluate_command)
+
+
+def _inference_config(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from fbanet.config import InferenceConfig, Protocol, parse_enum
+    from fbanet.infer.segmenter import paper_config
+
+    protocol = parse_enum(Protocol, args.protocol)
+    base = paper_config() if protocol is Protocol.PAPER else InferenceConfig()
+    changes: dict[str, Any] = {
+        "device": args.device,
+        "precision": "fp32" if args.fp32 else args.precision,
+    }
+    for name in ("overlap", "windows_per_batch", "largest_component"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.decoders:
+        changes["decoders"] = tuple(args.decoders)
+    if args.flips:
+        changes["flips"] = True
+    return dataclasses.replace(base, **changes)
+
+
+def load_segmenter(model: Path | None, config: Any) -> Any:
+    """A ``Segmenter`` for ``model``, or for the bundled model when ``model`` is None."""
+    from fbanet.infer.segmenter import Segmenter
+    from fbanet.model.bundled import default_model_path
+
+    model = model or default_model_path()
+    if model is None:
+        raise ValueError("no model given and no default model is bundled; pass --model FILE")
+    return Segmenter.from_file(model, config)
+
+
+def _segmenter(args: argparse.Namespace) -> Any:
+    return load_segmenter(args.model, _inference_config(args))
+
+
+def segment_command(args: argparse.Namespace) -> int:
+    """Segment each input; exit 0, or the first error's code with nothing partial written."""
+    from tqdm import tqdm
+
+    from fbanet.infer.files import RegionOfInterest, output_paths, segment_file
+
+    if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
+        raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
+    outputs = output_paths(args.images, args.out, args.format)
+    segmenter = _segmenter(args)
+    roi = None
+    if args.roi or args.roi_mm:
+        values = args.roi or args.roi_mm
+        roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
+    for image, out in zip(args.images, outputs, strict=True):
+        preview = args.preview
+        if preview is not None and len(args.images) > 1:
+            preview = args.preview / f"{out.name.split('.')[0]}.png"
+        bar = None if args.json else tqdm(desc=image.name, unit="window", file=sys.stderr)
+
+        def progress(done: int, total: int, bar: Any = bar, image: Path = image) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+            else:
+                print(
+                    json.dumps(
+                        {"event": "progress", "image": str(image), "done": done, "total": total}
+                    ),
+                    flush=True,
+                )
+
+        try:
+            written = segment_file(
+                segmenter,
+                image,
+                out,
+                roi=roi,
+                probability=args.probability,
+                uncertainty=args.uncertainty,
+                preview=preview,
+                h5_spacing=args.h5_spacing,
+                progress=progress,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        logger.info("%s -> %s (%.1f s)", image, written.segmentation, written.seconds)
+        if args.json:
+            event = {"event": "done", "image": str(image), "seconds": round(written.seconds, 2)}
+            for field in ("segmentation", "probability", "uncertainty", "preview"):
+                value = getattr(written, field)
+                event[field] = str(value) if value is not None else None
+            print(json.dumps(event), flush=True)
+    return 0
+
+
+def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
+    from fbanet.data.manifest import read_manifest, spec_from_h5_list
+    from fbanet.infer.files import read_labeled
+
+    if args.manifest is not None:
+        spec = read_manifest(args.manifest)
+        refs = spec.validation or spec.labeled
+    elif args.h5_dir is not None and args.h5_list is not None:
+        names = [n for n in args.h5_list.read_text().split() if n]
+        refs = spec_from_h5_list(args.h5_dir, args.h5_list, len(names), 0).labeled
+    else:
+        raise ValueError("give --manifest, --h5-dir with --h5-list, or --pred with --ref")
+    return [read_labeled(r.image, r.label, args.h5_spacing, r.name) for r in refs]
+
+
+def _score_saved(args: argparse.Namespace) -> Any:
+    from fbanet.infer.files import read_labeled
+    from fbanet.io.segmentation import read_segmentation
+    from fbanet.metrics import MetricsTable, compute_metrics
+
+    prediction, _ = read_segmentation(args.pred)
+    if args.ref.suffix in (".h5", ".hdf5"):
+        reference = read_labeled(args.ref, None, args.h5_spacing, args.ref.stem).label
+    else:
+        reference = read_segmentation(args.ref)[0].array
+    if prediction.array.shape != reference.shape:
+        raise ValueError(
+            f"prediction shape {prediction.array.shape} differs from reference shape "
+            f"{reference.shape}; resample one onto the other first"
+        )
+    table = MetricsTable()
+    spacing = prediction.geometry.spacing
+    table.add(args.pred.name, compute_metrics(prediction.array == 1, reference == 1, spacing))
+    return table
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Print (and save) Dice, Jaccard, 95HD and ASD per case with mean and std."""
+    from fbanet.infer.evaluation import evaluate
+
+    if (args.pred is None) != (args.ref is None):
+        raise ValueError("--pred and --ref go together")
+    if args.pred is not None:
+        table = _score_saved(args)
+    else:
+        table = evaluate(_segmenter(args), _evaluation_cases(args))
+    print(table.format())
+    if args.csv is not None:
+        table.to_csv(args.csv)
+    return 0

@@ -1,0 +1,1 @@
+"""Training data: manifests and case lists, loading and checking cases, preprocessing, patches."""

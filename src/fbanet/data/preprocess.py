@@ -1,0 +1,142 @@
+"""Geometry-exact preprocessing for inference: region of interest, resampling, and back.
+
+Arrays are (X, Y, Z), as everywhere in fbanet. Physical coordinates are SimpleITK's (LPS).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from fbanet.io.volumes import Geometry, Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexBox:
+    """A box of voxel indices: ``start`` inclusive, ``stop`` exclusive, per axis (X, Y, Z)."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        """Slices selecting the box from an (X, Y, Z) array."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Size of the box."""
+        return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))  # type: ignore[return-value]
+
+
+def voxel_roi(volume: Volume, start: Sequence[int], stop: Sequence[int]) -> IndexBox:
+    """A region of interest in voxel indices, clipped to the volume.
+
+    Raises:
+        ValueError: The box is empty or lies outside the volume.
+    """
+    if len(start) != 3 or len(stop) != 3:
+        raise ValueError(f"a voxel ROI needs 3 start and 3 stop indices, got {start!r}, {stop!r}")
+    shape = volume.array.shape
+    lo = tuple(max(0, int(a)) for a in start)
+    hi = tuple(min(s, int(b)) for s, b in zip(shape, stop, strict=True))
+    if any(b <= a for a, b in zip(lo, hi, strict=True)):
+        raise ValueError(
+            f"the region of interest {list(start)}..{list(stop)} does not overlap the volume "
+            f"of shape {shape}; give indices inside it"
+        )
+    return IndexBox(lo, hi)  # type: ignore[arg-type]
+
+
+def physical_roi(volume: Volume, corner_a: Sequence[float], corner_b: Sequence[float]) -> IndexBox:
+    """The voxel box covering a physical box (two opposite corners, mm, LPS).
+
+    The eight corners are mapped to continuous indices (the volume may be rotated), and the
+    box of voxels containing them is taken, clipped to the volume.
+    """
+    if len(corner_a) != 3 or len(corner_b) != 3:
+        raise ValueError(f"a physical ROI needs two 3-D corners, got {corner_a!r}, {corner_b!r}")
+    reference = volume.geometry.to_sitk(sitk.Image([1, 1, 1], sitk.sitkUInt8))
+    indices = []
+    for corner in itertools.product(*zip(corner_a, corner_b, strict=True)):
+        indices.append(
+            reference.TransformPhysicalPointToContinuousIndex([float(c) for c in corner])
+        )
+    points = np.array(indices)
+    start = np.floor(points.min(axis=0) + 0.5).astype(int)
+    stop = np.floor(points.max(axis=0) + 0.5).astype(int) + 1
+    return voxel_roi(volume, start.tolist(), stop.tolist())
+
+
+def crop(volume: Volume, box: IndexBox) -> Volume:
+    """The sub-volume in ``box``, with the geometry that keeps it in place physically."""
+    image = volume.to_sitk()
+    origin = image.TransformIndexToPhysicalPoint([int(i) for i in box.start])
+    geometry = Geometry(volume.geometry.spacing, tuple(origin), volume.geometry.direction)
+    return Volume(np.ascontiguousarray(volume.array[box.slices]), geometry)
+
+
+def resample(
+    volume: Volume, spacing: Sequence[float], interpolator: int = sitk.sitkLinear
+) -> Volume:
+    """Resample ``volume`` to ``spacing`` over the same physical extent.
+
+    The new grid keeps origin and direction; its size is round(size * old / new) per axis.
+    """
+    old = np.asarray(volume.geometry.spacing, dtype=float)
+    new = np.asarray(spacing, dtype=float)
+    if np.allclose(old, new, rtol=1e-5, atol=0):
+        return volume
+    size = np.maximum(1, np.round(np.asarray(volume.array.shape) * old / new)).astype(int)
+    geometry = Geometry(
+        tuple(float(s) for s in new), volume.geometry.origin, volume.geometry.direction
+    )
+    return resample_onto(volume, geometry, tuple(size.tolist()), interpolator)
+
+
+def resample_onto(
+    volume: Volume,
+    geometry: Geometry,
+    shape: Sequence[int],
+    interpolator: int = sitk.sitkLinear,
+    default: float = 0.0,
+    extrapolate: bool = True,
+) -> Volume:
+    """Resample ``volume`` onto the grid (``geometry``, ``shape``).
+
+    Args:
+        volume: The source.
+        geometry: Target grid's spacing, origin and direction.
+        shape: Target grid's size (X, Y, Z).
+        interpolator: A SimpleITK interpolator.
+        default: Value outside the source when not extrapolating.
+        extrapolate: Extend the nearest edge value beyond the source instead of ``default``.
+    """
+    source = volume.to_sitk()
+    reference = geometry.to_sitk(sitk.Image([int(s) for s in shape], source.GetPixelID()))
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(reference)
+    resampler.SetInterpolator(interpolator)
+    resampler.SetDefaultPixelValue(default)
+    # Grids of different spacing over one extent differ by a fraction of a voxel at the rim;
+    # extending the edge values there avoids a frame of default values.
+    resampler.SetUseNearestNeighborExtrapolator(extrapolate)
+    return Volume.from_sitk(resampler.Execute(source))
+
+
+def resample_channels(
+    channels: np.ndarray, source: Geometry, target: Geometry, shape: Sequence[int]
+) -> np.ndarray:
+    """Linearly resample each channel of (C, X, Y, Z) from one grid onto another."""
+    out = np.empty((channels.shape[0], *shape), dtype=np.float32)
+    for c in range(channels.shape[0]):
+        moved = resample_onto(Volume(channels[c].astype(np.float32), source), target, shape)
+        out[c] = moved.array
+    return out

@@ -1,0 +1,1 @@
+"""The no-data demo: synthetic phantoms and a short training run on them."""

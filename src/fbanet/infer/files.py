@@ -1,0 +1,178 @@
+"""Segmenting scans on disk: reading, output naming, writing every output atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from fbanet.data.preprocess import IndexBox, physical_roi, resample_onto, voxel_roi
+from fbanet.infer.evaluation import LabeledVolume
+from fbanet.infer.segmenter import Progress, Segmenter
+from fbanet.io.preview import save_preview
+from fbanet.io.segmentation import (
+    SEG_NRRD_EXTENSION,
+    SUPPORTED_EXTENSIONS,
+    write_scalar_volume,
+    write_segmentation,
+)
+from fbanet.io.segments import segments_from_model
+from fbanet.io.volumes import Volume, is_hdf5, read_volume, split_extension
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentOutputs:
+    """The files one segmentation wrote."""
+
+    segmentation: Path
+    probability: Path | None = None
+    uncertainty: Path | None = None
+    preview: Path | None = None
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionOfInterest:
+    """A box to segment: voxel indices (start inclusive, stop exclusive) or two mm corners."""
+
+    start: tuple[float, float, float]
+    stop: tuple[float, float, float]
+    physical: bool = False
+
+    def box(self, volume: Volume) -> IndexBox:
+        """The voxel box of this region in ``volume``."""
+        if self.physical:
+            return physical_roi(volume, self.start, self.stop)
+        return voxel_roi(volume, [int(v) for v in self.start], [int(v) for v in self.stop])
+
+
+def read_scan(
+    path: str | Path, h5_spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> tuple[Volume, bool]:
+    """Read a scan; returns it and whether it is already normalized (the LA HDF5 layout)."""
+    path = Path(path)
+    return read_volume(path, h5_spacing=h5_spacing), is_hdf5(path)
+
+
+def output_paths(
+    inputs: Sequence[Path], out: Path, extension: str = SEG_NRRD_EXTENSION
+) -> list[Path]:
+    """Where each input's segmentation goes.
+
+    One input and ``out`` with a supported extension: that file. Otherwise ``out`` is a
+    folder and each input gives ``<name><extension>`` in it.
+
+    Raises:
+        ValueError: Unsupported extension, or two inputs with the same name.
+    """
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise ValueError(
+            f"output format {extension!r} is not one of {sorted(SUPPORTED_EXTENSIONS)}"
+        )
+    _, out_ext = split_extension(out)
+    if out_ext and out_ext in SUPPORTED_EXTENSIONS:
+        if len(inputs) != 1:
+            raise ValueError(
+                f"{len(inputs)} inputs need an output folder, not the file {str(out)!r}"
+            )
+        return [out]
+    if out_ext and not out.is_dir():
+        raise ValueError(
+            f"cannot write segmentations to {str(out)!r}: use one of "
+            f"{sorted(SUPPORTED_EXTENSIONS)} for a file, or a folder"
+        )
+    names = [split_extension(p)[0] for p in inputs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"inputs share the names {duplicates}; segment them into separate folders")
+    return [out / f"{name}{extension}" for name in names]
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    name = path.name
+    stem = (
+        name[: -len(SEG_NRRD_EXTENSION)]
+        if name.endswith(SEG_NRRD_EXTENSION)
+        else split_extension(path)[0]
+    )
+    return path.with_name(f"{stem}{suffix}")
+
+
+def segment_file(
+    segmenter: Segmenter,
+    image_path: str | Path,
+    output_path: str | Path,
+    *,
+    roi: RegionOfInterest | None = None,
+    probability: bool = False,
+    uncertainty: bool = False,
+    preview: Path | None = None,
+    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    progress: Progress | None = None,
+) -> SegmentOutputs:
+    """Segment one scan file and write the results next to ``output_path``.
+
+    Writes the segmentation (``.seg.nrrd`` with named, colored segments, or a labelmap),
+    optionally ``<name>-probability.nrrd``, ``<name>-uncertainty.nrrd`` and a PNG preview.
+    Every file is written atomically; nothing is written when the input is bad.
+    """
+    output_path = Path(output_path)
+    volume, normalized = read_scan(image_path, h5_spacing)
+    box = roi.box(volume) if roi is not None else None
+    result = segmenter.segment(
+        volume, box, normalized=normalized, probability=probability,
+        uncertainty=uncertainty, progress=progress,
+    )  # fmt: skip
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    config = segmenter.metadata.model
+    segments = segments_from_model(config.class_names, config.class_colors)
+    write_segmentation(result.labelmap, output_path, segments)
+    outputs = SegmentOutputs(output_path, seconds=result.seconds)
+    if result.probability is not None:
+        path = _sibling(output_path, "-probability.nrrd")
+        write_scalar_volume(result.probability, path)
+        outputs = dataclasses.replace(outputs, probability=path)
+    if result.uncertainty is not None:
+        path = _sibling(output_path, "-uncertainty.nrrd")
+        write_scalar_volume(result.uncertainty, path)
+        outputs = dataclasses.replace(outputs, uncertainty=path)
+    if preview is not None:
+        Path(preview).parent.mkdir(parents=True, exist_ok=True)
+        colors = {s.label_value: s.color for s in segments}
+        save_preview(volume, result.labelmap, preview, colors=colors, title=Path(image_path).name)
+        outputs = dataclasses.replace(outputs, preview=preview)
+    return outputs
+
+
+def read_labeled(
+    image: Path, label: Path | None, h5_spacing: Sequence[float], name: str
+) -> LabeledVolume:
+    """A scan and its reference labelmap, the label brought onto the scan's grid.
+
+    HDF5 files hold both (``image``, ``label``); otherwise a label file that lies on another
+    grid is resampled onto the scan (nearest neighbour).
+    """
+    volume, normalized = read_scan(image, h5_spacing)
+    if label is None:
+        if not is_hdf5(image):
+            raise ValueError(f"case {name!r} has no label file; labeled cases need one")
+        reference = read_volume(image, dataset="label", h5_spacing=h5_spacing)
+    else:
+        reference = read_volume(label, h5_spacing=h5_spacing)
+    if (
+        not reference.geometry.matches(volume.geometry)
+        or reference.array.shape != volume.array.shape
+    ):
+        reference = resample_onto(
+            reference,
+            volume.geometry,
+            volume.array.shape,
+            sitk.sitkNearestNeighbor,
+            extrapolate=False,
+        )
+    return LabeledVolume(name, volume, reference.array, normalized)

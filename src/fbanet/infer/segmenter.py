@@ -1,0 +1,262 @@
+"""Segmenting whole volumes: preprocessing, sliding windows, post-processing, and back.
+
+The result always lies on the input grid: same size, origin, spacing and direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from fbanet.config import Blend, InferenceConfig, IntensityNormalization, Protocol
+from fbanet.data.cases import zscore
+from fbanet.data.preprocess import IndexBox, crop, resample, resample_channels
+from fbanet.device import ComputeSetup, compute_setup
+from fbanet.infer.sliding_window import paper_protocol_inference, sliding_window_inference
+from fbanet.io.volumes import Volume
+from fbanet.model.files import ModelMetadata, load_model_file
+from fbanet.model.network import FBANet
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass
+class SegmentationResult:
+    """A segmentation on the input grid.
+
+    Attributes:
+        labelmap: Class per voxel (uint8, (X, Y, Z)), 0 = background, 0 outside the ROI.
+        probability: Foreground probability (float32), if asked for.
+        uncertainty: Standard deviation of the decoders' foreground probabilities (all
+            three, or those the model file holds; float32, high where they disagree).
+        seconds: Wall time of the segmentation.
+    """
+
+    labelmap: Volume
+    probability: Volume | None = None
+    uncertainty: Volume | None = None
+    seconds: float = 0.0
+
+
+def largest_component(labelmap: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Keep only the largest 26-connected component of each class (others become 0)."""
+    out = labelmap.copy()
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for value in classes:
+        components, count = ndimage.label(labelmap == value, structure=structure)
+        if count <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        out[(components != int(sizes.argmax())) & (labelmap == value)] = 0
+    return out
+
+
+def with_flips(
+    predictor: Predictor, axes: Sequence[Sequence[int]] = ((), (2,), (3,), (2, 3))
+) -> Predictor:
+    """Test-time augmentation: average ``predictor`` over inputs mirrored along ``axes``."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in axes:
+            flipped = x.flip(dims) if dims else x
+            out = predictor(flipped).float()
+            out = out.flip(dims) if dims else out
+            total = out if total is None else total + out
+        return total / len(axes)
+
+    return run
+
+
+def check_image(volume: Volume) -> None:
+    """Refuse images that cannot be segmented, saying why."""
+    if volume.array.ndim != 3:
+        raise ValueError(f"the image must be 3-D (X, Y, Z), got shape {volume.array.shape}")
+    finite = np.isfinite(volume.array)
+    if not finite.all():
+        raise ValueError(
+            f"the image has {int(finite.size - finite.sum())} NaN or infinite voxels; "
+            f"replace them (for example with the minimum) before segmenting"
+        )
+
+
+class Segmenter:
+    """Segments volumes with an FBA-Net model (nnU-Net's predictor object, in small).
+
+    Args:
+        model: The network (contrastive heads not needed).
+        metadata: The model file's metadata (patch, spacing, normalization, classes).
+        config: Inference settings.
+    """
+
+    def __init__(
+        self, model: FBANet, metadata: ModelMetadata, config: InferenceConfig | None = None
+    ) -> None:
+        self.config = config or InferenceConfig()
+        self.metadata = metadata
+        self.setup: ComputeSetup = compute_setup(
+            self.config.device, self.config.precision, self.config.channels_last
+        )
+        self.model = model.to(self.setup.device, memory_format=self.setup.memory_format).eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path, config: InferenceConfig | None = None) -> Segmenter:
+        """Load a model file (safely) and build a segmenter."""
+        model, metadata = load_model_file(path)
+        return cls(model, metadata, config)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """Window size: the training patch."""
+        return self.metadata.model.patch_size
+
+    def predictor(self, decoders: Sequence[int]) -> Predictor:
+        """Windows (B, C, X, Y, Z) -> softmax of each decoder, concatenated (B, K*n, X, Y, Z)."""
+        fmt = self.setup.memory_format
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.setup.device).contiguous(memory_format=fmt)
+            with self.setup.autocast():
+                logits = self.model.decode(x, decoders)
+            return torch.cat([torch.softmax(out.float(), dim=1) for out in logits], dim=1)
+
+        return with_flips(run) if self.config.flips else run
+
+    def predict(
+        self, image: np.ndarray, decoders: Sequence[int], progress: Progress | None = None
+    ) -> np.ndarray:
+        """Per-decoder class probabilities of a normalized image.
+
+        Args:
+            image: Normalized image (X, Y, Z).
+            decoders: Decoder indices.
+            progress: Called with (windows done, windows total).
+
+        Returns:
+            Probabilities (n_decoders, K, X, Y, Z), float32.
+        """
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        predictor = self.predictor(decoders)
+        with torch.inference_mode():
+            if self.config.protocol is Protocol.PAPER:
+                probs = paper_protocol_inference(
+                    tensor, predictor, self.patch_size, self.config.paper_stride,
+                    device=self.setup.device, output_device=torch.device("cpu"),
+                    progress=progress,
+                )  # fmt: skip
+            else:
+                probs = sliding_window_inference(
+                    tensor, predictor, self.patch_size,
+                    overlap=self.config.overlap, blend=self.config.blend.value,
+                    windows_per_batch=self.config.windows_per_batch,
+                    device=self.setup.device, output_device=torch.device("cpu"),
+                    progress=progress,
+                )  # fmt: skip
+        k = self.metadata.model.num_classes
+        return probs.numpy().reshape(len(decoders), k, *image.shape)
+
+    def _normalize(self, volume: Volume, normalized: bool) -> Volume:
+        if normalized or self.metadata.normalization is IntensityNormalization.AS_STORED:
+            return Volume(volume.array.astype(np.float32, copy=False), volume.geometry)
+        return Volume(zscore(volume.array), volume.geometry)
+
+    def segment(
+        self,
+        volume: Volume,
+        roi: IndexBox | None = None,
+        *,
+        normalized: bool = False,
+        probability: bool = False,
+        uncertainty: bool = False,
+        progress: Progress | None = None,
+    ) -> SegmentationResult:
+        """Segment ``volume``; the result lies on its grid voxel for voxel.
+
+        Args:
+            volume: The scan, any size, spacing and orientation.
+            roi: Region to segment (default: the whole volume).
+            normalized: The intensities are already normalized as the model expects (for
+                example the LA HDF5 layout); otherwise the model's normalization is applied
+                over the whole scan, before cropping.
+            probability: Also return the foreground probability map.
+            uncertainty: Also return the decoders' disagreement (runs every decoder).
+            progress: Called with (windows done, windows total).
+        """
+        started = time.monotonic()
+        check_image(volume)
+        box = roi or IndexBox((0, 0, 0), volume.array.shape)  # type: ignore[arg-type]
+        region = crop(self._normalize(volume, normalized), box)
+        spacing = self.metadata.spacing
+        network_input = resample(region, spacing) if spacing is not None else region
+        available = self.metadata.decoders
+        if not set(self.config.decoders) <= set(available):
+            raise ValueError(
+                f"decoders {list(self.config.decoders)} were asked for, but the model file holds "
+                f"only {list(available)}"
+            )
+        if uncertainty and len(available) < 2:
+            raise ValueError(
+                "uncertainty needs the disagreement of several decoders, but this model file "
+                "holds only one; use a model written by 'fbanet train'"
+            )
+        decoders = available if uncertainty else self.config.decoders
+        probs = self.predict(network_input.array, decoders, progress)
+        chosen = [decoders.index(d) for d in self.config.decoders]
+        mean = probs[chosen].mean(axis=0)
+        extra = [mean]
+        if uncertainty:
+            extra.append(probs[:, 1:].sum(axis=1).std(axis=0, keepdims=False)[None])
+        channels = np.concatenate(extra, axis=0)
+        if network_input is not region:
+            channels = resample_channels(
+                channels, network_input.geometry, region.geometry, region.array.shape
+            )
+        result = self._assemble(volume, box, channels, probability, uncertainty)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _assemble(
+        self,
+        volume: Volume,
+        box: IndexBox,
+        channels: np.ndarray,
+        probability: bool,
+        uncertainty: bool,
+    ) -> SegmentationResult:
+        k = self.metadata.model.num_classes
+        labels = np.zeros(volume.array.shape, dtype=np.uint8)
+        labels[box.slices] = channels[:k].argmax(axis=0).astype(np.uint8)
+        keep = self.config.largest_component
+        if keep is None:
+            keep = self.metadata.largest_component and self.config.protocol is Protocol.DEFAULT
+        if keep:
+            labels = largest_component(labels, range(1, k))
+        result = SegmentationResult(Volume(labels, volume.geometry))
+
+        def full(channel: np.ndarray) -> Volume:
+            array = np.zeros(volume.array.shape, dtype=np.float32)
+            array[box.slices] = channel
+            return Volume(array, volume.geometry)
+
+        if probability:
+            result.probability = full(channels[1:k].sum(axis=0))
+        if uncertainty:
+            result.uncertainty = full(channels[k])
+        return result
+
+
+def paper_config(**overrides: object) -> InferenceConfig:
+    """The authors' evaluation protocol: stride 18/18/4, mean blending, one window, decoder 1."""
+    base = InferenceConfig(protocol=Protocol.PAPER, blend=Blend.CONSTANT, windows_per_batch=1)
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]

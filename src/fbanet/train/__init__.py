@@ -1,0 +1,1 @@
+"""Semi-supervised training: the trainer, checkpoints, run folders, progress reporting, curves."""

@@ -1,0 +1,182 @@
+"""Assembling a training run from files: data sets, configuration files, presets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, parse_enum
+from fbanet.data.cases import Case, load_cases
+from fbanet.data.manifest import CaseRef, DatasetSpec
+from fbanet.data.preprocess import resample
+from fbanet.io.volumes import Geometry, Volume, is_hdf5
+from fbanet.train.trainer import TrainingData
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+# Named starting points for `fbanet train --preset`; a config file and flags override them.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The paper's LA configuration, as the authors' code runs it (for a GPU).
+    "la-paper": {
+        "model": {"patch_size": (112, 112, 80), "base_filters": 16, "projection_dim": 128},
+        "train": {
+            "iterations": 15000, "batch_size": 4, "labeled_batch_size": 2,
+            "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
+            "dice_weight": 0.5, "consistency_weight": 1.0, "rampup_length": 40.0,
+            "rampup_interval": 150, "temperature": 0.1, "negative_alpha": 2.5,
+            "validate_every": 200, "checkpoint_every": 200,
+        },
+    },
+    # What fits a laptop CPU: volumes at 1.25 mm (--spacing), a 64x64x48 patch, the
+    # consistency ramp-up scaled to the short run (40 % of it, as in the paper).
+    "la-cpu": {
+        "model": {"patch_size": (64, 64, 48), "base_filters": 16},
+        "train": {
+            "iterations": 500, "rampup_interval": 5, "validate_every": 100,
+            "checkpoint_every": 100, "log_every": 10,
+        },
+    },
+}  # fmt: skip
+
+
+def preset_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and training settings of a preset.
+
+    Raises:
+        ValueError: Unknown name; the message lists the presets.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    return dict(preset["model"]), dict(preset["train"])
+
+
+def _load(refs: Sequence[CaseRef], normalization: str, labeled: bool, **options: Any) -> list[Case]:
+    def mode(ref: CaseRef) -> str:
+        if normalization != AUTO:
+            return normalization
+        # The HDF5 layout stores images already z-scored over the whole scan: re-normalizing
+        # a crop of it would shift the intensities.
+        stored = is_hdf5(ref.image)
+        return (IntensityNormalization.AS_STORED if stored else IntensityNormalization.ZSCORE).value
+
+    by_mode: dict[str, list[int]] = {}
+    for index, ref in enumerate(refs):
+        by_mode.setdefault(mode(ref), []).append(index)
+    cases: list[Case | None] = [None] * len(refs)
+    for normalization_mode, indices in by_mode.items():
+        loaded = load_cases(
+            [refs[i] for i in indices],
+            normalization=normalization_mode,
+            require_label=labeled,
+            read_label=labeled,
+            **options,
+        )
+        for i, case in zip(indices, loaded, strict=True):
+            cases[i] = case
+    return [c for c in cases if c is not None]
+
+
+def resample_case(case: Case, spacing: Sequence[float]) -> Case:
+    """``case`` resampled to ``spacing`` (image linear, label nearest), same extent."""
+    geometry = Geometry(tuple(float(s) for s in case.spacing))
+    image = resample(Volume(case.image, geometry), spacing)
+    label = None
+    if case.label is not None:
+        label = resample(Volume(case.label, geometry), spacing, sitk.sitkNearestNeighbor).array
+        if not label.any():
+            raise ValueError(
+                f"case {case.name!r}: the label vanishes when resampled to {tuple(spacing)} mm; "
+                f"use a finer spacing"
+            )
+    return Case(case.name, image.array.astype(np.float32), label, image.geometry.spacing)
+
+
+def load_training_data(
+    spec: DatasetSpec,
+    *,
+    normalization: str = AUTO,
+    num_classes: int = 2,
+    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float] | None = None,
+) -> TrainingData:
+    """Read every case of ``spec`` into memory, validated and normalized.
+
+    Args:
+        spec: Labeled, unlabeled and validation cases.
+        normalization: 'auto' (HDF5 as stored, other formats z-scored over the whole scan),
+            'zscore' or 'as-stored'.
+        num_classes: Label values must lie in 0..num_classes-1.
+        h5_spacing: Voxel spacing (mm) of HDF5 files, which do not store it.
+        spacing: Resample every case to this spacing (mm); the model file records it and
+            inference resamples scans to it. None keeps the data's own spacing.
+
+    Returns:
+        The data, with the normalization that new scans need recorded (z-score unless
+        'as-stored' was asked for explicitly).
+    """
+    if normalization != AUTO:
+        normalization = parse_enum(IntensityNormalization, normalization).value
+    options = {"num_classes": num_classes, "h5_spacing": tuple(h5_spacing)}
+    labeled = _load(spec.labeled, normalization, True, **options)
+    unlabeled = _load(spec.unlabeled, normalization, False, **options)
+    validation = _load(spec.validation, normalization, True, **options)
+    if spacing is not None:
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive numbers (mm), got {spacing!r}")
+        labeled, unlabeled, validation = (
+            [resample_case(c, spacing) for c in group] for group in (labeled, unlabeled, validation)
+        )
+    spacings = {tuple(round(s, 4) for s in c.spacing) for c in (*labeled, *unlabeled)}
+    if len(spacings) > 1:
+        logger.warning(
+            "training volumes have %d different spacings %s; the network sees voxels, so "
+            "resample them to one spacing for best results",
+            len(spacings), sorted(spacings)[:4],
+        )  # fmt: skip
+    recorded = (
+        IntensityNormalization.AS_STORED
+        if normalization == IntensityNormalization.AS_STORED.value
+        else IntensityNormalization.ZSCORE
+    )
+    spacing = labeled[0].spacing if len(spacings) == 1 else None
+    logger.info(
+        "data: %d labeled, %d unlabeled, %d validation cases",
+        len(labeled), len(unlabeled), len(validation),
+    )  # fmt: skip
+    return TrainingData(labeled, unlabeled, validation, spacing, recorded)
+
+
+def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read ``{"model": {...}, "train": {...}}`` (either part optional) from a JSON file.
+
+    A run folder's ``config.json`` is accepted as is (its other keys are ignored).
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(document, Mapping) or not set(document) & {"model", "train"}:
+        raise ValueError(
+            f"config file {str(path)!r} must hold an object with 'model' and/or 'train' settings"
+        )
+    return dict(document.get("model", {})), dict(document.get("train", {}))
+
+
+def build_configs(
+    model_settings: Mapping[str, Any], train_settings: Mapping[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """Configs from settings; unknown or invalid settings raise ``ValueError`` naming them."""
+    return from_dict(ModelConfig, model_settings), from_dict(TrainConfig, train_settings)

@@ -1,0 +1,403 @@
+"""Semi-supervised FBA-Net training: the loop, checkpoints, resume, validation.
+
+A run lives in one folder::
+
+    run/
+      config.json          resolved model and training configuration, data summary
+      train.log            log
+      progress.jsonl       one JSON object per iteration / validation / end event
+      checkpoints/last.pt  full training state (atomic), for resuming
+      model.safetensors    inference model file of the latest state
+      best_model.safetensors  the state with the best validation Dice (when validating)
+      curves.png           losses and validation Dice, redrawn at every checkpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from fbanet import __version__
+from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, to_dict
+from fbanet.data.cases import Case
+from fbanet.data.sampling import PatchBatcher
+from fbanet.device import ComputeSetup, compute_setup
+from fbanet.infer.sliding_window import sliding_window_inference
+from fbanet.io.volumes import atomic_write
+from fbanet.metrics import dice as dice_score
+from fbanet.model.files import (
+    ModelMetadata,
+    load_checkpoint,
+    load_model_file,
+    save_checkpoint,
+    save_model_file,
+    state_dict_to_cpu,
+)
+from fbanet.model.losses import fba_loss
+from fbanet.model.network import FBANet
+from fbanet.train.curves import plot_training_curves
+from fbanet.train.progress import ProgressReporter, StopRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The cases of a run.
+
+    Attributes:
+        labeled: Cases with labels, drawn for the Dice loss.
+        unlabeled: Cases used without labels.
+        validation: Held-out labeled cases, scored every ``validate_every`` iterations.
+        spacing: Voxel spacing (mm) of the training volumes, recorded in the model file.
+        normalization: How the images were normalized, recorded in the model file.
+    """
+
+    labeled: Sequence[Case]
+    unlabeled: Sequence[Case] = ()
+    validation: Sequence[Case] = ()
+    spacing: tuple[float, float, float] | None = None
+    normalization: IntensityNormalization = IntensityNormalization.ZSCORE
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and names, for config.json."""
+        return {
+            "labeled": [c.name for c in self.labeled],
+            "unlabeled": [c.name for c in self.unlabeled],
+            "validation": [c.name for c in self.validation],
+            "spacing": list(self.spacing) if self.spacing else None,
+            "normalization": self.normalization.value,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """How a run ended."""
+
+    run_dir: Path
+    iterations: int
+    stopped: bool
+    model_path: Path
+    best_model_path: Path | None
+    best_validation_dice: float | None
+    seconds: float
+
+
+def check_training_data(data: TrainingData, train: TrainConfig) -> None:
+    """Refuse data that cannot train this configuration, with advice."""
+    if not data.labeled:
+        raise ValueError("no labeled case: FBA-Net needs at least one labeled volume")
+    for case in (*data.labeled, *data.validation):
+        if case.label is None:
+            raise ValueError(f"case {case.name!r} is used as labeled but has no label")
+    if train.unlabeled_batch_size > 0 and not data.unlabeled:
+        raise ValueError(
+            f"no unlabeled case, but the batch reserves {train.unlabeled_batch_size} places for "
+            f"unlabeled patches: add unlabeled volumes or set labeled_batch_size = batch_size "
+            f"({train.batch_size}) for supervised training"
+        )
+    if train.batch_size < 2:
+        raise ValueError("batch_size must be >= 2: the contrastive loss compares patches")
+    for case in (*data.labeled, *data.unlabeled, *data.validation):
+        if case.image.ndim != 3:
+            raise ValueError(f"case {case.name!r}: image must be 3-D, got {case.image.shape}")
+
+
+class Trainer:
+    """Trains FBA-Net on labeled and unlabeled cases.
+
+    Args:
+        model_config: Architecture.
+        train_config: Training settings.
+        data: The cases.
+        run_dir: Folder of the run (created).
+        resume: Continue from ``run_dir/checkpoints/last.pt`` if it exists.
+        stop: Stop request checked after every iteration.
+        json_stream: Also write progress JSON lines here (e.g. stdout).
+        show_progress: Show a terminal progress bar.
+        init_model: Start from the weights of this model file (fine-tuning); the
+            contrastive heads, which model files do not hold, start fresh.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        data: TrainingData,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        stop: StopRequest | None = None,
+        json_stream: IO[str] | None = None,
+        show_progress: bool = True,
+        init_model: str | Path | None = None,
+    ) -> None:
+        check_training_data(data, train_config)
+        self.model_config = model_config
+        self.config = train_config
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.stop = stop or StopRequest()
+        self.json_stream = json_stream
+        self.show_progress = show_progress
+        self.resume = resume
+        self.setup: ComputeSetup = compute_setup(
+            train_config.device, train_config.precision, train_config.channels_last
+        )
+        torch.manual_seed(train_config.seed)
+        self.model = FBANet(model_config)
+        if init_model is not None:
+            initialize_from_model_file(self.model, init_model)
+        self.model.to(self.setup.device, memory_format=self.setup.memory_format)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=train_config.learning_rate,
+            momentum=train_config.momentum,
+            weight_decay=train_config.weight_decay,
+        )
+        self.batcher = PatchBatcher(
+            data.labeled,
+            data.unlabeled,
+            model_config.patch_size,
+            train_config.labeled_batch_size,
+            train_config.unlabeled_batch_size,
+            seed=train_config.seed,
+        )
+        self.iteration = 0
+        self.best_dice: float | None = None
+        self.last_dice: float | None = None
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        """The resumable state of the run."""
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def model_path(self) -> Path:
+        """Model file of the latest state."""
+        return self.run_dir / "model.safetensors"
+
+    @property
+    def best_model_path(self) -> Path:
+        """Model file of the best validated state."""
+        return self.run_dir / "best_model.safetensors"
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.setup.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.setup.device)
+        return {
+            "iteration": self.iteration,
+            "model": state_dict_to_cpu(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "batcher": json.dumps(self.batcher.state_dict()),
+            "best_dice": self.best_dice,
+            "last_dice": self.last_dice,
+            "model_config": json.dumps(to_dict(self.model_config)),
+            "train_config": json.dumps(to_dict(self.config)),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` saved."""
+        saved_model = from_dict(ModelConfig, json.loads(state["model_config"]))
+        if saved_model != self.model_config:
+            raise ValueError(
+                f"the checkpoint was written for another architecture ({saved_model}); resume "
+                f"with the run's own config.json or start a new run folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.setup.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.setup.device)
+        self.batcher.load_state_dict(json.loads(state["batcher"]))
+        self.iteration = int(state["iteration"])
+        self.best_dice = state.get("best_dice")
+        self.last_dice = state.get("last_dice")
+
+    def metadata(self) -> ModelMetadata:
+        """Model file metadata of the current state."""
+        return ModelMetadata(
+            model=self.model_config,
+            spacing=self.data.spacing,
+            normalization=self.data.normalization,
+            iterations=self.iteration,
+            validation_dice=self.last_dice,
+            num_labeled=len(self.data.labeled),
+            num_unlabeled=len(self.data.unlabeled),
+            training=to_dict(self.config),
+            fbanet_version=__version__,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One optimizer step on a fresh batch; returns the loss terms."""
+        images, labels = self.batcher.next()
+        device, fmt = self.setup.device, self.setup.memory_format
+        x = torch.from_numpy(images).to(device).contiguous(memory_format=fmt)
+        y = torch.from_numpy(labels).to(device)
+        self.model.train()
+        with self.setup.autocast():
+            out = self.model(x)
+        terms = fba_loss(out.logits, out.fg, out.bg, y, self.iteration + 1, self.config)
+        if not torch.isfinite(terms.total):
+            raise FloatingPointError(
+                f"the loss became {float(terms.total.detach())} at iteration "
+                f"{self.iteration + 1}; lower "
+                f"the learning rate or use --precision fp32 (the last checkpoint is kept)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return terms.as_floats()
+
+    def validate(self) -> float:
+        """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
+        self.model.eval()
+        fmt = self.setup.memory_format
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            with self.setup.autocast():
+                return self.model.segment(x.contiguous(memory_format=fmt))
+
+        scores = []
+        for case in self.data.validation:
+            image = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))[None]
+            probs = sliding_window_inference(
+                image.to(self.setup.device),
+                predictor,
+                self.model_config.patch_size,
+                overlap=0.25,
+                windows_per_batch=2,
+            )
+            prediction = probs.argmax(0).cpu().numpy() == 1
+            scores.append(dice_score(prediction, case.label == 1))
+        self.model.train()
+        return float(np.mean(scores))
+
+    def _write_config(self) -> None:
+        document = {
+            "model": to_dict(self.model_config),
+            "train": to_dict(self.config),
+            "data": self.data.summary(),
+            "fbanet_version": __version__,
+            "compute": self.setup.describe(),
+        }
+        text = json.dumps(document, indent=2)
+        atomic_write(self.run_dir / "config.json", lambda tmp: tmp.write_text(text))
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.state())
+        save_model_file(self.model_path, self.model, self.metadata())
+        try:
+            plot_training_curves(self.run_dir / "progress.jsonl", self.run_dir / "curves.png")
+        except (OSError, ValueError) as error:  # a picture must never stop training
+            logger.warning("could not draw the training curves: %s", error)
+
+    def _maybe_validate(self, reporter: ProgressReporter) -> None:
+        if not self.data.validation or self.iteration % self.config.validate_every:
+            return
+        started = time.monotonic()
+        self.last_dice = self.validate()
+        improved = self.best_dice is None or self.last_dice > self.best_dice
+        if improved:
+            self.best_dice = self.last_dice
+            save_model_file(self.best_model_path, self.model, self.metadata())
+        logger.info(
+            "iteration %d: validation Dice %.4f (best %.4f, %.1f s)",
+            self.iteration, self.last_dice, self.best_dice, time.monotonic() - started,
+        )  # fmt: skip
+        reporter.emit(
+            {"event": "validation", "iteration": self.iteration, "dice": self.last_dice,
+             "best_dice": self.best_dice}
+        )  # fmt: skip
+
+    def run(self) -> TrainResult:
+        """Train until the configured iterations or a stop request; always checkpoint."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and self.checkpoint_path.exists():
+            self.load_state(load_checkpoint(self.checkpoint_path))
+            logger.info("resuming %s at iteration %d", self.run_dir, self.iteration)
+        elif self.checkpoint_path.exists():
+            raise FileExistsError(
+                f"{str(self.run_dir)!r} already holds a run; resume it (--resume) or choose "
+                f"another output folder"
+            )
+        self._write_config()
+        reporter = ProgressReporter(
+            self.config.iterations,
+            start=self.iteration,
+            jsonl_path=self.run_dir / "progress.jsonl",
+            json_stream=self.json_stream,
+            show_bar=self.show_progress,
+        )
+        started = time.monotonic()
+        stopped = False
+        try:
+            while self.iteration < self.config.iterations:
+                if self.stop.requested:
+                    stopped = True
+                    break
+                values = self.step()
+                if self.iteration % self.config.log_every == 0 or self.iteration == 1:
+                    reporter.iteration(self.iteration, values, self.config.learning_rate)
+                self._maybe_validate(reporter)
+                if self.iteration % self.config.checkpoint_every == 0:
+                    self._checkpoint()
+            self._checkpoint()
+            seconds = time.monotonic() - started
+            reporter.emit(
+                {"event": "stopped" if stopped else "finished", "iteration": self.iteration,
+                 "best_dice": self.best_dice, "seconds": round(seconds, 1),
+                 "model": str(self.model_path)}
+            )  # fmt: skip
+        finally:
+            reporter.close()
+        logger.info(
+            "%s at iteration %d after %.0f s; model: %s",
+            "stopped" if stopped else "finished", self.iteration, seconds, self.model_path,
+        )  # fmt: skip
+        best = self.best_model_path if self.best_model_path.exists() else None
+        return TrainResult(
+            self.run_dir, self.iteration, stopped, self.model_path, best, self.best_dice, seconds
+        )
+
+
+def initialize_from_model_file(model: FBANet, path: str | Path) -> None:
+    """Copy encoder and decoder weights of a model file into ``model`` (fine-tuning)."""
+    source, metadata = load_model_file(path)
+    ours, theirs = model.config, metadata.model
+    for field in ("in_channels", "num_classes", "base_filters"):
+        if getattr(ours, field) != getattr(theirs, field):
+            raise ValueError(
+                f"cannot start from {str(path)!r}: its {field} is {getattr(theirs, field)}, "
+                f"this run's is {getattr(ours, field)}; use the same architecture"
+            )
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("contrast.") for k in missing), (missing, unexpected)
+    logger.info("initialized from %s (%d iterations)", path, metadata.iterations)
+
+
+def seconds_per_iteration(trainer: Trainer, iterations: int, warmup: int = 1) -> list[float]:
+    """Time ``iterations`` optimizer steps after ``warmup`` untimed ones (for benchmarks)."""
+    for _ in range(warmup):
+        trainer.step()
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        trainer.step()
+        times.append(time.perf_counter() - started)
+    return times
