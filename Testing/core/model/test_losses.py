@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from paths import REFERENCE
 
 from fbanet.config import ContrastiveKind, TrainConfig
 from fbanet.model.losses import (
@@ -24,13 +24,11 @@ from fbanet.model.losses import (
     sharpen,
 )
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "loss_vectors.json"
+VECTORS = REFERENCE / "loss_vectors.json"
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    if not VECTORS.exists():
-        pytest.skip("../shared/reference/loss_vectors.json is not available")
     return json.loads(VECTORS.read_text())
 
 

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import SHARED_LA
 
 from fbanet.data.manifest import CaseRef, read_manifest, spec_from_h5_list
 
-LA_DIR = Path(__file__).parents[1].parent / "shared" / "la"
+LA_DIR = SHARED_LA
 
 
 def _touch(folder: Path, *names: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from builders import trained_looking_model
+from paths import REFERENCE
 
 from fbanet import __version__
 from fbanet.cli.main import main
@@ -23,7 +24,7 @@ from fbanet.model.authors import convert_key
 from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
 from fbanet.model.network import FBANet
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = REFERENCE
 TINY_FLAGS = ["--patch-size", "16", "16", "16", "--base-filters", "4", "--fp32", "--json",
               "--device", "cpu"]  # fmt: skip
 
@@ -221,8 +222,6 @@ def _authors_state(model: FBANet) -> dict[str, torch.Tensor]:
 
 def test_authors_key_inverts_convert_key_on_the_official_layout() -> None:
     table = REFERENCE / "official_state_dict_la.tsv"
-    if not table.is_file():
-        pytest.skip(f"reference layout not found at {table}")
     official = {}
     for line in table.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_training_support as support
-from test_training_support import WORKER_ENV, logic, review, runner, selftest
+import training_support as support
+from training_support import WORKER_ENV, logic, review, runner, selftest
 
 from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
 

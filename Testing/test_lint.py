@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = [p for p in ("src", "tests", "benchmarks", "scripts") if (ROOT / p).exists()] + sorted(
+TARGETS = [p for p in ("src", "Testing", "benchmarks", "scripts") if (ROOT / p).exists()] + sorted(
     p.name for p in ROOT.glob("FBANet*") if p.is_dir()
 )
 

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from paths import SHARED_LA
 from PIL import Image
 
 import fbanet.train.trainer as training
@@ -20,7 +21,7 @@ from fbanet.model.files import load_checkpoint, load_model_file, read_model_head
 from fbanet.train.progress import StopRequest
 from fbanet.train.trainer import Trainer, TrainingData
 
-LA = Path(__file__).resolve().parents[1].parent / "shared" / "la"
+LA = SHARED_LA
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 
 

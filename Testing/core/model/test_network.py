@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from paths import REFERENCE
 
 from fbanet.config import ModelConfig
 from fbanet.model.authors import convert_key, convert_state_dict, infer_model_config
 from fbanet.model.network import FBANet, count_parameters, inference_state_dict
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = REFERENCE
 TINY = ModelConfig(base_filters=4, patch_size=(32, 32, 16), projection_dim=8)
 
 
@@ -116,8 +115,6 @@ def test_parameter_counts_match_the_authors_la_configuration() -> None:
 
 def _reference_layout() -> list[tuple[str, str]]:
     path = REFERENCE / "official_state_dict_la.tsv"
-    if not path.exists():
-        pytest.skip("../shared/reference is not available")
     rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()]
     return [(r[0], r[1]) for r in rows if r and not r[0].startswith("#")]
 

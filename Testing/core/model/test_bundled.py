@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import SHARED_LA
 
 from fbanet.cli.main import main
 from fbanet.io.segmentation import read_segmentation
 from fbanet.model.bundled import default_model_path
 from fbanet.model.header import read_model_header
 
-LA = Path(__file__).resolve().parents[1].parent / "shared" / "la"
+LA = SHARED_LA
 # The last 8 cases of train.list: the validation split the default model never saw.
 VALIDATION_CASE = "TDDI6L3Y0L9VVFP9MNFS"
 

@@ -19,25 +19,9 @@ for folder in (MODULE_DIR, ROOT / "FBANetSegmentation"):
         sys.path.insert(0, str(folder))
 
 
-def _importSlicer() -> Any:
-    """Import slicer-core's ``slicer`` without this ``tests/slicer`` folder joining it.
-
-    ``slicer/__init__.py`` extends its path with every ``slicer`` folder on ``sys.path`` and
-    imports all their modules: with ``tests/`` on ``sys.path`` (pytest puts it there for
-    ``tests/test_*.py``) it would import these test files as ``slicer.*`` submodules.
-    """
-    here = Path(__file__).resolve().parent
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if (Path(p or ".").resolve() / "slicer") != here]
-    try:
-        return pytest.importorskip(
-            "slicer", reason="needs the slicer-core wheel (pip install slicer-core)"
-        )
-    finally:
-        sys.path[:] = saved
-
-
-slicer = _importSlicer()
+slicer = pytest.importorskip(
+    "slicer", reason="needs the slicer-core wheel (pip install slicer-core)"
+)
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the 'slicer' package found is not slicer-core", allow_module_level=True)
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from paths import SHARED_LA
 
 from fbanet.config import IntensityNormalization
 from fbanet.data.cases import load_case, load_cases, zscore
 from fbanet.data.manifest import CaseRef, spec_from_h5_list
 from fbanet.io.volumes import Geometry, Volume, write_volume
 
-LA_DIR = Path(__file__).parents[1].parent / "shared" / "la"
+LA_DIR = SHARED_LA
 ZSCORE = IntensityNormalization.ZSCORE
 
 

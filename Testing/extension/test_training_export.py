@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_training_support as support
-from test_training_support import dataset, logic, slicer, synthetic
+import training_support as support
+from training_support import dataset, logic, slicer, synthetic
 
 from fbanet.data.cases import load_case
 from fbanet.data.manifest import read_manifest

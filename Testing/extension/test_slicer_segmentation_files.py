@@ -143,7 +143,7 @@ def test_ruff_passes_on_the_module_and_its_tests(command: list[str]) -> None:
     ruff = Path(sys.executable).parent / "ruff"
     if not ruff.exists():
         pytest.skip("ruff is not installed in this environment (dev extras)")
-    targets = ["FBANetSegmentation", "tests/slicer"]
+    targets = ["FBANetSegmentation", "Testing/extension"]
     result = subprocess.run([str(ruff), *command, *targets], cwd=ROOT, capture_output=True,
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
