@@ -10,7 +10,7 @@ import pytest
 from paths import SHARED_LA
 
 from fbanet.config import IntensityNormalization
-from fbanet.data.cases import load_case, load_cases, zscore
+from fbanet.data.cases import load_case, load_cases
 from fbanet.data.manifest import CaseRef, spec_from_h5_list
 from fbanet.io.volumes import Geometry, Volume, write_volume
 
@@ -35,15 +35,6 @@ def _write_pair(
     image_path = write_volume(Volume(image, geom), tmp_path / "img.nrrd")
     label_path = write_volume(Volume(label, label_geom or geom), tmp_path / "img-label.nii.gz")
     return image_path, label_path
-
-
-def test_zscore_by_hand() -> None:
-    out = zscore(np.array([[[1.0, 2.0, 3.0, 4.0]]]))
-    # mean 2.5, population std sqrt(1.25)
-    np.testing.assert_allclose(out.ravel(), np.array([-1.5, -0.5, 0.5, 1.5]) / np.sqrt(1.25))
-    assert out.dtype == np.float32
-    with pytest.raises(ValueError, match="constant"):
-        zscore(np.full((2, 2, 2), 7.0))
 
 
 def test_load_case_zscore_and_as_stored(tmp_path: Path) -> None:

@@ -13,7 +13,18 @@ import pytest
 import SimpleITK as sitk
 from builders import rotation
 
-from fbanet.data.preprocess import IndexBox, crop, physical_roi, resample, resample_onto, voxel_roi
+from fbanet.config import IntensityNormalization
+from fbanet.data.preprocess import (
+    IndexBox,
+    crop,
+    normalize,
+    physical_roi,
+    prepare_input,
+    resample,
+    resample_onto,
+    voxel_roi,
+    zscore,
+)
 from fbanet.io.volumes import Geometry, Volume
 
 SPACING = (0.7, 0.9, 1.6)
@@ -214,3 +225,33 @@ def test_label_resampled_nearest_keeps_its_values() -> None:
     coarse = resample(volume, (1.3, 1.4, 2.0), sitk.sitkNearestNeighbor)
     assert set(np.unique(coarse.array).tolist()) <= {0, 1, 3, 7}
     assert {1, 3}.issubset(set(np.unique(coarse.array).tolist()))
+
+
+def test_zscore_by_hand() -> None:
+    out = zscore(np.array([[[1.0, 2.0, 3.0, 4.0]]]))
+    # mean 2.5, population std sqrt(1.25)
+    np.testing.assert_allclose(out.ravel(), np.array([-1.5, -0.5, 0.5, 1.5]) / np.sqrt(1.25))
+    assert out.dtype == np.float32
+    with pytest.raises(ValueError, match="constant"):
+        zscore(np.full((2, 2, 2), 7.0))
+
+
+def test_prepare_input_normalizes_the_whole_scan_then_crops_and_resamples() -> None:
+    array = np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4)
+    volume = Volume(array, Geometry((1.0, 1.0, 2.0), (5.0, 0.0, 0.0)))
+    box = IndexBox((2, 0, 0), (6, 6, 4))
+    prepared = prepare_input(
+        volume, normalization=IntensityNormalization.ZSCORE, spacing=(2.0, 2.0, 2.0), roi=box
+    )
+    whole = zscore(array)
+    # The statistics are those of the whole scan, not of the crop.
+    np.testing.assert_allclose(prepared.region.array, whole[2:6], rtol=1e-6)
+    assert prepared.region.geometry.origin == (7.0, 0.0, 0.0)
+    assert prepared.network.array.shape == (2, 3, 4)
+    assert prepared.network.geometry.spacing == (2.0, 2.0, 2.0)
+    stored = prepare_input(
+        volume, normalization=IntensityNormalization.ZSCORE, spacing=None, normalized=True
+    )
+    assert stored.network is stored.region
+    np.testing.assert_array_equal(stored.region.array, array)
+    assert normalize(array, IntensityNormalization.AS_STORED).dtype == np.float32

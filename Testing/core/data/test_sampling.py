@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fbanet.data.cases import Case
-from fbanet.data.sampling import PatchBatcher, TwoStreamSampler, random_crop, random_rot_flip
+from fbanet.data.sampling import PatchBatcher, TwoStreamSampler, crop_views, rot_flip_views
 
 
 def _pair(shape: tuple[int, int, int] = (9, 7, 5), seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -22,9 +22,8 @@ def test_rot_flip_keeps_correspondence() -> None:
     rng = np.random.default_rng(3)
     seen = set()
     for _ in range(64):
-        out_image, out_label = random_rot_flip(image, label, rng)
+        out_image, out_label = rot_flip_views(image, label, rng)
         assert out_label is not None
-        assert out_image.flags.c_contiguous and out_label.flags.c_contiguous
         np.testing.assert_array_equal(out_label, (out_image > 0).astype(np.uint8))
         assert out_image.shape[2] == 5  # Z is never touched
         assert sorted(out_image.shape[:2]) == [7, 9]
@@ -34,20 +33,20 @@ def test_rot_flip_keeps_correspondence() -> None:
     # A rotation followed by a flip is always a reflection, and the square's symmetry group
     # has exactly 4 of them: (k, axis) pairs collapse onto 4 distinct results.
     assert len(seen) == 4
-    out_image, out_label = random_rot_flip(image, None, rng)
+    out_image, out_label = rot_flip_views(image, None, rng)
     assert out_label is None and out_image.shape[2] == 5
 
 
 def test_rot_flip_is_seeded() -> None:
     image, label = _pair()
-    a = random_rot_flip(image, label, np.random.default_rng(11))
-    b = random_rot_flip(image, label, np.random.default_rng(11))
+    a = rot_flip_views(image, label, np.random.default_rng(11))
+    b = rot_flip_views(image, label, np.random.default_rng(11))
     np.testing.assert_array_equal(a[0], b[0])
 
 
 def test_crop_from_larger_volume() -> None:
     image, label = _pair((20, 18, 12))
-    out_image, out_label = random_crop(image, label, (8, 8, 4), np.random.default_rng(0))
+    out_image, out_label = crop_views(image, label, (8, 8, 4), np.random.default_rng(0))
     assert out_image.shape == out_label.shape == (8, 8, 4)
     np.testing.assert_array_equal(out_label, (out_image > 0).astype(np.uint8))
     # The patch is a contiguous window of the original.
@@ -59,22 +58,24 @@ def test_crop_from_larger_volume() -> None:
 def test_crop_pads_small_volume() -> None:
     image = np.ones((3, 10, 4), np.float32)
     label = np.ones((3, 10, 4), np.uint8)
-    out_image, out_label = random_crop(image, label, (8, 6, 4), np.random.default_rng(5))
+    out_image, out_label = crop_views(image, label, (8, 6, 4), np.random.default_rng(5))
     assert out_image.shape == out_label.shape == (8, 6, 4)
     # X: 5 voxels of padding split 2 before / 3 after; every crop keeps all 3 real rows.
     np.testing.assert_array_equal(out_image[:, 0, 0], [0, 0, 1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(out_label[:, 0, 0], [0, 0, 1, 1, 1, 0, 0, 0])
     assert float(out_image.sum()) == 3 * 6 * 4
+    bad = Case("bad", image, label[:, :, :3], (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match=r"label shape \(3, 10, 3\) differs"):
-        random_crop(image, label[:, :, :3], (8, 6, 4), np.random.default_rng(5))
+        PatchBatcher([bad], [], (8, 6, 4), 1, 0, seed=0)
+    good = Case("good", image, label, (1.0, 1.0, 1.0))
     with pytest.raises(TypeError, match="patch_size must be 3 ints"):
-        random_crop(image, None, (8, 6), np.random.default_rng(5))
+        PatchBatcher([good], [], (8, 6), 1, 0, seed=0)
 
 
 def test_crop_positions_uniform() -> None:
     image = np.arange(6, dtype=np.float32)[:, None, None].repeat(2, 1).repeat(2, 2)
     rng = np.random.default_rng(2)
-    starts = Counter(int(random_crop(image, None, (3, 2, 2), rng)[0][0, 0, 0]) for _ in range(4000))
+    starts = Counter(int(crop_views(image, None, (3, 2, 2), rng)[0][0, 0, 0]) for _ in range(4000))
     assert sorted(starts) == [0, 1, 2, 3]
     assert all(abs(n - 1000) < 120 for n in starts.values())
 

@@ -16,8 +16,7 @@ from fbanet.config import InferenceConfig, ModelConfig
 from fbanet.infer.ranking import (
     Disagreement,
     disagreement,
-    disagreement_score,
-    rank_volumes,
+    rank_files,
     score_probabilities,
     sort_by_disagreement,
 )
@@ -83,7 +82,7 @@ def test_nothing_found_scores_zero_with_an_empty_region() -> None:
         score_probabilities(np.zeros((1, 4, 4, 4), np.float32))
 
 
-def test_ranking_orders_scans_by_known_disagreement() -> None:
+def test_ranking_orders_scans_by_known_disagreement(tmp_path: Path) -> None:
     spreads = {(20, 20, 20): 0.05, (21, 20, 20): 0.25, (22, 20, 20): 0.15, (23, 20, 20): math.nan}
     predictor = HandMadePredictor(spreads)
     names = {
@@ -92,10 +91,16 @@ def test_ranking_orders_scans_by_known_disagreement() -> None:
         (22, 20, 20): "unsure",
         (23, 20, 20): "lost",
     }
-    volumes = ((names[shape], _volume(shape, i)) for i, shape in enumerate(spreads))
-    seen: list[str] = []
-    ranking = rank_volumes(predictor, volumes, margin=0, on_scored=lambda d: seen.append(d.name))
-    assert seen == ["calm", "torn", "unsure", "lost"]
+    paths = [
+        write_volume(_volume(shape, i), tmp_path / f"{names[shape]}.nrrd")
+        for i, shape in enumerate(spreads)
+    ]
+    seen: list[tuple[int, str]] = []
+    ranking = rank_files(
+        predictor, paths, margin=0, on_scored=lambda i, d: seen.append((i, d.name))
+    )
+    assert seen == [(1, "calm"), (2, "torn"), (3, "unsure"), (4, "lost")]
+    assert ranking[1].path == tmp_path / "torn.nrrd"
     assert [d.name for d in ranking] == ["lost", "torn", "unsure", "calm"]
     assert ranking[0].missed and ranking[0].region_voxels == 0
     expected = 0.25 * np.std(OFFSETS)
@@ -106,11 +111,23 @@ def test_ranking_orders_scans_by_known_disagreement() -> None:
 
 def test_disagreement_score_is_a_float_and_one_decoder_is_refused() -> None:
     predictor = HandMadePredictor({(20, 20, 20): 0.1})
-    score = disagreement_score(predictor, _volume((20, 20, 20)), margin=0)
+    score = disagreement(predictor, _volume((20, 20, 20)), margin=0).score
     assert isinstance(score, float) and score == pytest.approx(0.1 * np.std(OFFSETS), rel=1e-5)
     lonely = HandMadePredictor({(20, 20, 20): 0.1}, decoders=(0,))
     with pytest.raises(ValueError, match="several decoders"):
         disagreement(lonely, _volume((20, 20, 20)))
+
+
+def test_rank_files_checks_every_input_before_scoring(tmp_path: Path) -> None:
+    predictor = HandMadePredictor({(20, 20, 20): 0.1})
+    scan = write_volume(_volume((20, 20, 20)), tmp_path / "a.nrrd")
+    with pytest.raises(FileNotFoundError, match=r"missing\.nrrd does not exist"):
+        rank_files(predictor, [scan, tmp_path / "missing.nrrd"])
+    with pytest.raises(ValueError, match="same name"):
+        rank_files(predictor, [scan, write_volume(_volume((20, 20, 20)), tmp_path / "a.nii.gz")])
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        rank_files(predictor, [scan], margin=-1)
+    assert predictor.calls == []  # nothing was scored
 
 
 def test_sorting_puts_missed_scans_first_then_descending_scores() -> None:

@@ -23,8 +23,7 @@ from safetensors.torch import save_file
 from fbanet.cli.main import main
 from fbanet.config import InferenceConfig as Config
 from fbanet.config import IntensityNormalization, ModelConfig
-from fbanet.data.cases import zscore
-from fbanet.data.preprocess import IndexBox
+from fbanet.data.preprocess import IndexBox, zscore
 from fbanet.infer.segmenter import Segmenter, largest_component, paper_config, with_flips
 from fbanet.io.volumes import Geometry, Volume
 from fbanet.model.files import ModelMetadata, save_model_file

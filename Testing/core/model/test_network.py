@@ -9,7 +9,7 @@ from paths import REFERENCE
 
 from fbanet.config import ModelConfig
 from fbanet.model.authors import convert_key, convert_state_dict, infer_model_config
-from fbanet.model.network import FBANet, count_parameters, inference_state_dict
+from fbanet.model.network import FBANet, inference_state_dict
 
 REFERENCE = REFERENCE
 TINY = ModelConfig(base_filters=4, patch_size=(32, 32, 16), projection_dim=8)
@@ -31,6 +31,10 @@ def test_output_shapes_follow_the_patch(patch: tuple[int, int, int]) -> None:
         assert fg.shape == bg.shape == (2, 8)
     head = model.contrast[0].fg_head[0]
     assert head.in_features == (patch[0] // 2) * (patch[1] // 2) * (patch[2] // 2)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def test_projection_input_is_derived_from_the_patch() -> None:

@@ -65,30 +65,17 @@ def _table(ranking: list[Any]) -> str:
 
 def rank_command(args: argparse.Namespace) -> int:
     """Score every scan, then print the ranking (a table, or JSON lines with --json)."""
-    from fbanet.infer.files import read_scan
-    from fbanet.infer.ranking import disagreement, sort_by_disagreement
-    from fbanet.io.volumes import split_extension
+    from fbanet.infer.ranking import rank_files
 
-    if args.margin < 0:
-        raise ValueError(f"--margin must be >= 0, got {args.margin}")
-    names = [split_extension(path)[0] for path in args.images]
-    if len(set(names)) != len(names):
-        raise ValueError("two scans have the same name; rank scans with distinct file names")
-    for path in args.images:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; check the path")
-    segmenter = _segmenter(args)
-    scores = []
-    for index, (path, name) in enumerate(zip(args.images, names, strict=True), start=1):
-        volume, normalized = read_scan(path, args.h5_spacing)
-        result = disagreement(
-            segmenter, volume, name=name, normalized=normalized, margin=args.margin, path=path
-        )
-        scores.append(result)
+    def scored(index: int, result: Any) -> None:
         if args.json:
             _emit({"event": "scored", "index": index, "total": len(args.images),
                    **result.to_dict()})  # fmt: skip
-    ranking = sort_by_disagreement(scores)
+
+    ranking = rank_files(
+        _segmenter(args), args.images, h5_spacing=args.h5_spacing, margin=args.margin,
+        on_scored=scored,
+    )  # fmt: skip
     if args.json:
         _emit({"event": "ranked", "ranking": [d.to_dict() for d in ranking]})
     else:

@@ -18,33 +18,12 @@ import SimpleITK as sitk
 
 from fbanet.config import IntensityNormalization, parse_enum
 from fbanet.data.manifest import CaseRef
+from fbanet.data.preprocess import normalize
 from fbanet.io.volumes import Geometry, Volume, is_hdf5, read_volume, split_extension
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-
-
-def zscore(array: np.ndarray) -> np.ndarray:
-    """Z-score an array over all its voxels.
-
-    Args:
-        array: Any shape, any real dtype.
-
-    Returns:
-        ``(array - mean) / std`` as float32, same shape (statistics in float64).
-
-    Raises:
-        ValueError: The array is empty or constant (std 0).
-    """
-    values = np.asarray(array, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("cannot z-score an empty array")
-    mean = values.mean()
-    std = values.std()
-    if not std > 0:
-        raise ValueError(f"the image is constant (every voxel = {mean:g}); cannot z-score it")
-    return ((values - mean) / std).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -175,15 +154,6 @@ def _load_label(
     return label
 
 
-def _normalize(array: np.ndarray, mode: IntensityNormalization, path: Path) -> np.ndarray:
-    if mode is IntensityNormalization.AS_STORED:
-        return np.ascontiguousarray(array, dtype=np.float32)
-    try:
-        return zscore(array)
-    except ValueError as exc:
-        raise ValueError(f"image {path}: {exc}") from exc
-
-
 def load_case(
     image_path: PathLike,
     label_path: PathLike | None = None,
@@ -243,7 +213,11 @@ def load_case(
         )
     case_name = name if name is not None else split_extension(image_path)[0]
     spacing = image.geometry.spacing
-    return Case(case_name, _normalize(image.array, mode, image_path), label, spacing)
+    try:
+        normalized = normalize(image.array, mode)
+    except ValueError as exc:
+        raise ValueError(f"image {image_path}: {exc}") from exc
+    return Case(case_name, normalized, label, spacing)
 
 
 def load_cases(

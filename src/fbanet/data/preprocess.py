@@ -1,5 +1,7 @@
-"""Geometry-exact preprocessing for inference: region of interest, resampling, and back.
+"""Preprocessing, in one place: intensity normalization, region of interest, resampling.
 
+:func:`prepare_input` is the one path from a scan to what the network sees; the segmenter,
+the ranking and the loading of training cases all go through :func:`normalize`.
 Arrays are (X, Y, Z), as everywhere in fbanet. Physical coordinates are SimpleITK's (LPS).
 """
 
@@ -13,9 +15,62 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from fbanet.config import IntensityNormalization
 from fbanet.io.volumes import Geometry, Volume
 
 logger = logging.getLogger(__name__)
+
+
+def zscore(array: np.ndarray) -> np.ndarray:
+    """Z-score an array over all its voxels.
+
+    Args:
+        array: Any shape, any real dtype.
+
+    Returns:
+        ``(array - mean) / std`` as float32, same shape (statistics in float64).
+
+    Raises:
+        ValueError: The array is empty or constant (std 0).
+    """
+    values = np.asarray(array, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("cannot z-score an empty array")
+    mean = values.mean()
+    std = values.std()
+    if not std > 0:
+        raise ValueError(f"the image is constant (every voxel = {mean:g}); cannot z-score it")
+    return ((values - mean) / std).astype(np.float32)
+
+
+def normalize(array: np.ndarray, mode: IntensityNormalization) -> np.ndarray:
+    """Intensities as the model expects them, float32, same shape.
+
+    Args:
+        array: The whole scan (X, Y, Z): z-scoring a crop instead would shift intensities.
+        mode: ``ZSCORE`` (over all voxels) or ``AS_STORED`` (already normalized, e.g. the LA
+            HDF5 layout).
+
+    Raises:
+        ValueError: ``ZSCORE`` of an empty or constant array.
+    """
+    if mode is IntensityNormalization.AS_STORED:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    return zscore(array)
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """A scan made ready for the network.
+
+    Attributes:
+        region: The normalized region of interest, on the scan's grid.
+        network: ``region`` resampled to the model's spacing (``region`` itself when the
+            model has no spacing or the spacings agree).
+    """
+
+    region: Volume
+    network: Volume
 
 
 @dataclass(frozen=True)
@@ -140,3 +195,27 @@ def resample_channels(
         moved = resample_onto(Volume(channels[c].astype(np.float32), source), target, shape)
         out[c] = moved.array
     return out
+
+
+def prepare_input(
+    volume: Volume,
+    *,
+    normalization: IntensityNormalization,
+    spacing: Sequence[float] | None,
+    normalized: bool = False,
+    roi: IndexBox | None = None,
+) -> PreparedInput:
+    """What the network sees of ``volume``: normalized over the whole scan, cropped, resampled.
+
+    Args:
+        volume: The scan, any size, spacing and orientation.
+        normalization: The model's intensity normalization.
+        spacing: The model's voxel size (mm, X, Y, Z), or None to keep the scan's.
+        normalized: The intensities are already normalized as the model expects.
+        roi: Region to keep (default: the whole volume).
+    """
+    mode = IntensityNormalization.AS_STORED if normalized else normalization
+    whole = Volume(normalize(volume.array, mode), volume.geometry)
+    region = crop(whole, roi) if roi is not None else whole
+    network = resample(region, spacing) if spacing is not None else region
+    return PreparedInput(region, network)

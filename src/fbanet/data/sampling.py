@@ -25,19 +25,7 @@ def _check_pair(image: np.ndarray, label: np.ndarray | None) -> None:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
 
 
-def _rot_flip_views(
-    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None]:
-    k = int(rng.integers(0, 4))
-    axis = int(rng.integers(0, 2))
-
-    def apply(array: np.ndarray) -> np.ndarray:
-        return np.flip(np.rot90(array, k, axes=(0, 1)), axis=axis)
-
-    return apply(image), None if label is None else apply(label)
-
-
-def random_rot_flip(
+def rot_flip_views(
     image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Rotate by a random multiple of 90 degrees in the (X, Y) plane, then flip X or Y.
@@ -48,11 +36,15 @@ def random_rot_flip(
         rng: Source of the random choices.
 
     Returns:
-        Contiguous copies; (X, Y) swap for odd rotations.
+        Views (no copy); (X, Y) swap for odd rotations.
     """
-    _check_pair(image, label)
-    image, label = _rot_flip_views(image, label, rng)
-    return np.ascontiguousarray(image), None if label is None else np.ascontiguousarray(label)
+    k = int(rng.integers(0, 4))
+    axis = int(rng.integers(0, 2))
+
+    def apply(array: np.ndarray) -> np.ndarray:
+        return np.flip(np.rot90(array, k, axes=(0, 1)), axis=axis)
+
+    return apply(image), None if label is None else apply(label)
 
 
 def _check_patch(patch_size: Sequence[int]) -> tuple[int, int, int]:
@@ -66,12 +58,23 @@ def _check_patch(patch_size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(p) for p in patch)  # type: ignore[return-value]
 
 
-def _crop_views(
+def crop_views(
     image: np.ndarray,
     label: np.ndarray | None,
     patch: tuple[int, int, int],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A uniformly random ``patch`` window, zero-padding sides shorter than the patch.
+
+    Args:
+        image: (X, Y, Z); padded with 0.
+        label: (X, Y, Z) or None; padded with 0 (background), cropped identically.
+        patch: Patch (X, Y, Z).
+        rng: Source of the crop position.
+
+    Returns:
+        Views of the window (copies only where padding was needed).
+    """
     short = [max(p - s, 0) for p, s in zip(patch, image.shape, strict=True)]
     if any(short):
         # Split the padding so the volume stays near the centre of the patch.
@@ -82,28 +85,6 @@ def _crop_views(
     starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(image.shape, patch, strict=True)]
     window = tuple(slice(a, a + p) for a, p in zip(starts, patch, strict=True))
     return image[window], None if label is None else label[window]
-
-
-def random_crop(
-    image: np.ndarray,
-    label: np.ndarray | None,
-    patch_size: Sequence[int],
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop a uniformly random patch, zero-padding sides shorter than the patch.
-
-    Args:
-        image: (X, Y, Z); padded with 0.
-        label: (X, Y, Z) or None; padded with 0 (background), cropped identically.
-        patch_size: Patch (X, Y, Z).
-        rng: Source of the crop position.
-
-    Returns:
-        Contiguous copies of shape ``patch_size``.
-    """
-    _check_pair(image, label)
-    image, label = _crop_views(image, label, _check_patch(patch_size), rng)
-    return np.ascontiguousarray(image), None if label is None else np.ascontiguousarray(label)
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -266,8 +247,8 @@ class PatchBatcher:
     def _patch(self, case: Case, with_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
         image, label = case.image, case.label if with_label else None
         if self.augment:
-            image, label = _rot_flip_views(image, label, self._rng)
-        return _crop_views(image, label, self.patch_size, self._rng)
+            image, label = rot_flip_views(image, label, self._rng)
+        return crop_views(image, label, self.patch_size, self._rng)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """The next batch.

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from fbanet.data.cases import Case, zscore
+from fbanet.data.cases import Case
+from fbanet.data.preprocess import zscore
 from fbanet.io.volumes import Geometry, Volume
 
 DEFAULT_SHAPE = (64, 64, 48)

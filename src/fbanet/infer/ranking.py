@@ -22,11 +22,10 @@ from typing import Protocol
 import numpy as np
 from scipy import ndimage
 
-from fbanet.config import IntensityNormalization
-from fbanet.data.cases import zscore
-from fbanet.data.preprocess import resample
+from fbanet.data.preprocess import prepare_input
+from fbanet.infer.files import read_scan
 from fbanet.infer.segmenter import check_image
-from fbanet.io.volumes import Volume
+from fbanet.io.volumes import Volume, split_extension
 from fbanet.model.files import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -79,18 +78,6 @@ class Disagreement:
             "missed": self.missed,
             "path": str(self.path) if self.path is not None else None,
         }
-
-
-def _network_input(metadata: ModelMetadata, volume: Volume, normalized: bool) -> np.ndarray:
-    """The image as the network sees it: normalized, at the model's spacing."""
-    check_image(volume)
-    array = volume.array.astype(np.float32, copy=False)
-    if not normalized and metadata.normalization is not IntensityNormalization.AS_STORED:
-        array = zscore(array)
-    prepared = Volume(array, volume.geometry)
-    if metadata.spacing is not None:
-        prepared = resample(prepared, metadata.spacing)
-    return prepared.array
 
 
 def score_probabilities(foreground: np.ndarray, margin: int = DEFAULT_MARGIN) -> tuple[float, int]:
@@ -146,7 +133,12 @@ def disagreement(
             "ranking needs the disagreement of several decoders, but this model file holds "
             "only one; use a model written by 'fbanet train'"
         )
-    image = _network_input(segmenter.metadata, volume, normalized)
+    check_image(volume)
+    metadata = segmenter.metadata
+    image = prepare_input(
+        volume, normalization=metadata.normalization, spacing=metadata.spacing,
+        normalized=normalized,
+    ).network.array  # fmt: skip
     probabilities = segmenter.predict(image, decoders)
     foreground = probabilities[:, 1:].sum(axis=1)
     score, voxels = score_probabilities(foreground, margin)
@@ -154,38 +146,50 @@ def disagreement(
     return Disagreement(name, score, voxels, path)
 
 
-def disagreement_score(
-    segmenter: DecoderPredictor,
-    volume: Volume,
-    normalized: bool = False,
-    margin: int = DEFAULT_MARGIN,
-) -> float:
-    """The mean decoder disagreement over the predicted region (0.0 when nothing is found)."""
-    return disagreement(segmenter, volume, normalized=normalized, margin=margin).score
-
-
 def sort_by_disagreement(scores: Iterable[Disagreement]) -> list[Disagreement]:
     """Most informative first: scans where nothing was found, then by descending score."""
     return sorted(scores, key=lambda d: (not d.missed, -d.score))
 
 
-def rank_volumes(
+def rank_files(
     segmenter: DecoderPredictor,
-    volumes: Iterable[tuple[str, Volume]],
+    paths: Sequence[Path],
     *,
-    normalized: bool = False,
+    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
     margin: int = DEFAULT_MARGIN,
-    on_scored: Callable[[Disagreement], None] | None = None,
+    on_scored: Callable[[int, Disagreement], None] | None = None,
 ) -> list[Disagreement]:
-    """Score every (name, volume) and sort, most in need of annotation first.
+    """Score every scan file and sort, most in need of annotation first.
 
-    ``volumes`` may be a generator, so that only one scan is in memory at a time.
-    ``on_scored`` is called after each scan (for progress).
+    Scans are read one at a time, so only one is in memory. Every path is checked before
+    the first is scored.
+
+    Args:
+        segmenter: The model (a :class:`fbanet.infer.segmenter.Segmenter`).
+        paths: Scan files or DICOM folders, with distinct names.
+        h5_spacing: Voxel size (mm) of HDF5 scans.
+        margin: Dilation (voxels) of the predicted region.
+        on_scored: Called with (1-based index, result) after each scan, for progress.
+
+    Raises:
+        ValueError: A negative margin, or two scans with the same name.
+        FileNotFoundError: A path does not exist.
     """
+    if margin < 0:
+        raise ValueError(f"the margin must be >= 0 voxels, got {margin}")
+    names = [split_extension(path)[0] for path in paths]
+    if len(set(names)) != len(names):
+        raise ValueError("two scans have the same name; rank scans with distinct file names")
+    for path in paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} does not exist; check the path")
     scores = []
-    for name, volume in volumes:
-        result = disagreement(segmenter, volume, name=name, normalized=normalized, margin=margin)
+    for index, (path, name) in enumerate(zip(paths, names, strict=True), start=1):
+        volume, normalized = read_scan(path, h5_spacing)
+        result = disagreement(
+            segmenter, volume, name=name, normalized=normalized, margin=margin, path=Path(path)
+        )
         scores.append(result)
         if on_scored is not None:
-            on_scored(result)
+            on_scored(index, result)
     return sort_by_disagreement(scores)

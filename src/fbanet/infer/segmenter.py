@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from fbanet.config import Blend, InferenceConfig, IntensityNormalization, Protocol
-from fbanet.data.cases import zscore
-from fbanet.data.preprocess import IndexBox, crop, resample, resample_channels
+from fbanet.config import Blend, InferenceConfig, Protocol
+from fbanet.data.preprocess import IndexBox, prepare_input, resample_channels
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.infer.sliding_window import paper_protocol_inference, sliding_window_inference
 from fbanet.io.volumes import Volume
@@ -166,11 +165,6 @@ class Segmenter:
         k = self.metadata.model.num_classes
         return probs.numpy().reshape(len(decoders), k, *image.shape)
 
-    def _normalize(self, volume: Volume, normalized: bool) -> Volume:
-        if normalized or self.metadata.normalization is IntensityNormalization.AS_STORED:
-            return Volume(volume.array.astype(np.float32, copy=False), volume.geometry)
-        return Volume(zscore(volume.array), volume.geometry)
-
     def segment(
         self,
         volume: Volume,
@@ -196,9 +190,11 @@ class Segmenter:
         started = time.monotonic()
         check_image(volume)
         box = roi or IndexBox((0, 0, 0), volume.array.shape)  # type: ignore[arg-type]
-        region = crop(self._normalize(volume, normalized), box)
-        spacing = self.metadata.spacing
-        network_input = resample(region, spacing) if spacing is not None else region
+        prepared = prepare_input(
+            volume, normalization=self.metadata.normalization, spacing=self.metadata.spacing,
+            normalized=normalized, roi=box,
+        )  # fmt: skip
+        region, network_input = prepared.region, prepared.network
         available = self.metadata.decoders
         if not set(self.config.decoders) <= set(available):
             raise ValueError(

@@ -239,8 +239,3 @@ class FBANet(nn.Module):
 def inference_state_dict(model: FBANet) -> dict[str, Tensor]:
     """The weights segmentation needs: encoder and decoders, without contrastive modules."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("contrast.")}
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
