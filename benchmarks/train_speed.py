@@ -2,7 +2,7 @@
 
 Measures full optimizer steps (batch sampling, forward through the three decoders and
 contrastive modules, loss, backward, SGD) with :class:`fbanet.train.trainer.Trainer` and
-:func:`fbanet.train.trainer.seconds_per_iteration`, and prints a markdown table::
+:func:`seconds_per_iteration` (below), and prints a markdown table::
 
     python benchmarks/train_speed.py                       # both configs, 3 timed iterations
     python benchmarks/train_speed.py --configs small --iterations 5
@@ -27,6 +27,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,20 @@ import torch
 
 from fbanet.config import ModelConfig, TrainConfig
 from fbanet.data.cases import Case, load_case
-from fbanet.train.trainer import Trainer, TrainingData, seconds_per_iteration
+from fbanet.train.trainer import Trainer, TrainingData
+
+
+def seconds_per_iteration(trainer: Trainer, iterations: int, warmup: int = 1) -> list[float]:
+    """Time ``iterations`` optimizer steps after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        trainer.step()
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        trainer.step()
+        times.append(time.perf_counter() - started)
+    return times
+
 
 logger = logging.getLogger("train_speed")
 

@@ -13,7 +13,8 @@ import pytest
 import training_support as support
 from training_support import WORKER_ENV, logic, review, runner, selftest
 
-from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
+from fbanet.model.files import load_model_file, read_model_header
+from fbanet.train.checkpoints import load_checkpoint
 
 TIMEOUT = 240
 

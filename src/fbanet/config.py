@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
+import numpy as np
+
 E = TypeVar("E", bound=Enum)
 
 
@@ -100,11 +102,23 @@ def parse_enum(enum_type: type[E], value: Any) -> E:
     raise ValueError(f"{value!r} is not a valid {enum_type.__name__}; valid values: {valid}")
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+def is_int(value: object) -> bool:
+    """An integer (Python or NumPy), and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int, checked at the boundary (the one validator of counts and sizes).
+
+    Raises:
+        TypeError: ``value`` is not an integer (bools and floats included), quoting it.
+        ValueError: ``value`` is below ``minimum``, quoting it.
+    """
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+    if value < minimum:  # type: ignore[operator]
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
 
 
 def _check_positive_number(name: str, value: Any, allow_zero: bool = False) -> None:
@@ -146,7 +160,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "base_filters", "projection_dim"):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.num_classes < 2:
             raise ValueError(
                 f"num_classes must be >= 2 (background + structure), got {self.num_classes}"
@@ -155,7 +169,7 @@ class ModelConfig:
         if len(patch) != 3:
             raise ValueError(f"patch_size must have 3 sides (X, Y, Z), got {self.patch_size!r}")
         for side in patch:
-            _check_positive_int("patch_size side", side)
+            check_int("patch_size side", side)
             if side % PATCH_MULTIPLE:
                 raise ValueError(
                     f"patch_size sides must be multiples of {PATCH_MULTIPLE} (the V-Net halves "
@@ -249,7 +263,7 @@ class TrainConfig:
             "validate_every",
             "log_every",
         ):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.labeled_batch_size > self.batch_size:
             raise ValueError(
                 f"labeled_batch_size ({self.labeled_batch_size}) cannot exceed "
@@ -356,12 +370,12 @@ class InferenceConfig:
             raise TypeError(f"overlap must be a number, got {self.overlap!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
-        _check_positive_int("windows_per_batch", self.windows_per_batch)
+        check_int("windows_per_batch", self.windows_per_batch)
         stride = tuple(self.paper_stride)
         if len(stride) != 3:
             raise ValueError(f"paper_stride needs 3 values, got {self.paper_stride!r}")
         for side in stride:
-            _check_positive_int("paper_stride", side)
+            check_int("paper_stride", side)
         object.__setattr__(self, "paper_stride", stride)
         decoders = tuple(self.decoders)
         if not decoders or len(set(decoders)) != len(decoders) or not set(decoders) <= {0, 1, 2}:

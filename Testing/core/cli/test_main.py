@@ -21,8 +21,9 @@ from fbanet import __version__
 from fbanet.cli.main import main
 from fbanet.config import ModelConfig
 from fbanet.model.authors import convert_key
-from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
+from fbanet.model.files import load_model_file, read_model_header
 from fbanet.model.network import FBANet
+from fbanet.train.checkpoints import load_checkpoint
 
 REFERENCE = REFERENCE
 TINY_FLAGS = ["--patch-size", "16", "16", "16", "--base-filters", "4", "--fp32", "--json",

@@ -214,7 +214,7 @@ def _ok(x: torch.Tensor) -> torch.Tensor:
         ({"patch_size": (4, 0, 4)}, ValueError, r"patch_size must be 3 positive ints.*\(4, 0, 4\)"),
         ({"patch_size": (4, 4)}, ValueError, "3 positive ints"),
         ({"patch_size": 4}, ValueError, "got 4"),
-        ({"windows_per_batch": 0}, ValueError, "windows_per_batch must be an int >= 1, got 0"),
+        ({"windows_per_batch": 0}, ValueError, "windows_per_batch must be >= 1, got 0"),
         ({"blend": "median"}, ValueError, r"one of \('gaussian', 'constant'\), got 'median'"),
         ({"overlap": 1.0}, ValueError, r"overlap must be in \[0, 1\), got 1.0"),
         ({"predictor": "net"}, TypeError, "predictor must be callable"),

@@ -1,4 +1,4 @@
-"""Model files and training checkpoints: round trips, half precision, safe and clear loading."""
+"""Model files: round trips, half precision, safe and clear loading (and not checkpoints)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ import fbanet.model.files as modelfile
 from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, to_dict
 from fbanet.model.files import (
     ModelMetadata,
-    load_checkpoint,
     load_model_file,
     read_model_header,
-    save_checkpoint,
     save_model_file,
 )
 from fbanet.model.network import FBANet
+from fbanet.train.checkpoints import load_checkpoint, save_checkpoint
 
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8)
 
@@ -255,33 +254,6 @@ def test_damaged_or_newer_metadata_is_refused(saved: tuple[FBANet, Path], tmp_pa
         read_model_header(_rewrite(path, tmp_path / "damaged.safetensors", edit_header=damaged))
 
 
-class _WritesMarker:
-    """Unpickling this object would call ``open(marker, "w")``: code execution on load."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))
-
-
-def test_pickled_objects_are_refused_without_running_code(tmp_path: Path) -> None:
-    marker = tmp_path / "code_was_executed"
-    payload = tmp_path / "payload.pt"
-    torch.save({"format": modelfile.CHECKPOINT_FORMAT, "a": _WritesMarker(marker)}, payload)
-    assert not marker.exists()
-    with pytest.raises(ValueError, match="not a readable fbanet checkpoint"):
-        load_checkpoint(payload)
-    assert not marker.exists()
-
-    # The payload is live: an unsafe load would have run it (proves the test is meaningful).
-    canary = tmp_path / "canary"
-    live = tmp_path / "live.pt"
-    torch.save({"a": _WritesMarker(canary)}, live)
-    torch.load(live, weights_only=False)
-    assert canary.exists()
-
-
 def test_other_files_are_not_checkpoints(saved: tuple[FBANet, Path], tmp_path: Path) -> None:
     _, model_path = saved
     with pytest.raises(ValueError, match=r"not an? (readable )?fbanet (training )?checkpoint"):
@@ -303,41 +275,3 @@ def test_missing_files_raise_file_not_found(tmp_path: Path) -> None:
         read_model_header(missing)
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         load_checkpoint(tmp_path / "nothing_here.pt")
-
-
-def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    model = trained_looking_model(TINY)
-    state = {
-        "iteration": 7,
-        "model": modelfile.state_dict_to_cpu(model.state_dict()),
-        "best_dice": 0.5,
-        "batcher": json.dumps({"a": [1, 2]}),
-    }
-    path = save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
-    loaded = load_checkpoint(path)
-    assert loaded["format"] == modelfile.CHECKPOINT_FORMAT
-    assert loaded["iteration"] == 7 and loaded["best_dice"] == 0.5
-    assert json.loads(loaded["batcher"]) == {"a": [1, 2]}
-    for key, value in model.state_dict().items():
-        torch.testing.assert_close(loaded["model"][key], value, rtol=0, atol=0)
-
-
-def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "checkpoints"
-    path = save_checkpoint(folder / "last.pt", {"iteration": 1, "w": torch.arange(5.0)})
-    before = path.read_bytes()
-    real_save = torch.save
-
-    def crash_mid_write(obj: object, f: object, *args: object, **kwargs: object) -> None:
-        real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as handle:  # type: ignore[arg-type]
-            handle.truncate(100)  # a half-written file...
-        raise OSError("disk full")  # ...and the writer dies
-
-    monkeypatch.setattr(torch, "save", crash_mid_write)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"iteration": 2, "w": torch.zeros(5)})
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert load_checkpoint(path)["iteration"] == 1
-    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]  # no temporary file left

@@ -17,7 +17,8 @@ from PIL import Image
 import fbanet.train.trainer as training
 from fbanet.config import ModelConfig, TrainConfig
 from fbanet.data.cases import Case
-from fbanet.model.files import load_checkpoint, load_model_file, read_model_header
+from fbanet.model.files import load_model_file, read_model_header
+from fbanet.train.checkpoints import load_checkpoint
 from fbanet.train.progress import StopRequest
 from fbanet.train.trainer import Trainer, TrainingData
 

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import SimpleITK as sitk
 
-from fbanet.config import IntensityNormalization, parse_enum
+from fbanet.config import IntensityNormalization, check_int, parse_enum
 from fbanet.data.manifest import CaseRef
 from fbanet.data.preprocess import normalize
 from fbanet.io.volumes import Geometry, Volume, is_hdf5, read_volume, split_extension
@@ -185,9 +185,7 @@ def load_case(
             (missing when required, values out of range, no foreground, not alignable).
     """
     mode = parse_enum(IntensityNormalization, normalization)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
-    if not 2 <= num_classes <= 256:
+    if not 2 <= check_int("num_classes", num_classes, 2) <= 256:
         raise ValueError(f"num_classes must be in 2..256 (uint8 labels), got {num_classes}")
     if require_label and not read_label:
         raise ValueError("require_label=True contradicts read_label=False")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fbanet.config import check_int
 from fbanet.io.volumes import is_hdf5, split_extension
 
 PathLike = str | os.PathLike[str]
@@ -146,9 +147,8 @@ def spec_from_h5_list(
     folder, list_file = Path(folder), Path(list_file)
     lines = list_file.read_text(encoding="utf-8").splitlines()
     names = [ln.strip().removesuffix(".h5") for ln in lines if ln.strip()]
-    for count, what in ((labeled, "labeled"), (validation, "validation")):
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"{what} must be an int, got {count!r}")
+    check_int("labeled", labeled, 1)
+    check_int("validation", validation, 0)
     if labeled < 1 or validation < 0 or labeled + validation > len(names):
         raise ValueError(
             f"cannot take {labeled} labeled and {validation} validation cases from the "

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fbanet.config import check_int
 from fbanet.data.cases import Case
 
 logger = logging.getLogger(__name__)
@@ -87,14 +88,6 @@ def crop_views(
     return image[window], None if label is None else label[window]
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
 class _Stream:
     """Endless draws from shuffled passes over range(n), reshuffled after each pass."""
 
@@ -159,10 +152,10 @@ class TwoStreamSampler:
         unlabeled_per_batch: int,
         rng: np.random.Generator,
     ) -> None:
-        num_labeled = _check_count("num_labeled", num_labeled, 0)
-        num_unlabeled = _check_count("num_unlabeled", num_unlabeled, 0)
-        self.labeled_per_batch = _check_count("labeled_per_batch", labeled_per_batch, 1)
-        self.unlabeled_per_batch = _check_count("unlabeled_per_batch", unlabeled_per_batch, 0)
+        num_labeled = check_int("num_labeled", num_labeled, 0)
+        num_unlabeled = check_int("num_unlabeled", num_unlabeled, 0)
+        self.labeled_per_batch = check_int("labeled_per_batch", labeled_per_batch, 1)
+        self.unlabeled_per_batch = check_int("unlabeled_per_batch", unlabeled_per_batch, 0)
         if num_labeled == 0:
             raise ValueError("no labeled cases: semi-supervised training needs at least one")
         if self.unlabeled_per_batch > 0 and num_unlabeled == 0:
@@ -233,7 +226,7 @@ class PatchBatcher:
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.augment = bool(augment)
-        seed = _check_count("seed", seed, 0)
+        seed = check_int("seed", seed, 0)
         sampler_seq, augment_seq = np.random.SeedSequence(seed).spawn(2)
         self.sampler = TwoStreamSampler(
             len(self.labeled),

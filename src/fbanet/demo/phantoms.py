@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from fbanet.config import check_int
 from fbanet.data.cases import Case
 from fbanet.data.preprocess import zscore
 from fbanet.io.volumes import Geometry, Volume
@@ -203,11 +204,8 @@ def make_cohort(
     Returns:
         (image, label) pairs.
     """
-    for name, value, minimum in (("n", n, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
     children = np.random.SeedSequence(int(seed)).spawn(int(n))
     return [
         make_phantom(np.random.default_rng(child), shape, spacing, bias_strength=bias_strength)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fbanet.config import InferenceConfig, ModelConfig, TrainConfig
+from fbanet.config import InferenceConfig, ModelConfig, TrainConfig, check_int
 from fbanet.demo.phantoms import DEFAULT_SPACING, as_case, make_cohort
 from fbanet.infer.files import segment_file
 from fbanet.infer.segmenter import Segmenter
@@ -87,14 +87,6 @@ class DemoResult:
     seconds: float
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
-
-
 def demo_configs(
     iterations: int,
     *,
@@ -136,9 +128,9 @@ def _demo_size(
     """Checked phantom counts (labeled, unlabeled, validation), iterations and phantom shape."""
     counts = {"labeled": (labeled, 1), "unlabeled": (unlabeled, 1), "validation": (validation, 0)}
     for name, (value, minimum) in counts.items():
-        _check_count(name, value, minimum)
+        check_int(name, value, minimum)
     if iterations is not None:
-        _check_count("iterations", iterations, 1)
+        check_int("iterations", iterations, 1)
     if quick:  # a smoke run: the smallest cohort that still exercises every data path
         sizes = (min(labeled, 2), min(unlabeled, 2), min(validation, 1))
         return sizes, iterations or QUICK_ITERATIONS, QUICK_SHAPE

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from fbanet.config import check_int
 from fbanet.infer.windows import (
     Triple,
     as_triple,
     check_fits,
     constant_importance_map,
     gaussian_importance_map,
-    is_positive_int,
     paper_starts,
     patch_starts,
 )
@@ -96,8 +96,7 @@ class Aggregator:
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not is_positive_int(num_channels):
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        check_int("num_channels", num_channels)
         self.image_shape = as_triple(image_shape, "image_shape")
         if importance.ndim != 3:
             shape = tuple(importance.shape)
@@ -256,8 +255,7 @@ def sliding_window_inference(
     if not callable(predictor):
         raise TypeError(f"predictor must be callable, got {type(predictor).__name__}")
     patch = as_triple(patch_size, "patch_size")
-    if not is_positive_int(windows_per_batch):
-        raise ValueError(f"windows_per_batch must be an int >= 1, got {windows_per_batch!r}")
+    check_int("windows_per_batch", windows_per_batch)
     importance = _importance(blend, patch)
     device = torch.device(device) if device is not None else image.device
     output_device = torch.device(output_device) if output_device is not None else image.device

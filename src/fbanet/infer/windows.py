@@ -14,11 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fbanet.config import is_int
+
 Triple = tuple[int, int, int]
-
-
-def is_positive_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
 def as_triple(value: object, name: str) -> Triple:
@@ -27,7 +25,7 @@ def as_triple(value: object, name: str) -> Triple:
         items = tuple(value)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(f"{name} must be 3 positive ints, got {value!r}") from None
-    if len(items) != 3 or not all(is_positive_int(v) for v in items):
+    if len(items) != 3 or not all(is_int(v) and v > 0 for v in items):  # type: ignore[operator]
         raise ValueError(f"{name} must be 3 positive ints, got {value!r}")
     return (int(items[0]), int(items[1]), int(items[2]))
 

@@ -1,9 +1,10 @@
-"""Model files (inference weights + metadata) and training checkpoints, loaded safely.
+"""Model files (inference weights + metadata), written atomically and loaded safely.
 
 A model file is a ``safetensors`` file: the encoder and decoder weights (no projection
 heads) and, in the header, a JSON document with the architecture and preprocessing. Nothing
-in it is executable. Training checkpoints hold tensors and plain containers only and are
-read with ``torch.load(weights_only=True)``. Both are written atomically.
+in it is executable. Files written by ``torch.save`` (training checkpoints, the authors'
+checkpoints) are read only through :func:`safe_torch_load`. Training checkpoints themselves
+are in :mod:`fbanet.train.checkpoints`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
 
-from fbanet import __version__
 from fbanet.io.volumes import atomic_write
 from fbanet.model.header import (
     MODEL_FORMAT,
@@ -33,14 +32,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ModelMetadata",
     "export_model_file",
-    "load_checkpoint",
     "load_model_file",
     "read_model_header",
-    "save_checkpoint",
+    "safe_torch_load",
     "save_model_file",
 ]
-
-CHECKPOINT_FORMAT = "fbanet-checkpoint"
 
 
 def save_model_file(
@@ -110,15 +106,6 @@ def load_model_file(
     return model.to(device).eval(), metadata
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write a training checkpoint (tensors and plain containers only) atomically."""
-    payload = {"format": CHECKPOINT_FORMAT, "fbanet_version": __version__, **state}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return path
-
-
 def safe_torch_load(path: str | Path, what: str, advice: str) -> Any:
     """``torch.load`` restricted to tensors and plain containers (never arbitrary objects).
 
@@ -138,21 +125,6 @@ def safe_torch_load(path: str | Path, what: str, advice: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or foreign files
         raise ValueError(f"{str(path)!r} is not a readable {what} ({error}); {advice}") from error
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only=True``: no arbitrary objects)."""
-    state = safe_torch_load(
-        path, "fbanet checkpoint", "start a new run or resume from another checkpoint"
-    )
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not an fbanet training checkpoint")
-    return state
-
-
-def state_dict_to_cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Detached CPU copies, so a checkpoint does not pin device memory."""
-    return {k: v.detach().to("cpu") for k, v in state.items()}
 
 
 def export_model_file(

@@ -33,16 +33,10 @@ from fbanet.device import ComputeSetup, compute_setup
 from fbanet.infer.sliding_window import sliding_window_inference
 from fbanet.io.volumes import atomic_write
 from fbanet.metrics import dice as dice_score
-from fbanet.model.files import (
-    ModelMetadata,
-    load_checkpoint,
-    load_model_file,
-    save_checkpoint,
-    save_model_file,
-    state_dict_to_cpu,
-)
+from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
 from fbanet.model.losses import fba_loss
 from fbanet.model.network import FBANet
+from fbanet.train.checkpoints import load_checkpoint, save_checkpoint, state_dict_to_cpu
 from fbanet.train.curves import plot_training_curves
 from fbanet.train.progress import ProgressReporter, StopRequest
 
@@ -389,15 +383,3 @@ def initialize_from_model_file(model: FBANet, path: str | Path) -> None:
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("contrast.") for k in missing), (missing, unexpected)
     logger.info("initialized from %s (%d iterations)", path, metadata.iterations)
-
-
-def seconds_per_iteration(trainer: Trainer, iterations: int, warmup: int = 1) -> list[float]:
-    """Time ``iterations`` optimizer steps after ``warmup`` untimed ones (for benchmarks)."""
-    for _ in range(warmup):
-        trainer.step()
-    times = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        trainer.step()
-        times.append(time.perf_counter() - started)
-    return times
