@@ -142,6 +142,7 @@ def _bad_manifest(tmp_path: Path, manifest: Path, entries: dict[str, Any]) -> Pa
         ("patch", r"multiples of 16"),
         ("missing file", r"missing_case\.nrrd does not exist"),
         ("2d image", r"flat\.nrrd.*(3-?D|3 dimensions|2-?D|dimension)"),
+        ("config type", r"iterations must be an int, got '5'"),
     ],
 )
 def test_bad_input_gives_exit_code_2_and_one_line(
@@ -169,7 +170,14 @@ def test_bad_input_gives_exit_code_2_and_one_line(
         entries = json.loads(manifest.read_text(encoding="utf-8"))
         entries["unlabeled"].append("flat.nrrd")
         data = ["--manifest", str(_bad_manifest(tmp_path, manifest, entries))]
+    elif case == "config type":  # a JSON string where a number belongs: bad input, not a bug
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"train": {"iterations": "5"}}), encoding="utf-8")
+        extra = ["--config", str(config)]
     flags = ["--iterations", "1", "--base-filters", "4", "--fp32", "--json", "--device", "cpu"]
+    if case == "config type":
+        flags.remove("--iterations")
+        flags.remove("1")
     if case != "patch":
         flags += ["--patch-size", "16", "16", "16"]
     code = main(["train", *data, "-o", str(out), *flags, *extra])
@@ -178,6 +186,21 @@ def test_bad_input_gives_exit_code_2_and_one_line(
     assert re.search(pattern, _error_line(captured.err)), captured.err
     assert captured.out == ""  # no progress: nothing was trained
     assert not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_a_type_error_from_a_bug_is_not_reported_as_bad_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fbanet.cli.main as cli
+
+    def buggy(args: Any) -> int:
+        return len(3)  # type: ignore[arg-type]  # a programming error: TypeError
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["rank"].set_defaults(handler=buggy)  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match="has no len"):
+        cli.main(["rank", "scan.nrrd"])
 
 
 # -- import-checkpoint ------------------------------------------------------------------------

@@ -260,35 +260,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    import dataclasses
+    from fbanet.model.authors import import_authors_checkpoint
 
-    from fbanet.model.authors import (
-        convert_state_dict,
-        infer_model_config,
-        load_authors_checkpoint,
-    )
-    from fbanet.model.files import ModelMetadata, save_model_file
-    from fbanet.model.network import FBANet
-
-    state = convert_state_dict(load_authors_checkpoint(args.checkpoint))
-    config = infer_model_config(state)
-    if args.patch_size is not None:
-        config = dataclasses.replace(config, patch_size=tuple(args.patch_size))
-    model = FBANet(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    needed = [k for k in missing if not k.startswith("contrast.")]
-    if needed or unexpected:
-        raise ValueError(
-            f"{str(args.checkpoint)!r} does not fit FBA-Net: missing {needed[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    metadata = ModelMetadata(
-        model=config,
-        spacing=tuple(args.spacing) if args.spacing else None,
-        description=f"imported from {args.checkpoint.name} (FBA-Net authors' checkpoint)",
-    )
-    save_model_file(args.out, model, metadata, half=args.half)
-    logger.info("wrote %s", args.out)
+    import_authors_checkpoint(
+        args.checkpoint, args.out,
+        patch_size=tuple(args.patch_size) if args.patch_size is not None else None,
+        spacing=tuple(args.spacing) if args.spacing else None, half=args.half,
+    )  # fmt: skip
     return EXIT_OK
 
 
@@ -302,20 +280,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
-    except (
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        FileExistsError,
-        RuntimeError,
-        OSError,
-    ) as error:
-        if args.verbose:
-            logger.exception("failed")
-        print(f"fbanet {args.command}: error: {error}", file=sys.stderr)
-        # A missing input file is bad input (exit 2), like a bad value.
-        usage = (ValueError, TypeError, FileNotFoundError)
-        return EXIT_USAGE if isinstance(error, usage) else EXIT_ERROR
+    # Bad input (a value, a missing file) is the user's to fix: exit 2. A failure of the
+    # machine or the environment (disk, permissions, device): exit 1. Anything else, a
+    # TypeError included, is a bug and keeps its traceback.
+    except (ValueError, FileNotFoundError) as error:
+        return _report(args, error, EXIT_USAGE)
+    except (OSError, RuntimeError) as error:
+        return _report(args, error, EXIT_ERROR)
+
+
+def _report(args: argparse.Namespace, error: BaseException, code: int) -> int:
+    if args.verbose:
+        logger.exception("failed")
+    print(f"fbanet {args.command}: error: {error}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ tensor keeps its shape and values, so the converted network computes the same ou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -141,3 +142,49 @@ def load_authors_checkpoint(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
     return dict(state)
+
+
+def import_authors_checkpoint(
+    checkpoint: str | Path,
+    destination: str | Path,
+    *,
+    patch_size: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    half: bool = False,
+) -> Path:
+    """Convert an authors' checkpoint into an fbanet model file (same outputs).
+
+    Args:
+        checkpoint: The ``.pth`` file written by the authors' training code.
+        destination: The model file to write (atomically).
+        patch_size: The training patch, when it cannot be derived from the checkpoint.
+        spacing: The voxel size (mm) the model was trained at, recorded in the file.
+        half: Store float16 weights.
+
+    Raises:
+        ValueError: The file is not a state dict of tensors, or does not fit FBA-Net.
+    """
+    from fbanet.model.files import ModelMetadata, save_model_file
+    from fbanet.model.network import FBANet
+
+    checkpoint = Path(checkpoint)
+    state = convert_state_dict(load_authors_checkpoint(checkpoint))
+    config = infer_model_config(state)
+    if patch_size is not None:
+        config = dataclasses.replace(config, patch_size=tuple(patch_size))
+    model = FBANet(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    needed = [k for k in missing if not k.startswith("contrast.")]
+    if needed or unexpected:
+        raise ValueError(
+            f"{str(checkpoint)!r} does not fit FBA-Net: missing {needed[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    metadata = ModelMetadata(
+        model=config,
+        spacing=spacing,
+        description=f"imported from {checkpoint.name} (FBA-Net authors' checkpoint)",
+    )
+    path = save_model_file(destination, model, metadata, half=half)
+    logger.info("wrote %s", path)
+    return path

@@ -178,5 +178,12 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def build_configs(
     model_settings: Mapping[str, Any], train_settings: Mapping[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
-    """Configs from settings; unknown or invalid settings raise ``ValueError`` naming them."""
-    return from_dict(ModelConfig, model_settings), from_dict(TrainConfig, train_settings)
+    """Configs from settings (flags, presets, config files: user input).
+
+    Raises:
+        ValueError: An unknown setting, or a value of the wrong type or range, named.
+    """
+    try:
+        return from_dict(ModelConfig, model_settings), from_dict(TrainConfig, train_settings)
+    except TypeError as error:  # a value of the wrong type is bad input here, not a bug
+        raise ValueError(str(error)) from error
