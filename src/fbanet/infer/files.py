@@ -19,7 +19,6 @@ from fbanet.io.segmentation import (
     write_scalar_volume,
     write_segmentation,
 )
-from fbanet.io.segments import segments_from_model
 from fbanet.io.volumes import Volume, is_hdf5, read_volume, split_extension
 
 logger = logging.getLogger(__name__)
@@ -129,8 +128,7 @@ def segment_file(
         uncertainty=uncertainty, progress=progress,
     )  # fmt: skip
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    config = segmenter.metadata.model
-    segments = segments_from_model(config.class_names, config.class_colors)
+    segments = segmenter.segments
     write_segmentation(result.labelmap, output_path, segments)
     outputs = SegmentOutputs(output_path, seconds=result.seconds)
     if result.probability is not None:

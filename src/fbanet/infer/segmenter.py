@@ -19,6 +19,7 @@ from fbanet.config import Blend, InferenceConfig, Protocol
 from fbanet.data.preprocess import IndexBox, prepare_input, resample_channels
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.infer.sliding_window import paper_protocol_inference, sliding_window_inference
+from fbanet.io.segments import SegmentInfo, segments_from_model
 from fbanet.io.volumes import Volume
 from fbanet.model.files import ModelMetadata, load_model_file
 from fbanet.model.network import FBANet
@@ -114,6 +115,12 @@ class Segmenter:
         """Load a model file (safely) and build a segmenter."""
         model, metadata = load_model_file(path)
         return cls(model, metadata, config)
+
+    @property
+    def segments(self) -> list[SegmentInfo]:
+        """The model's classes as named, coloured segments (for :func:`write_segmentation`)."""
+        config = self.metadata.model
+        return segments_from_model(config.class_names, config.class_colors)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:

@@ -87,7 +87,7 @@ def infer_model_config(state: Mapping[str, Tensor]) -> ModelConfig:
 
     The patch size cannot be recovered exactly from the projection head size alone, so the
     LA patch (112, 112, 80) is assumed when it fits and otherwise a cube is tried; the caller
-    can pass the right one to :func:`import_checkpoint`.
+    can pass the right one to :func:`import_authors_checkpoint`.
     """
     first = state["encoder.stages.0.0.weight"]
     out = state["decoders.0.out_conv.weight"]
