@@ -7,6 +7,7 @@ import csv
 import math
 from pathlib import Path
 
+import medpy.metric.binary as medpy_binary
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -23,7 +24,6 @@ from fbanet.metrics import (
     surface_distances,
 )
 
-medpy_binary = pytest.importorskip("medpy.metric.binary")
 # medpy's private helper; a module-level dunder name is not mangled, so getattr finds it.
 medpy_surface_distances = getattr(medpy_binary, "__surface_distances")
 

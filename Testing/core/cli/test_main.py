@@ -314,8 +314,7 @@ def test_module_help_runs() -> None:
 def test_console_script_version() -> None:
     script = Path(sys.executable).parent / "fbanet"
     exe = str(script) if script.exists() else shutil.which("fbanet")
-    if exe is None:
-        pytest.skip("the fbanet console script is not installed")
+    assert exe is not None, "the fbanet console script is not installed: run scripts/setup.sh"
     result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"fbanet {__version__}"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicerio
+from slicerio.segmentation import terminology_entry_to_string
 
 from fbanet.io import segmentation as segmentation_io
 from fbanet.io.segmentation import read_segmentation, write_scalar_volume, write_segmentation
 from fbanet.io.segments import LEFT_ATRIUM, SegmentInfo, segments_from_model
 from fbanet.io.volumes import Geometry, Volume, read_volume
-
-slicerio = pytest.importorskip("slicerio")
-nrrd = pytest.importorskip("nrrd")
-from slicerio.segmentation import terminology_entry_to_string  # noqa: E402
 
 LA_COLOR = (0.85, 0.4, 0.35)
 # Written out by hand, as Slicer stores it in a .seg.nrrd header.
@@ -229,6 +228,7 @@ def test_write_scalar_volume_float32(tmp_path: Path) -> None:
     assert back.geometry.matches(GEOMETRY, tol=1e-5)
 
 
-def test_module_exports() -> None:
-    for name in ("SEG_NRRD_EXTENSION", "SUPPORTED_EXTENSIONS"):
-        assert hasattr(segmentation_io, name)
+def test_supported_extensions() -> None:
+    assert segmentation_io.SEG_NRRD_EXTENSION == ".seg.nrrd"
+    assert segmentation_io.SUPPORTED_EXTENSIONS[0] == ".seg.nrrd"
+    assert {".nii.gz", ".nrrd", ".mha"} <= set(segmentation_io.SUPPORTED_EXTENSIONS)

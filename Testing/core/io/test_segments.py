@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from slicerio.segmentation import (
+    terminology_entry_from_string,
+    terminology_entry_to_string,
+)
 
 from fbanet.io.segments import (
     LEFT_ATRIUM,
@@ -11,12 +15,6 @@ from fbanet.io.segments import (
     Terminology,
     default_color,
     segments_from_model,
-)
-
-slicerio = pytest.importorskip("slicerio")
-from slicerio.segmentation import (  # noqa: E402
-    terminology_entry_from_string,
-    terminology_entry_to_string,
 )
 
 LA_COLOR = (0.85, 0.4, 0.35)

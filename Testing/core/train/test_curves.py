@@ -90,7 +90,12 @@ def test_nan_values_single_points_and_a_partial_line(tmp_path: Path) -> None:
 def test_all_losses_nan_still_draws(tmp_path: Path) -> None:
     nan = dict.fromkeys(("loss", "dice_loss", "consistency_loss", "contrastive_loss"), math.nan)
     progress = _write(tmp_path / "p.jsonl", [_iteration(i, **nan) for i in (1, 2, 3)])
-    assert plot_training_curves(progress, tmp_path / "c.png") is not None
+    pixels = _pixels(plot_training_curves(progress, tmp_path / "c.png"))
+    # The frame is drawn; each colour shows in its legend swatch only (57 pixels), never as a
+    # line: there is no finite value to draw.
+    assert (pixels.sum(axis=-1) < 3 * 128).any()
+    for color in LOSS_COLORS[1:]:
+        assert int((np.abs(pixels.astype(int) - color).sum(axis=-1) <= 6).sum()) < 80
 
 
 def test_resumed_iterations_keep_the_last_value(tmp_path: Path) -> None:
