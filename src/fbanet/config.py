@@ -118,7 +118,7 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:  # type: ignore[operator]
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)  # type: ignore[call-overload]
 
 
 def _check_positive_number(name: str, value: Any, allow_zero: bool = False) -> None:

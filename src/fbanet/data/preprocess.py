@@ -151,7 +151,9 @@ def resample(
         return volume
     size = np.maximum(1, np.round(np.asarray(volume.array.shape) * old / new)).astype(int)
     geometry = Geometry(
-        tuple(float(s) for s in new), volume.geometry.origin, volume.geometry.direction
+        (float(new[0]), float(new[1]), float(new[2])),
+        volume.geometry.origin,
+        volume.geometry.direction,
     )
     return resample_onto(volume, geometry, tuple(size.tolist()), interpolator)
 

@@ -256,6 +256,7 @@ class PatchBatcher:
         labels = np.empty((len(lab_idx), *self.patch_size), dtype=np.int64)
         for row, i in enumerate(lab_idx):
             image, label = self._patch(self.labeled[i], with_label=True)
+            assert label is not None  # labeled cases are checked in __init__
             images[row, 0] = image
             labels[row] = label
         for row, i in enumerate(unl_idx, start=len(lab_idx)):

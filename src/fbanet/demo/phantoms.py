@@ -166,9 +166,9 @@ def make_phantom(
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
     size = _check_shape(shape)
-    geometry = Geometry(spacing)
-    origin = tuple(-(n - 1) / 2 * s for n, s in zip(size, geometry.spacing, strict=True))
-    geometry = Geometry(geometry.spacing, origin)
+    geometry = Geometry((float(spacing[0]), float(spacing[1]), float(spacing[2])))
+    x, y, z = (-(n - 1) / 2 * s for n, s in zip(size, geometry.spacing, strict=True))
+    geometry = Geometry(geometry.spacing, (x, y, z))
     grid = _normalized_grid(size)
     chamber = _chamber(rng, grid, size)
     others, occupied = _distractors(rng, grid, chamber)

@@ -66,14 +66,17 @@ def with_flips(
     predictor: Predictor, axes: Sequence[Sequence[int]] = ((), (2,), (3,), (2, 3))
 ) -> Predictor:
     """Test-time augmentation: average ``predictor`` over inputs mirrored along ``axes``."""
+    if not axes:
+        raise ValueError("with_flips needs at least one set of axes; () is the identity")
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        total = None
+        total: torch.Tensor | None = None
         for dims in axes:
-            flipped = x.flip(dims) if dims else x
-            out = predictor(flipped).float()
-            out = out.flip(dims) if dims else out
+            flip = list(dims)
+            out = predictor(x.flip(flip) if flip else x).float()
+            out = out.flip(flip) if flip else out
             total = out if total is None else total + out
+        assert total is not None  # axes is not empty
         return total / len(axes)
 
     return run
@@ -108,7 +111,9 @@ class Segmenter:
         self.setup: ComputeSetup = compute_setup(
             self.config.device, self.config.precision, self.config.channels_last
         )
-        self.model = model.to(self.setup.device, memory_format=self.setup.memory_format).eval()
+        self.model = model.to(  # type: ignore[call-overload]  # Module.to takes memory_format
+            self.setup.device, memory_format=self.setup.memory_format
+        ).eval()
 
     @classmethod
     def from_file(cls, path: str | Path, config: InferenceConfig | None = None) -> Segmenter:

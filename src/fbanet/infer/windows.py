@@ -22,12 +22,12 @@ Triple = tuple[int, int, int]
 def as_triple(value: object, name: str) -> Triple:
     """Validate ``value`` as three positive ints (patch size, stride, image shape)."""
     try:
-        items = tuple(value)  # type: ignore[arg-type]
+        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(f"{name} must be 3 positive ints, got {value!r}") from None
     if len(items) != 3 or not all(is_int(v) and v > 0 for v in items):  # type: ignore[operator]
         raise ValueError(f"{name} must be 3 positive ints, got {value!r}")
-    return (int(items[0]), int(items[1]), int(items[2]))
+    return (int(items[0]), int(items[1]), int(items[2]))  # type: ignore[call-overload]
 
 
 def check_fits(image_shape: Triple, patch: Triple) -> None:

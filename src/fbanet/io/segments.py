@@ -217,5 +217,6 @@ def segments_from_model(
             continue
         key = str(name).strip().lower()
         terminology = by_name.get(key, LEFT_ATRIUM if key == "left atrium" else None)
-        segments.append(SegmentInfo(label, str(name), tuple(color), terminology))
+        rgb = (float(color[0]), float(color[1]), float(color[2]))
+        segments.append(SegmentInfo(label, str(name), rgb, terminology))
     return segments

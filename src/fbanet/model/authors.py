@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -100,7 +101,7 @@ def infer_model_config(state: Mapping[str, Tensor]) -> ModelConfig:
         else tuple(f"Class {i}" for i in range(num_classes))
     )
     colors = defaults.class_colors if num_classes == 2 else tuple((0.5, 0.5, 0.5) for _ in names)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         in_channels=int(first.shape[1]),
         num_classes=num_classes,
         base_filters=int(first.shape[0]),
@@ -171,7 +172,7 @@ def import_authors_checkpoint(
     state = convert_state_dict(load_authors_checkpoint(checkpoint))
     config = infer_model_config(state)
     if patch_size is not None:
-        config = dataclasses.replace(config, patch_size=tuple(patch_size))
+        config = dataclasses.replace(config, patch_size=patch_size)
     model = FBANet(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     needed = [k for k in missing if not k.startswith("contrast.")]

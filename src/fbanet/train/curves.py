@@ -32,7 +32,10 @@ _AXIS = (60, 60, 60)
 _GRID = (228, 228, 228)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -129,9 +132,7 @@ class _Axes:
         py = bottom - (yv - self.y0) / (self.y1 - self.y0) * (bottom - top)
         return px, py
 
-    def draw_frame(
-        self, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, xlabel: str, ylabel: str
-    ) -> None:
+    def draw_frame(self, draw: ImageDraw.ImageDraw, font: Font, xlabel: str, ylabel: str) -> None:
         left, top, right, bottom = self.box
         # Iterations are whole numbers: never a fractional tick.
         x_ticks = [t for t in nice_ticks(self.x0, self.x1, min_step=1) if self.x0 <= t <= self.x1]
@@ -213,7 +214,7 @@ def _loss_panel(
     draw: ImageDraw.ImageDraw,
     panel: tuple[int, int, int, int],
     series: dict[str, np.ndarray],
-    font: ImageFont.ImageFont,
+    font: Font,
 ) -> None:
     x = series["iteration"]
     window = max(1, len(x) // 25)
@@ -244,7 +245,7 @@ def _loss_panel(
 def _legend(
     draw: ImageDraw.ImageDraw,
     box: tuple[int, int, int, int],
-    font: ImageFont.ImageFont,
+    font: Font,
     entries: Sequence[tuple[str, tuple[int, ...]]],
 ) -> None:
     x, y = box[2] - 110, box[1] + 6
@@ -263,7 +264,7 @@ def _validation_panel(
     panel: tuple[int, int, int, int],
     rows: np.ndarray,
     x_range: tuple[float, float],
-    font: ImageFont.ImageFont,
+    font: Font,
 ) -> None:
     box = _plot_box(panel)
     if not np.isfinite(rows[:, 1]).any():

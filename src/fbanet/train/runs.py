@@ -87,7 +87,7 @@ def _load(refs: Sequence[CaseRef], normalization: str, labeled: bool, **options:
 
 def resample_case(case: Case, spacing: Sequence[float]) -> Case:
     """``case`` resampled to ``spacing`` (image linear, label nearest), same extent."""
-    geometry = Geometry(tuple(float(s) for s in case.spacing))
+    geometry = Geometry((float(case.spacing[0]), float(case.spacing[1]), float(case.spacing[2])))
     image = resample(Volume(case.image, geometry), spacing)
     label = None
     if case.label is not None:
