@@ -132,6 +132,18 @@ def _check_positive_number(name: str, value: Any, allow_zero: bool = False) -> N
 PATCH_MULTIPLE = 16
 
 
+def level_sizes(patch_size: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+    """The spatial sizes (X, Y, Z) of the feature maps at the five encoder levels.
+
+    >>> level_sizes((32, 32, 16))[-1]
+    (2, 2, 1)
+    """
+    levels = PATCH_MULTIPLE.bit_length()  # 16 -> 5 levels: 1, 1/2, ..., 1/16
+    return tuple(
+        (patch_size[0] >> k, patch_size[1] >> k, patch_size[2] >> k) for k in range(levels)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of FBA-Net (V-Net encoder, three decoders, contrastive module).

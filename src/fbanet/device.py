@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,9 +108,67 @@ def compute_setup(
     device: DeviceKind | str = DeviceKind.AUTO,
     precision: Precision | str = Precision.AUTO,
     channels_last: bool = True,
+    training_sizes: Sequence[tuple[int, int, int]] = (),
 ) -> ComputeSetup:
-    """Resolve device, precision and layout into a :class:`ComputeSetup`."""
+    """Resolve device, precision and layout into a :class:`ComputeSetup`.
+
+    Args:
+        device: Where to compute.
+        precision: AUTO, BF16 or FP32.
+        channels_last: Whether to use the channels-last 3D layout.
+        training_sizes: For training, the spatial sizes (X, Y, Z) that the convolutions see
+            (the patch at every encoder level). On a CPU, bfloat16 is used only when its
+            convolution gradients are right at every one of them
+            (:func:`bf16_conv_gradients_ok`); AUTO then falls back to float32 with a warning.
+
+    Raises:
+        RuntimeError: A requested device or precision cannot be used here.
+    """
+    precision = parse_enum(Precision, precision)
     torch_device = select_device(device)
-    setup = ComputeSetup(torch_device, resolve_precision(precision, torch_device), channels_last)
+    dtype = resolve_precision(precision, torch_device)
+    if dtype is not None and torch_device.type == "cpu" and training_sizes:
+        bad = [s for s in training_sizes if not bf16_conv_gradients_ok(s, channels_last)]
+        if bad:
+            reason = (
+                "this CPU's bfloat16 convolution gradients are wrong at the feature-map size "
+                f"{'x'.join(map(str, bad[0]))} (a known oneDNN problem with a side of 2); "
+            )
+            if precision is Precision.BF16:
+                raise RuntimeError(
+                    reason + "use --precision fp32 or a patch whose sides divided by 16 are not 2"
+                )
+            logger.warning("%straining in float32 instead", reason)
+            dtype = None
+    setup = ComputeSetup(torch_device, dtype, channels_last)
     logger.info("compute: %s", setup.describe())
     return setup
+
+
+@functools.lru_cache(maxsize=64)
+def bf16_conv_gradients_ok(size: tuple[int, int, int], channels_last: bool = True) -> bool:
+    """Whether a bfloat16 3D convolution's weight gradient on this CPU matches float32.
+
+    Some oneDNN builds return garbage (up to inf/NaN) for the weight gradient of a 3x3x3
+    convolution when the first spatial side is 2, which corrupts training silently. This
+    probe runs one small convolution both ways and compares (a few milliseconds).
+
+    Args:
+        size: Spatial size (X, Y, Z) of the feature map.
+        channels_last: Layout to probe, as training will use it.
+    """
+    generator = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    x = torch.randn(2, 16, *size, generator=generator).contiguous(memory_format=fmt)
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1).to(memory_format=fmt)  # type: ignore[call-overload]
+    grads = []
+    for dtype in (torch.bfloat16, None):
+        conv.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            out = conv(x).float()
+        out.square().sum().backward()
+        assert conv.weight.grad is not None
+        grads.append(conv.weight.grad.clone())
+    error = float((grads[0] - grads[1]).norm() / grads[1].norm().clamp_min(1e-12))
+    # bfloat16 rounding gives ~0.3 % here; the broken kernel gives ~100 % or inf/NaN.
+    return bool(torch.isfinite(grads[0]).all()) and error < 0.05

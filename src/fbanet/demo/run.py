@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fbanet.config import InferenceConfig, ModelConfig, TrainConfig, check_int
+from fbanet.config import (
+    DeviceKind,
+    InferenceConfig,
+    ModelConfig,
+    Precision,
+    TrainConfig,
+    check_int,
+    parse_enum,
+)
 from fbanet.demo.phantoms import DEFAULT_SPACING, as_case, make_cohort
 from fbanet.infer.files import segment_file
 from fbanet.infer.segmenter import Segmenter
@@ -93,8 +101,8 @@ def demo_configs(
     base_filters: int,
     patch_size: tuple[int, int, int],
     seed: int,
-    device: str,
-    precision: str,
+    device: DeviceKind | str,
+    precision: Precision | str,
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model and training settings of a demo run of ``iterations`` steps."""
     model = ModelConfig(base_filters=base_filters, patch_size=patch_size)
@@ -107,8 +115,8 @@ def demo_configs(
         validate_every=max(1, iterations // 5),
         checkpoint_every=iterations,
         seed=seed,
-        device=device,
-        precision=precision,
+        device=parse_enum(DeviceKind, device),
+        precision=parse_enum(Precision, precision),
     )
     return model, train
 
@@ -200,7 +208,7 @@ def run_demo(
     out = Path(out_dir)
     counts, steps, shape = _demo_size(labeled, unlabeled, validation, iterations, quick)
     model_config, train_config = demo_configs(
-        steps, base_filters=base_filters, patch_size=tuple(patch_size), seed=seed,
+        steps, base_filters=base_filters, patch_size=patch_size, seed=seed,
         device=device, precision=precision,
     )  # fmt: skip
     run_dir = out / "run"
@@ -219,7 +227,12 @@ def run_demo(
     trained = Trainer(model_config, train_config, data, run_dir, show_progress=progress).run()
     curves = plot_training_curves(run_dir / "progress.jsonl", out / "curves.png")
     model_path = trained.best_model_path or trained.model_path
-    segmenter = Segmenter.from_file(model_path, InferenceConfig(device=device, precision=precision))
+    segmenter = Segmenter.from_file(
+        model_path,
+        InferenceConfig(
+            device=parse_enum(DeviceKind, device), precision=parse_enum(Precision, precision)
+        ),
+    )
     written = segment_file(
         segmenter, image_path, out / "test_phantom.seg.nrrd", preview=out / "test_phantom.png"
     )

@@ -201,7 +201,7 @@ class Segmenter:
         """
         started = time.monotonic()
         check_image(volume)
-        box = roi or IndexBox((0, 0, 0), volume.array.shape)  # type: ignore[arg-type]
+        box = roi or IndexBox((0, 0, 0), volume.array.shape)
         prepared = prepare_input(
             volume, normalization=self.metadata.normalization, spacing=self.metadata.spacing,
             normalized=normalized, roi=box,

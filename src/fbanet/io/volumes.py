@@ -311,7 +311,7 @@ def _default_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> Path:
     """Write a file so readers see either the old file or the complete new one.
 
     ``write_fn`` writes to a temporary file in the same folder, whose name ends with the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -215,14 +216,17 @@ def fba_loss(
     n_labeled = labels.shape[0]
     probabilities = [torch.softmax(out.float(), dim=1) for out in logits]
     target = labels == 1
-    dice = sum(dice_loss(p[:n_labeled, 1], target) for p in probabilities)
+    # sum() of tensors is a tensor; cast() tells the type checker so.
+    dice = cast(Tensor, sum(dice_loss(p[:n_labeled, 1], target) for p in probabilities))
     if config.mode is TrainingMode.SUPERVISED:
         zero = dice.new_zeros(())
         return LossTerms(config.dice_weight * dice, dice, zero, zero, 0.0)
     consistency = mutual_consistency(probabilities, config.temperature)
-    contrast = sum(contrastive_loss(f, b, config) for f, b in zip(fg, bg, strict=True))
+    contrast = cast(
+        Tensor, sum(contrastive_loss(f, b, config) for f, b in zip(fg, bg, strict=True))
+    )
     weight = consistency_rampup(
         iteration, config.consistency_weight, config.rampup_length, config.rampup_interval
     )
     total = config.dice_weight * dice + weight * consistency + contrast
-    return LossTerms(total, dice, consistency, contrast, weight)  # type: ignore[arg-type]
+    return LossTerms(total, dice, consistency, contrast, weight)

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from fbanet import __version__
-from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, to_dict
+from fbanet.config import (
+    IntensityNormalization,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    level_sizes,
+    to_dict,
+)
 from fbanet.data.cases import Case
 from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
@@ -144,13 +151,17 @@ class Trainer:
         self.show_progress = show_progress
         self.resume = resume
         self.setup: ComputeSetup = compute_setup(
-            train_config.device, train_config.precision, train_config.channels_last
+            train_config.device,
+            train_config.precision,
+            train_config.channels_last,
+            training_sizes=level_sizes(model_config.patch_size),
         )
         torch.manual_seed(train_config.seed)
         self.model = FBANet(model_config)
         if init_model is not None:
             initialize_from_model_file(self.model, init_model)
-        self.model.to(self.setup.device, memory_format=self.setup.memory_format)
+        # torch's stubs leave out Module.to's memory_format keyword.
+        self.model.to(self.setup.device, memory_format=self.setup.memory_format)  # type: ignore[call-overload]
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=train_config.learning_rate,
@@ -278,6 +289,7 @@ class Trainer:
                 windows_per_batch=2,
             )
             prediction = probs.argmax(0).cpu().numpy() == 1
+            assert case.label is not None  # validation cases are labeled (checked at start)
             scores.append(dice_score(prediction, case.label == 1))
         self.model.train()
         return float(np.mean(scores))

@@ -1,0 +1,69 @@
+"""Device and precision choice, and the bfloat16 gradient probe that guards training."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import fbanet.device as device
+from fbanet.config import Precision, level_sizes
+
+
+def test_level_sizes_halve_four_times() -> None:
+    assert level_sizes((112, 112, 80)) == (
+        (112, 112, 80), (56, 56, 40), (28, 28, 20), (14, 14, 10), (7, 7, 5),
+    )  # fmt: skip
+
+
+def test_fp32_is_never_autocast() -> None:
+    assert device.resolve_precision(Precision.FP32, torch.device("cpu")) is None
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """A CPU that claims bfloat16 and whose probe fails at sides of 2 (records the probes)."""
+    probed: list[tuple[int, int, int]] = []
+
+    def probe(size: tuple[int, int, int], channels_last: bool = True) -> bool:
+        probed.append(size)
+        return size[0] != 2
+
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device, "bf16_conv_gradients_ok", probe)
+    return probed
+
+
+def test_training_falls_back_to_fp32_where_bf16_gradients_are_wrong(
+    bf16_cpu: list[tuple[int, int, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fbanet.device"):
+        setup = device.compute_setup("cpu", "auto", training_sizes=level_sizes((32, 32, 32)))
+    assert setup.autocast_dtype is None
+    assert bf16_cpu == list(level_sizes((32, 32, 32)))
+    assert "2x2x2" in caplog.text and "float32" in caplog.text
+
+
+def test_training_keeps_bf16_where_the_probe_passes(bf16_cpu: list[tuple[int, int, int]]) -> None:
+    setup = device.compute_setup("cpu", "auto", training_sizes=level_sizes((64, 64, 48)))
+    assert setup.autocast_dtype is torch.bfloat16
+
+
+def test_inference_is_not_probed(bf16_cpu: list[tuple[int, int, int]]) -> None:
+    # Only the weight gradient is affected; forward passes in bfloat16 are right.
+    assert device.compute_setup("cpu", "auto").autocast_dtype is torch.bfloat16
+    assert bf16_cpu == []
+
+
+def test_forced_bf16_with_wrong_gradients_is_an_error(
+    bf16_cpu: list[tuple[int, int, int]],
+) -> None:
+    with pytest.raises(RuntimeError, match="--precision fp32"):
+        device.compute_setup("cpu", "bf16", training_sizes=level_sizes((32, 32, 32)))
+
+
+@pytest.mark.skipif(not device.cpu_supports_bf16(), reason="this CPU has no bfloat16 support")
+def test_probe_agrees_with_a_direct_comparison() -> None:
+    # The probe's verdict at a healthy size: bfloat16 gradients within rounding of float32.
+    assert device.bf16_conv_gradients_ok((4, 4, 3))
