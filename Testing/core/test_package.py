@@ -25,6 +25,7 @@ LAYERS = {
     "train": 4,
     "demo": 5,
     "cli": 6, "__main__": 6,
+    "protocol": 0,
 }  # fmt: skip
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fbanet.protocol import Event, make_event
+
 logger = logging.getLogger("fbanet")
 
 
@@ -167,12 +169,8 @@ def segment_command(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
             else:
-                print(
-                    json.dumps(
-                        {"event": "progress", "image": str(image), "done": done, "total": total}
-                    ),
-                    flush=True,
-                )
+                event = make_event(Event.PROGRESS, image=str(image), done=done, total=total)
+                print(json.dumps(event), flush=True)
 
         try:
             written = segment_file(
@@ -191,10 +189,12 @@ def segment_command(args: argparse.Namespace) -> int:
                 bar.close()
         logger.info("%s -> %s (%.1f s)", image, written.segmentation, written.seconds)
         if args.json:
-            event = {"event": "done", "image": str(image), "seconds": round(written.seconds, 2)}
-            for field in ("segmentation", "probability", "uncertainty", "preview"):
-                value = getattr(written, field)
-                event[field] = str(value) if value is not None else None
+            files = {
+                field: str(value) if (value := getattr(written, field)) is not None else None
+                for field in ("segmentation", "probability", "uncertainty", "preview")
+            }
+            event = make_event(Event.DONE, image=str(image), seconds=round(written.seconds, 2),
+                               **files)  # fmt: skip
             print(json.dumps(event), flush=True)
     return 0
 

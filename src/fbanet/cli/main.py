@@ -14,12 +14,15 @@ from fbanet.cli.demo import add_parsers as add_demo_parsers
 from fbanet.cli.inference import add_parsers as add_inference_parsers
 from fbanet.cli.rank import add_parser as add_rank_parser
 
+from fbanet.protocol import ExitCode, error_line
+
 logger = logging.getLogger("fbanet")
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_STOPPED = 130
+# The exit codes are part of the worker contract (fbanet.protocol).
+EXIT_OK = ExitCode.OK
+EXIT_ERROR = ExitCode.ERROR
+EXIT_USAGE = ExitCode.USAGE
+EXIT_STOPPED = ExitCode.STOPPED
 
 # Flag name -> TrainConfig / ModelConfig field; None values are left to the config file.
 _TRAIN_FLAGS = {
@@ -292,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(args: argparse.Namespace, error: BaseException, code: int) -> int:
     if args.verbose:
         logger.exception("failed")
-    print(f"fbanet {args.command}: error: {error}", file=sys.stderr)
+    print(error_line(args.command, error), file=sys.stderr)
     return code
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fbanet.cli.inference import add_compute_options, load_segmenter
+from fbanet.protocol import Event, make_event
 
 logger = logging.getLogger("fbanet")
 
@@ -69,15 +70,15 @@ def rank_command(args: argparse.Namespace) -> int:
 
     def scored(index: int, result: Any) -> None:
         if args.json:
-            _emit({"event": "scored", "index": index, "total": len(args.images),
-                   **result.to_dict()})  # fmt: skip
+            _emit(make_event(Event.SCORED, index=index, total=len(args.images),
+                             **result.to_dict()))  # fmt: skip
 
     ranking = rank_files(
         _segmenter(args), args.images, h5_spacing=args.h5_spacing, margin=args.margin,
         on_scored=scored,
     )  # fmt: skip
     if args.json:
-        _emit({"event": "ranked", "ranking": [d.to_dict() for d in ranking]})
+        _emit(make_event(Event.RANKED, ranking=[d.to_dict() for d in ranking]))
     else:
         print(_table(ranking), file=sys.stdout)
     return 0

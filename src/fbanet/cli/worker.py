@@ -1,9 +1,12 @@
 """Running ``fbanet`` commands in a background process and following their progress.
 
 GUIs (the Slicer panels) must never block on inference or training: they start
-``python -m fbanet <command> ... --json`` through :class:`WorkerProcess`, poll its JSON
-events from a timer, and can cancel the whole process tree. Nothing here imports Qt or
-Slicer, so the same runner is tested under pytest.
+``<python> -m fbanet <command> ... --json`` (``fbanet/__main__.py`` runs the command line)
+through :class:`WorkerProcess`, read its JSON events (:mod:`fbanet.protocol`) from a timer,
+and stop it: first by the stop file a training run watches (it then writes a checkpoint),
+then by ending the whole process tree. On Windows no console window opens, for the worker
+or for ``taskkill``. Nothing here imports Qt or Slicer, so the same code runs under pytest;
+:class:`fbanet.cli.jobs.WorkerJob` is the job the panels build on it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from fbanet.protocol import ERROR_MARKER, error_message
+
 logger = logging.getLogger(__name__)
 
-ERROR_MARKER = ": error: "
+__all__ = ["ERROR_MARKER", "WorkerProcess", "fbanet_command", "kill_command", "popen_options"]
+
+# Windows process-creation flags (subprocess has them only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
 
 
-def fbanet_command(arguments: Sequence[str], python: str | None = None) -> list[str]:
-    """The command line that runs ``fbanet`` with ``arguments`` in ``python``."""
-    return [python or sys.executable, "-m", "fbanet", *[str(a) for a in arguments]]
+def fbanet_command(
+    arguments: Sequence[str], python: str | None = None, module: str = "fbanet"
+) -> list[str]:
+    """The command line that runs ``python -m <module>`` (the ``fbanet`` CLI) with ``arguments``."""
+    return [python or sys.executable, "-m", module, *[str(a) for a in arguments]]
+
+
+def popen_options(os_name: str = os.name) -> dict[str, Any]:
+    """``subprocess.Popen`` options: a process group of its own, and no console on Windows."""
+    if os_name == "nt":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_command(pid: int) -> list[str]:
+    """The Windows command that ends process ``pid`` and its children (no console signals
+    reach a worker without a console, so the stop file is the graceful way)."""
+    return ["taskkill", "/T", "/F", "/PID", str(pid)]
 
 
 class WorkerProcess:
@@ -59,11 +83,6 @@ class WorkerProcess:
         """Start the process (in its own process group, so cancel reaches its children)."""
         if self._process is not None:
             raise RuntimeError("this worker was already started")
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True
         logger.info("starting worker: %s", " ".join(self.command))
         self._process = subprocess.Popen(
             self.command,
@@ -76,7 +95,7 @@ class WorkerProcess:
             bufsize=1,
             env=self.env,
             cwd=self.cwd,
-            **kwargs,
+            **popen_options(),
         )
         for stream, handler in (
             (self._process.stdout, self._on_stdout),
@@ -145,33 +164,59 @@ class WorkerProcess:
     def error_message(self) -> str:
         """The worker's own error message (its ``fbanet <cmd>: error: ...`` line), if any."""
         lines = self.log()
-        for line in reversed(lines):
-            if ERROR_MARKER in line:
-                return line.split(ERROR_MARKER, 1)[1].strip()
+        message = error_message(lines)
+        if message is not None:
+            return message
         tail = [line for line in lines if line.strip()][-3:]
         return "\n".join(tail) if tail else f"the worker exited with code {self.returncode}"
 
     # -- stopping ----------------------------------------------------------------------------
-    def cancel(self, grace_seconds: float = 5.0) -> None:
-        """Stop the process and everything it started: terminate, then kill after a grace."""
+    def cancel(self, grace_seconds: float = 5.0, stop_file: str | Path | None = None) -> None:
+        """Stop the process and everything it started, giving it time to stop cleanly.
+
+        With ``stop_file`` (a training run watches one), the file is created and the worker
+        gets ``grace_seconds`` to write its checkpoint and exit. Then the process group is
+        terminated (SIGTERM, which a run also answers with a checkpoint) and, after another
+        grace period, killed. On Windows, which has no SIGTERM for a worker without a
+        console, the second step is ``taskkill /T /F`` (without a console window).
+        """
         if not self.running:
             return
         self.cancelled = True
         assert self._process is not None
-        pid = self._process.pid
+        if stop_file is not None:
+            Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(stop_file).touch()
+            if self._wait_quietly(grace_seconds):
+                return self._join()
+        self._end_tree(force=os.name == "nt")
+        if not self._wait_quietly(grace_seconds):
+            logger.warning("worker %d did not end; killing it", self._process.pid)
+            self._end_tree(force=True)
+            self._wait_quietly(grace_seconds)
+        self._join()
+
+    def _wait_quietly(self, seconds: float) -> bool:
+        assert self._process is not None
         try:
-            if os.name == "nt":
-                subprocess.run(
-                    ["taskkill", "/T", "/F", "/PID", str(pid)], check=False, capture_output=True
-                )
-            else:
-                os.killpg(pid, signal.SIGTERM)
-            self._process.wait(grace_seconds)
+            self._process.wait(seconds)
         except subprocess.TimeoutExpired:
-            logger.warning("worker %d ignored SIGTERM; killing it", pid)
-            os.killpg(pid, signal.SIGKILL)
-            self._process.wait(grace_seconds)
+            return False
+        return True
+
+    def _end_tree(self, force: bool) -> None:
+        assert self._process is not None
+        pid = self._process.pid
+        if os.name == "nt":
+            subprocess.run(
+                kill_command(pid), check=False, capture_output=True, **popen_options()
+            )
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+    def _join(self) -> None:
         for thread in self._threads:
             thread.join(timeout=2)

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from fbanet.protocol import Event, make_event
+
 logger = logging.getLogger(__name__)
 
 
@@ -115,8 +117,8 @@ class ProgressReporter:
         """Report a finished iteration (1-based count of iterations done)."""
         eta = self.eta_seconds(iteration)
         self.emit(
-            {"event": "iteration", "iteration": iteration, "total": self.total, "lr": lr,
-             "eta_s": None if math.isnan(eta) else round(eta, 1), **values}
+            make_event(Event.ITERATION, iteration=iteration, total=self.total, lr=lr,
+                       eta_s=None if math.isnan(eta) else round(eta, 1), **values)
         )  # fmt: skip
         if self._bar is not None:
             self._bar.update(iteration - self._bar.n)

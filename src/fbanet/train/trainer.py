@@ -43,6 +43,7 @@ from fbanet.metrics import dice as dice_score
 from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
 from fbanet.model.losses import fba_loss
 from fbanet.model.network import FBANet
+from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import load_checkpoint, save_checkpoint, state_dict_to_cpu
 from fbanet.train.curves import plot_training_curves
 from fbanet.train.progress import ProgressReporter, StopRequest
@@ -327,8 +328,8 @@ class Trainer:
             self.iteration, self.last_dice, self.best_dice, time.monotonic() - started,
         )  # fmt: skip
         reporter.emit(
-            {"event": "validation", "iteration": self.iteration, "dice": self.last_dice,
-             "best_dice": self.best_dice}
+            make_event(Event.VALIDATION, iteration=self.iteration, dice=self.last_dice,
+                       best_dice=self.best_dice)
         )  # fmt: skip
 
     def run(self) -> TrainResult:
@@ -366,9 +367,9 @@ class Trainer:
             self._checkpoint()
             seconds = time.monotonic() - started
             reporter.emit(
-                {"event": "stopped" if stopped else "finished", "iteration": self.iteration,
-                 "best_dice": self.best_dice, "seconds": round(seconds, 1),
-                 "model": str(self.model_path)}
+                make_event(Event.STOPPED if stopped else Event.FINISHED, iteration=self.iteration,
+                           best_dice=self.best_dice, seconds=round(seconds, 1),
+                           model=str(self.model_path))
             )  # fmt: skip
         finally:
             reporter.close()
