@@ -4,23 +4,15 @@ Thin Slicer module (module, parameters, widget, logic entry points, self-test); 
 in ``FBANetSegmentationLib``, which does not depend on Qt.
 """
 
-import logging
 from pathlib import Path
 
 import qt
 import slicer
 import vtk
-from FBANetSegmentationLib import environment, testing
-from FBANetSegmentationLib.job import (
-    FINISHED,
-    RUNNING,
-    SegmentationJob,
-    SegmentationOptions,
-    SegmentationResult,
-)
+from FBANetSegmentationLib import testing
+from FBANetSegmentationLib.job import SegmentationJob, SegmentationOptions, SegmentationResult
 from FBANetSegmentationLib.logic import segmentIdsByName, segmentTerminology
 from FBANetSegmentationLib.models import (
-    DeviceChoice,
     ModelSource,
     defaultSource,
     describeModel,
@@ -39,11 +31,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-MODULE_DIR = Path(__file__).resolve().parent
-try:  # a source checkout: make <repo>/src importable; an installed extension needs nothing
-    environment.ensureFbanetImportable(MODULE_DIR)
-except ImportError as error:
-    logging.warning("FBANet: %s", error)
+from fbanet.cli import environment
+from fbanet.cli.devices import DeviceProbe
+from fbanet.cli.environment import DeviceChoice, MissingDependenciesError
+from fbanet.cli.slicer_host import DOCUMENTATION_URL, SlicerInstaller, user_error_display
+from fbanet.protocol import JobState
 
 
 class FBANetSegmentation(ScriptedLoadableModule):
@@ -57,8 +49,9 @@ class FBANetSegmentation(ScriptedLoadableModule):
             "Segments the left atrium in a 3D (LGE) MRI with FBA-Net, a semi-supervised network. "
             "Pick the volume, optionally a region of interest around the heart, and press Apply; "
             "a named, coded 'Left atrium' segment appears, ready for the Segment Editor. "
-            "Inference runs in a background process: Slicer stays responsive and Cancel stops it."
-        )
+            "Inference runs in a background process: Slicer stays responsive and Cancel stops it. "
+            'See the <a href="{url}">documentation</a>.'
+        ).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
             "FBA-Net: Chung et al., 'Foreground-background separation through contrastive "
             "learning for semi-supervised medical image segmentation', MICCAI 2023."
@@ -83,37 +76,12 @@ class FBANetSegmentationParameterNode:
 
 
 def ensureDependencies() -> bool:
-    """Install what inference needs, after asking; False if the user declined."""
-    if not environment.torchInstalled():
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError(
-                _(
-                    "FBANet runs on PyTorch, which the PyTorch extension installs. Open View > "
-                    "Extensions Manager, install 'PyTorch', restart Slicer and press Apply again."
-                )
-            ) from None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=True, torchVersionRequirement=environment.TORCH_REQUIREMENT
-        )
-        if torch is None:
-            return False
-    missing = environment.missingRequirements()
-    if missing:
-        question = _(
-            "FBANet needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
-            "Install them now with pip? This needs an internet connection."
-        ).format(packages="\n".join(missing))
-        selfTest = slicer.app.testingEnabled()  # self-tests install without asking
-        title = _("FBANet dependencies")
-        if not selfTest and not slicer.util.confirmOkCancelDisplay(question, windowTitle=title):
-            return False
-        slicer.util.pip_install(missing)
-        still = environment.missingRequirements()
-        if still:
-            raise RuntimeError(_("Installing {packages} failed.").format(packages=", ".join(still)))
-    return True
+    """Install what the workers need, after asking; False if the user declined.
+
+    Raises:
+        MissingDependenciesError: Packages are missing while a self-test runs (it skips).
+    """
+    return environment.ensure_dependencies(SlicerInstaller())
 
 
 def showInSegmentEditor(segmentationNode, volumeNode) -> None:
@@ -135,9 +103,12 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._deviceProbe = None
         self._dependenciesChecked = False
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
+        self._probeTimer = qt.QTimer()
+        self._probeTimer.setInterval(200)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -150,6 +121,7 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._timer.connect("timeout()", self.onPollTimer)
+        self._probeTimer.connect("timeout()", self.onProbeTimer)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
@@ -158,10 +130,13 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._setRunning(False)
         self.initializeParameterNode()
         self.refreshTrainedModels()
-        qt.QTimer.singleShot(0, self.updateDeviceInfo)
+        self.updateDeviceInfo()
 
     def cleanup(self) -> None:
         self._stopJob()
+        self._probeTimer.stop()
+        if self._deviceProbe is not None:
+            self._deviceProbe.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -247,7 +222,29 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._parameterNode.trainedModel = self.ui.trainedModelComboBox.currentText or ""
 
     def updateDeviceInfo(self) -> None:
-        self.ui.deviceInfoLabel.text = environment.describeDevices()
+        """Ask a short worker which GPUs there are (never torch in Slicer's own process)."""
+        problem = environment.torch_problem()
+        if problem is not None:
+            self.ui.deviceInfoLabel.text = _(
+                "PyTorch is not ready ({problem}): it is set up when you first press Apply."
+            ).format(problem=problem)
+            return
+        if self._deviceProbe is not None and self._deviceProbe.running:
+            return
+        self._deviceProbe = DeviceProbe()
+        self._deviceProbe.start()
+        self.ui.deviceInfoLabel.text = self._deviceProbe.description
+        self._probeTimer.start()
+
+    def onProbeTimer(self) -> None:
+        probe = self._deviceProbe
+        if probe is None:
+            self._probeTimer.stop()
+            return
+        probe.poll()
+        self.ui.deviceInfoLabel.text = probe.description
+        if not probe.running:
+            self._probeTimer.stop()
 
     # -- running -------------------------------------------------------------------------------
     def _setRunning(self, running: bool) -> None:
@@ -257,18 +254,18 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateGui()
 
     def onApplyButton(self) -> None:
-        try:
-            with slicer.util.tryWithErrorDisplay(_("FBANet could not start."), waitCursor=True):
-                if not self._dependenciesChecked:
-                    if not ensureDependencies():
-                        return
-                    self._dependenciesChecked = True
-                    self.updateDeviceInfo()
-                self._job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
-                self._job.start()
-        except Exception:
-            self._job = None
+        job = None
+        with user_error_display(_("FBANet could not start."), wait_cursor=True):
+            if not self._dependenciesChecked:
+                if not ensureDependencies():
+                    return
+                self._dependenciesChecked = True
+                self.updateDeviceInfo()
+            job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
+            job.start()
+        if job is None or not job.running:
             return
+        self._job = job
         self.ui.statusLabel.text = _("Segmenting...")
         self._setRunning(True)
         self._timer.start()
@@ -279,18 +276,21 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._timer.stop()
             return
         try:
-            with slicer.util.tryWithErrorDisplay(_("FBANet segmentation failed.")):
-                status = job.poll()
-        except Exception as error:
+            status = job.poll()
+        except Exception as error:  # the job raises the worker's own message
             self._finish(None, _("Failed: {error}").format(error=error))
+            slicer.util.errorDisplay(
+                _("FBANet segmentation failed.") + f"\n\n{error}",
+                detailedText="\n".join(job.log_lines()),
+            )
             return
         if status.fraction is not None:
             self.ui.progressBar.setRange(0, 100)
             self.ui.progressBar.value = round(100 * status.fraction)
-        if status.state == FINISHED:
+        if status.state is JobState.SUCCEEDED:
             seconds = status.result.seconds
             self._finish(status.result, _("Done in {seconds:.1f} s.").format(seconds=seconds))
-        elif status.state != RUNNING:
+        elif not status.state.active:
             self._finish(None, _("Cancelled."))
 
     def onCancelButton(self) -> None:
@@ -319,7 +319,7 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onSegmentEditorButton(self) -> None:
         params = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not open the Segment Editor.")):
+        with user_error_display(_("Could not open the Segment Editor.")):
             showInSegmentEditor(params.outputSegmentation, params.inputVolume)
 
 
@@ -332,7 +332,7 @@ class FBANetSegmentationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelsFolder() -> Path:
         """Where FBANet Training saves models (``<settings folder>/FBANet/models``)."""
-        return environment.modelsFolder(slicer.app.slicerUserSettingsFilePath)
+        return environment.models_folder(slicer.app.slicerUserSettingsFilePath)
 
     def modelPath(self, params) -> Path:
         return resolveModelPath(
@@ -360,7 +360,7 @@ class FBANetSegmentationLogic(ScriptedLoadableModuleLogic):
             outputSegmentation, workDir=slicer.app.temporaryPath,
         )  # fmt: skip
         job.start()
-        return job.wait(timeout=timeout)
+        return job.waitForResult(timeout=timeout)
 
 
 class FBANetSegmentationTest(ScriptedLoadableModuleTest):
@@ -374,7 +374,10 @@ class FBANetSegmentationTest(ScriptedLoadableModuleTest):
     def test_SyntheticEllipsoid(self):
         """A bright ellipsoid in a rotated, anisotropic volume comes back as 'Left atrium'."""
         self.delayDisplay("Starting the test")
-        self.assertTrue(ensureDependencies(), "FBANet's dependencies are not installed")
+        try:  # a self-test never installs (several GB of PyTorch): it skips, saying why
+            ensureDependencies()
+        except MissingDependenciesError as missing:
+            self.skipTest(str(missing))
         case = testing.syntheticCase()
         volume = slicer.util.addVolumeFromArray(
             case.image.transpose(2, 1, 0).copy(), ijkToRAS=testing.obliqueIjkToRas(),

@@ -13,8 +13,9 @@ from typing import Annotated
 import qt
 import slicer
 from FBANetTrainingLib import logic as trainingLogic
-from FBANetTrainingLib.dataset import InputError
 from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -24,7 +25,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from fbanet.cli import environment
+from fbanet.cli.environment import DeviceChoice, MissingDependenciesError
+from fbanet.cli.slicer_host import DOCUMENTATION_URL, SlicerInstaller, user_error_display
+from fbanet.protocol import JobState
+
 POLL_INTERVAL_MS = 500
+LEARNING_RATE_MINIMUM = 1e-6  # the .ui spin box shows 6 decimals, so this is not 0
 
 
 class FBANetTraining(ScriptedLoadableModule):
@@ -32,17 +39,18 @@ class FBANetTraining(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "FBANet Training"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("FBANet Training")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["FBANet developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Fine-tune FBA-Net (semi-supervised left-atrium segmentation) on the volumes of the "
             "scene: a few segmented volumes as labeled examples and many unsegmented ones as "
             "unlabeled volumes. Training runs in the background; Stop keeps the latest checkpoint "
-            "and Resume continues it. The trained model appears in the FBANet Segmentation module."
-        )
-        self.parent.acknowledgementText = (
+            "and Resume continues it. The trained model appears in the FBANet Segmentation module. "
+            'See the <a href="{url}">documentation</a>.'
+        ).format(url=DOCUMENTATION_URL)
+        self.parent.acknowledgementText = _(
             "FBA-Net: Chung et al., 'Foreground-Background Separation Semi-Supervised "
             "Segmentation' (MICCAI 2023)."
         )
@@ -63,10 +71,10 @@ class FBANetTrainingParameterNode:
     patchSizeZ: Annotated[int, WithinRange(16, 512)] = 80
     batchSize: Annotated[int, WithinRange(2, 64)] = 4
     labeledBatchSize: Annotated[int, WithinRange(1, 64)] = 2
-    learningRate: Annotated[float, WithinRange(0.000001, 1.0)] = 0.01
+    learningRate: Annotated[float, WithinRange(LEARNING_RATE_MINIMUM, 1.0)] = 0.01
     validationCases: Annotated[int, WithinRange(0, 100)] = 0
     validateEvery: Annotated[int, WithinRange(1, 100000)] = 100
-    device: Annotated[str, Choice(list(trainingLogic.DEVICE_CHOICES))] = "auto"
+    device: DeviceChoice = DeviceChoice.AUTO
     modelName: str = "LeftAtriumFineTuned"
     modelsFolder: pathlib.Path
 
@@ -90,7 +98,7 @@ class FBANetTrainingLogic(trainingLogic.FBANetTrainingLogic, ScriptedLoadableMod
         """Copy the parameter node into :attr:`settings`."""
         s = self.settings
         s.startFrom, s.initModelPath = parameters.startFrom, _pathText(parameters.initModelPath)
-        s.iterations, s.device = parameters.iterations, parameters.device
+        s.iterations, s.device = parameters.iterations, parameters.device.value
         s.patchSize = (parameters.patchSizeX, parameters.patchSizeY, parameters.patchSizeZ)
         s.batchSize, s.labeledBatchSize = parameters.batchSize, parameters.labeledBatchSize
         s.learningRate, s.validationCases = parameters.learningRate, parameters.validationCases
@@ -109,6 +117,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._reportedState = None
         self._shownChart = None
+        self._shownRanking = None
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
 
@@ -122,12 +131,14 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.observeScene()  # closing the scene stops training (checkpoint kept)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # The list is a view of the logic's ticks: rebuilt on scene changes, clicks go back.
         self.addObserver(
             slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.updateUnlabeledList
         )
         self.addObserver(
             slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.updateUnlabeledList
         )
+        self.ui.unlabeledList.connect("itemChanged(QListWidgetItem*)", self.onUnlabeledItemChanged)
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
         self.timer.connect("timeout()", self.onTimer)
         for button, handler in (
@@ -170,7 +181,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAboutToQuit(self):
         self.timer.stop()
-        self.logic.cleanup()
+        self.logic.shutDown()
 
     def onSceneStartClose(self, caller, event):
         self.timer.stop()  # the logic's own observer has stopped its processes
@@ -197,7 +208,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- inputs ------------------------------------------------------------------------------
     def onAddLabeled(self):
-        with slicer.util.tryWithErrorDisplay("Cannot add this labeled example.", waitCursor=False):
+        with user_error_display(_("Cannot add this labeled example.")):
             self.logic.addLabeledExample(
                 self.ui.labeledVolumeSelector.currentNode(),
                 self.ui.labeledSegmentSelector.currentNode(),
@@ -227,6 +238,11 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.takeUnusedVolumes()
         self.updateUnlabeledList()
 
+    def onUnlabeledItemChanged(self, item):
+        self.logic.setUnlabeledChecked(
+            item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked
+        )
+
     def updateLabeledTable(self):
         table = self.ui.labeledTable
         table.setRowCount(len(self.logic.labeledExamples))
@@ -238,38 +254,33 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateUnlabeledList(self, caller=None, event=None):
         listWidget = self.ui.unlabeledList
+        wasBlocked = listWidget.blockSignals(True)  # rebuilding is not the user ticking
         listWidget.clear()
-        checked = set(self.logic.unlabeledVolumeIds)
-        for node in self.logic.candidateUnlabeledVolumes():
-            item = qt.QListWidgetItem(node.GetName())
-            item.setData(qt.Qt.UserRole, node.GetID())
+        for nodeId, name, ticked in self.logic.unlabeledChoices():
+            item = qt.QListWidgetItem(name)
+            item.setData(qt.Qt.UserRole, nodeId)
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Checked if node.GetID() in checked else qt.Qt.Unchecked)
+            item.setCheckState(qt.Qt.Checked if ticked else qt.Qt.Unchecked)
             listWidget.addItem(item)
-
-    def readUnlabeledList(self):
-        listWidget = self.ui.unlabeledList
-        items = [listWidget.item(row) for row in range(listWidget.count)]
-        self.logic.unlabeledVolumeIds = [
-            i.data(qt.Qt.UserRole) for i in items if i.checkState() == qt.Qt.Checked
-        ]
+        listWidget.blockSignals(wasBlocked)
 
     # -- running -----------------------------------------------------------------------------
     def onStart(self):
-        self.readUnlabeledList()
         self.logic.applyParameterNode(self._parameterNode)
         self.logic.settings.replaceExisting = False
         if self.logic.modelPath().exists():
-            if not slicer.util.confirmYesNoDisplay(f"Replace the model {self.logic.modelPath()}?"):
+            if not slicer.util.confirmYesNoDisplay(
+                _("Replace the model {path}?").format(path=self.logic.modelPath())
+            ):
                 return
             self.logic.settings.replaceExisting = True
-        try:
-            with slicer.util.WaitCursor():
-                self.logic.startTraining()
-        except (InputError, OSError, ValueError) as error:
-            slicer.util.errorDisplay(str(error), windowTitle="Cannot start training")
+        with user_error_display(_("Cannot start training."), wait_cursor=True):
+            if not environment.ensure_dependencies(SlicerInstaller()):
+                return
+            self.logic.startTraining()
+        if self.logic.run is None or not self.logic.run.running:
             return
-        self.ui.summaryLabel.text = f"Run folder: {self.logic.run.runDir}"
+        self.ui.summaryLabel.text = _("Run folder: {folder}").format(folder=self.logic.run.runDir)
         self._reportedState = None
         self.timer.start()
         self.updateButtons()
@@ -279,7 +290,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def onResume(self):
-        with slicer.util.tryWithErrorDisplay("Cannot resume training.", waitCursor=True):
+        with user_error_display(_("Cannot resume training."), wait_cursor=True):
             self.logic.resumeTraining()
             self._reportedState = None
             self.timer.start()
@@ -306,7 +317,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.maximum = max(progress.total, 1)
         self.ui.progressBar.value = progress.iteration
         self.ui.statusLabel.text = run.statusText()
-        log = run.logText()
+        log = run.log_text()
         if log != self.ui.logTextEdit.toPlainText():
             self.ui.logTextEdit.setPlainText(log)
             self.ui.logTextEdit.verticalScrollBar().setValue(
@@ -324,13 +335,13 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._reportedState = run.state
         self.ui.summaryLabel.text = self.logic.summary() or run.statusText()
-        if run.state == "failed":
+        if run.state is JobState.FAILED:
             slicer.util.errorDisplay(
-                f"Training failed:\n{run.errorMessage}", windowTitle="FBANet training"
+                _("Training failed:") + f"\n{run.error_message}", windowTitle="FBANet training"
             )
-        elif run.state == "finished" and self.logic.registrationError:
+        elif run.state is JobState.SUCCEEDED and self.logic.registrationError:
             slicer.util.errorDisplay(self.logic.registrationError)
-        elif run.state == "finished":
+        elif run.state is JobState.SUCCEEDED:
             self.notifySegmentationModule()
 
     def notifySegmentationModule(self):
@@ -346,12 +357,12 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.modules.plots.logic().ShowChartInLayout(chart.chartNode)
 
     def onCopyLog(self):
-        qt.QApplication.clipboard().setText(self.logic.run.logText() if self.logic.run else "")
+        qt.QApplication.clipboard().setText(self.logic.run.log_text() if self.logic.run else "")
 
     def updateButtons(self):
         run, busy = self.logic.run, self.logic.busy()
         self.ui.startButton.enabled = not busy
-        self.ui.stopButton.enabled = run is not None and run.state == "running"
+        self.ui.stopButton.enabled = run is not None and run.state is JobState.RUNNING
         self.ui.resumeButton.enabled = run is not None and run.canResume and not busy
         trained = run is not None and run.bestModelPath() is not None and not busy
         self.ui.segmentUnlabeledButton.enabled = trained
@@ -360,16 +371,14 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- review ------------------------------------------------------------------------------
     def onSegmentUnlabeled(self):
-        with slicer.util.tryWithErrorDisplay(
-            "Cannot segment the unlabeled volumes.", waitCursor=True
-        ):
+        with user_error_display(_("Cannot segment the unlabeled volumes."), wait_cursor=True):
             self.logic.segmentUnlabeled()
             self.ui.statusLabel.text = "Segmenting the unlabeled volumes..."
             self.timer.start()
         self.updateButtons()
 
     def onRank(self):
-        with slicer.util.tryWithErrorDisplay("Cannot rank the unlabeled volumes.", waitCursor=True):
+        with user_error_display(_("Cannot rank the unlabeled volumes."), wait_cursor=True):
             self.logic.rankUnlabeled()
             self.ui.statusLabel.text = "Ranking the unlabeled volumes..."
             self.timer.start()
@@ -377,9 +386,13 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateReview(self):
         for job, what in ((self.logic.segmentJob, "Segmentation"), (self.logic.rankJob, "Ranking")):
-            if job is not None and job.state == "failed" and self._reportedState != (what, id(job)):
+            failed = job is not None and job.state is JobState.FAILED
+            if failed and self._reportedState != (what, id(job)):
                 self._reportedState = (what, id(job))
-                slicer.util.errorDisplay(f"{what} failed:\n{job.errorMessage}")
+                slicer.util.errorDisplay(f"{what} failed:\n{job.error_message}")
+        if self._shownRanking == self.logic.rankingVersion:
+            return  # rebuilding would lose the selection and break double-clicks
+        self._shownRanking = self.logic.rankingVersion
         self.ui.rankingList.clear()
         for row in self.logic.ranking:
             item = qt.QListWidgetItem(row.describe())
@@ -406,7 +419,11 @@ class FBANetTrainingTest(ScriptedLoadableModuleTest):
         from FBANetTrainingLib.selftest import runTrainingSelfTest
 
         self.delayDisplay("Training a tiny FBA-Net on a synthetic scene")
-        with tempfile.TemporaryDirectory() as folder:
+        try:  # a self-test never installs (several GB of PyTorch): it skips, saying why
+            environment.ensure_dependencies(SlicerInstaller())
+        except MissingDependenciesError as missing:
+            self.skipTest(str(missing))
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
             logic, events = runTrainingSelfTest(slicer.mrmlScene, folder, log=logging.info)
             self.assertTrue(any(e.get("event") == "validation" for e in events))
             self.assertIsNotNone(logic.chart)

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fbanet.cli.jobs import WorkerJob
+from fbanet.protocol import Event, JobState, event_kind
+
 from . import logic
-from .environment import ensureFbanetImportable, pythonExecutable, workerEnvironment
 
 logger = logging.getLogger(__name__)
-
-MODULE_DIR = Path(__file__).resolve().parent.parent
-RUNNING, FINISHED, CANCELLED, FAILED = "running", "finished", "cancelled", "failed"
 
 
 class SegmentationError(RuntimeError):
@@ -64,7 +63,7 @@ class SegmentationResult:
 class JobStatus:
     """Where a job stands; ``fraction`` is None until the worker reports its first window."""
 
-    state: str = RUNNING
+    state: JobState = JobState.IDLE
     done: int = 0
     total: int = 0
     result: SegmentationResult | None = None
@@ -72,6 +71,7 @@ class JobStatus:
 
     @property
     def fraction(self) -> float | None:
+        """Done, 0..1 (None before the first progress event)."""
         return self.done / self.total if self.total else None
 
 
@@ -95,7 +95,7 @@ def segmentArguments(
     return args
 
 
-class SegmentationJob:
+class SegmentationJob(WorkerJob):
     """Segment ``volumeNode`` with ``options``; results go into ``outputSegmentation`` (or new).
 
     Args:
@@ -103,7 +103,8 @@ class SegmentationJob:
         options: Model and settings.
         roiNode: Optional markups ROI; only the voxels inside are segmented.
         outputSegmentation: Segmentation node to put the segments in (segments of the same
-            name are replaced); None creates "<volume> FBANet".
+            name are replaced); None, or a node FBANet made for another volume, creates
+            "<volume> FBANet" (:func:`logic.outputSegmentationFor`).
         python: Interpreter for the worker (default: PythonSlicer, or this Python).
         workDir: Parent folder for the job's temporary files (default: the system's).
     """
@@ -119,23 +120,19 @@ class SegmentationJob:
     ) -> None:
         if volumeNode is None:
             raise ValueError("select an input volume")
+        super().__init__([], python)
         self.volumeNode = volumeNode
         self.options = options
         self.roiNode = roiNode
-        self.outputSegmentation = outputSegmentation
-        self.python = python or pythonExecutable()
+        self.outputSegmentation = logic.outputSegmentationFor(volumeNode, outputSegmentation)
         self.workDir = Path(workDir) if workDir else None
         self.status = JobStatus()
-        self.worker: Any = None
         self._folder: Path | None = None
         self._outputs: dict[str, Any] | None = None
 
     # -- starting ------------------------------------------------------------------------------
     def start(self) -> None:
         """Export the inputs and start the worker (returns at once)."""
-        from fbanet.cli.worker import WorkerProcess, fbanet_command
-
-        fbanetParent = ensureFbanetImportable(MODULE_DIR)
         if not Path(self.options.modelPath).is_file():
             raise ValueError(f"the model file {self.options.modelPath} does not exist")
         if self.workDir is not None:
@@ -145,52 +142,48 @@ class SegmentationJob:
             image = logic.exportVolume(self.volumeNode, self._folder / "input.nrrd")
             roi = logic.roiVoxelBox(self.roiNode, self.volumeNode) if self.roiNode else None
             output = self._folder / "segmentation.seg.nrrd"
-            arguments = segmentArguments(image, output, self.options, roi)
-            command = fbanet_command(arguments, self.python)
-            self.worker = WorkerProcess(command, env=workerEnvironment(fbanetParent))
-            self.worker.start()
+            self.arguments = segmentArguments(image, output, self.options, roi)
+            super().start()
         except Exception:
             self._cleanUp()
             raise
+        self.status.state = self.state
 
     # -- following -----------------------------------------------------------------------------
-    def _readEvents(self) -> None:
-        for event in self.worker.events():
-            if event.get("event") == "progress":
-                self.status.done = int(event.get("done", 0))
-                self.status.total = int(event.get("total", 0))
-            elif event.get("event") == "done":
-                self._outputs = event
+    def handle_event(self, event: dict[str, Any]) -> None:
+        kind = event_kind(event)
+        if kind is Event.PROGRESS:
+            self.status.done = int(event["done"])
+            self.status.total = int(event["total"])
+        elif kind is Event.DONE:
+            self._outputs = event
 
-    def poll(self) -> JobStatus:
+    def poll(self) -> JobStatus:  # type: ignore[override]
         """Read the worker's progress; once it ended, load the results (main thread only).
 
         Raises:
             SegmentationError: The worker failed (its message), or its results cannot be read.
         """
-        if self.status.state != RUNNING or self.worker is None:
-            return self.status
-        self._readEvents()
-        if self.worker.running:
-            return self.status
-        code = self.worker.wait()
-        self._readEvents()
-        self.status.log = self.worker.log()
-        if self.worker.cancelled:
-            self.status.state = CANCELLED
-            self._cleanUp()
-            return self.status
+        super().poll()
+        self.status.state = self.state
+        return self.status
+
+    def finish(self, returncode: int) -> None:
+        super().finish(returncode)
+        self.status.log = self.log_lines()
         try:
-            if code != 0 or self._outputs is None:
-                raise SegmentationError(self.worker.error_message())
-            self.status.result = self._addResults(self._outputs)
-            self.status.state = FINISHED
+            if self.state is JobState.FAILED:
+                raise SegmentationError(self.error_message)
+            if self.state is JobState.SUCCEEDED:
+                if self._outputs is None:
+                    raise SegmentationError("the worker ended without writing a segmentation")
+                self.status.result = self._addResults(self._outputs)
         except Exception:
-            self.status.state = FAILED
+            self.state = JobState.FAILED
             raise
         finally:
+            self.status.state = self.state
             self._cleanUp()
-        return self.status
 
     def _addResults(self, outputs: dict[str, Any]) -> SegmentationResult:
         volume = self.volumeNode
@@ -204,7 +197,7 @@ class SegmentationJob:
             segmentIds = logic.replaceSegments(loaded, target)
         finally:
             scene.RemoveNode(loaded)
-        result = SegmentationResult(target, segmentIds, seconds=float(outputs.get("seconds", 0.0)))
+        result = SegmentationResult(target, segmentIds, seconds=float(outputs["seconds"]))
         if outputs.get("probability"):
             result.probabilityNode = logic.addVolumeNextTo(
                 volume, outputs["probability"], f"{name} FBANet probability", unitRange=True
@@ -216,12 +209,13 @@ class SegmentationJob:
         return result
 
     # -- stopping ------------------------------------------------------------------------------
-    def cancel(self) -> None:
+    def cancel(self, grace_seconds: float = 5.0) -> None:
         """Stop the worker and everything it started; the scene is left unchanged."""
-        if self.worker is not None and self.status.state == RUNNING:
-            self.worker.cancel()
-            self.status.state = CANCELLED
-            self.status.log = self.worker.log()
+        if self.running:
+            super().cancel(grace_seconds)
+            self.state = JobState.CANCELLED
+        self.status.state = self.state
+        self.status.log = self.log_lines()
         self._cleanUp()
 
     def _cleanUp(self) -> None:
@@ -229,7 +223,7 @@ class SegmentationJob:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
 
-    def wait(
+    def waitForResult(
         self,
         timeout: float | None = None,
         interval: float = 0.2,
@@ -246,10 +240,10 @@ class SegmentationJob:
             status = self.poll()
             if callback is not None:
                 callback(status)
-            if status.state == FINISHED and status.result is not None:
+            if status.state is JobState.SUCCEEDED and status.result is not None:
                 return status.result
-            if status.state != RUNNING:
-                raise SegmentationError(f"the segmentation was {status.state}")
+            if not status.state.active:
+                raise SegmentationError(f"the segmentation was {status.state.value}")
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel()
                 raise TimeoutError(f"the segmentation took longer than {timeout} s")

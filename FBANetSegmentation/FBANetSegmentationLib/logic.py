@@ -17,6 +17,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 TERMINOLOGY_TAG = "TerminologyEntry"
+# Node reference from a segmentation FBANet created to the volume it segmented.
+INPUT_VOLUME_ROLE = "FBANetInputVolume"
 
 
 def _slicer() -> Any:
@@ -205,11 +207,25 @@ def placeNextTo(node: Any, reference: Any) -> int:
     return item
 
 
+def outputSegmentationFor(volumeNode: Any, segmentationNode: Any | None) -> Any | None:
+    """The segmentation to write ``volumeNode``'s result into, None for a new one.
+
+    A node FBANet created for another volume (the panel still shows the last result when
+    the user picks the next volume) is never overwritten; any other node, one the user made
+    or picked, is used as given.
+    """
+    if segmentationNode is None:
+        return None
+    madeFor = segmentationNode.GetNodeReferenceID(INPUT_VOLUME_ROLE)
+    return None if madeFor and madeFor != volumeNode.GetID() else segmentationNode
+
+
 def prepareOutputSegmentation(volumeNode: Any, target: Any | None, name: str) -> Any:
     """The segmentation node to fill: ``target``, or a new one; on the volume's geometry."""
     scene = _requireScene(volumeNode)
     if target is None:
         target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        target.SetNodeReferenceID(INPUT_VOLUME_ROLE, volumeNode.GetID())
     if target.GetDisplayNode() is None:
         target.CreateDefaultDisplayNodes()
     target.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)

@@ -25,22 +25,6 @@ class ModelSource(enum.Enum):
         }[self]
 
 
-class DeviceChoice(enum.Enum):
-    """Where inference runs; ``value`` is what ``fbanet segment --device`` takes."""
-
-    AUTO = "auto"
-    GPU = "cuda"
-    CPU = "cpu"
-
-    def label(self) -> str:
-        """Text shown in the combo box."""
-        return {
-            DeviceChoice.AUTO: "Automatic (GPU if available)",
-            DeviceChoice.GPU: "GPU (CUDA)",
-            DeviceChoice.CPU: "CPU",
-        }[self]
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """A model file and a one-line description of it.

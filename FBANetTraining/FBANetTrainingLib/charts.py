@@ -7,7 +7,8 @@ fails before its first iteration adds nothing to the scene.
 
 import vtk
 
-from FBANetTrainingLib.runner import LOSS_KEYS
+from fbanet.protocol import LOSS_FIELDS as LOSS_KEYS
+from fbanet.protocol import Event, event_kind
 
 LOSS_TITLES = {
     "loss": "Total loss",
@@ -82,14 +83,14 @@ class TrainingChart:
         """Add what the events of ``fbanet train --json`` report; returns whether any row was."""
         added = False
         for event in events:
-            kind = event.get("event")
-            if kind == "iteration":
+            kind = event_kind(event)
+            if kind is Event.ITERATION:
                 self._ensureNodes()
                 values = [event.get(key) for key in LOSS_KEYS]
                 values = [float("nan") if v is None else v for v in values]
                 self._appendRow(self.lossTable, [event["iteration"], *values])
                 added = True
-            elif kind == "validation" and event.get("dice") is not None:
+            elif kind is Event.VALIDATION and event.get("dice") is not None:
                 self._ensureNodes()
                 self._appendRow(self.diceTable, [event["iteration"], event["dice"]])
                 added = True

@@ -5,41 +5,56 @@ calls these methods and polls :meth:`FBANetTrainingLogic.poll` from a timer. Eve
 here runs under pytest with the MRML library of the slicer-core wheel.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import importlib.util
 import os
 import re
 import shutil
-import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
+from fbanet.cli.environment import (
+    TORCH_REQUIREMENT,
+    DeviceChoice,
+    missing_requirements,
+    models_folder,
+    torch_problem,
+)
+from fbanet.protocol import JobState
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.charts import TrainingChart
-from FBANetTrainingLib.dataset import InputError, LabeledExample
-from FBANetTrainingLib.review import ReviewActions
-from FBANetTrainingLib.runner import TrainingRun, formatDuration
+from FBANetTrainingLib.dataset import Dataset, InputError, LabeledExample
+from FBANetTrainingLib.review import (
+    ModuleSegmentQueue,
+    RankedVolume,
+    RankJob,
+    ReviewActions,
+    SegmentJob,
+)
+from FBANetTrainingLib.runfolders import discardRunFolder, newRunFolder, pruneRunFolders, runsRoot
+from FBANetTrainingLib.runner import STOP_GRACE_SECONDS, TrainingRun, formatDuration
 
 START_DEFAULT, START_FILE, START_SCRATCH = "default", "file", "scratch"
 START_CHOICES = (START_DEFAULT, START_FILE, START_SCRATCH)
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+DEVICE_CHOICES = tuple(choice.value for choice in DeviceChoice)
 MODEL_EXTENSION = ".safetensors"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
 
 
-def settingsFolder():
-    """Slicer's user settings folder (where Slicer.ini lives)."""
+def settingsFile() -> Path:
+    """Slicer's user settings file (Slicer.ini; outside Slicer, where it would be)."""
     try:
         import slicer
 
-        return Path(slicer.app.slicerUserSettingsFilePath).parent
+        return Path(slicer.app.slicerUserSettingsFilePath)
     except (ImportError, AttributeError):
-        return Path.home() / ".config" / "NA-MIC"
+        return Path.home() / ".config" / "slicer.org" / "Slicer.ini"
 
 
-def defaultModelsFolder():
+def defaultModelsFolder() -> Path:
     """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
-    return settingsFolder() / "FBANet" / "models"
+    return models_folder(settingsFile())
 
 
 @dataclasses.dataclass
@@ -47,7 +62,7 @@ class TrainingSettings:
     """The panel's settings; defaults suit fine-tuning on a GPU (CPU: fewer iterations)."""
 
     iterations: int = 1000
-    patchSize: tuple = (112, 112, 80)
+    patchSize: tuple[int, int, int] = (112, 112, 80)
     batchSize: int = 4
     labeledBatchSize: int = 2
     learningRate: float = 0.01
@@ -61,13 +76,19 @@ class TrainingSettings:
     modelName: str = "LeftAtriumFineTuned"
     modelsFolder: str = ""  # empty: defaultModelsFolder()
     replaceExisting: bool = False
-    extraArguments: tuple = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
+    extraArguments: tuple[str, ...] = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
 
 
 class FBANetTrainingLogic(ReviewActions):
     """Labeled examples, unlabeled volumes, settings, and the training run they make."""
 
-    def __init__(self, scene=None, python=None, workerEnvironment=None):
+    def __init__(
+        self,
+        scene: Any = None,
+        python: str | None = None,
+        workerEnvironment: dict[str, str] | None = None,
+        runsFolder: str | Path | None = None,
+    ) -> None:
         if scene is None:
             import slicer
 
@@ -75,22 +96,28 @@ class FBANetTrainingLogic(ReviewActions):
         self.scene = scene
         self.python = python
         self.workerEnvironment = dict(workerEnvironment or {})
+        self.runsFolder = Path(runsFolder) if runsFolder is not None else runsRoot()
         self.settings = TrainingSettings()
-        self.labeledExamples = []
-        self.unlabeledVolumeIds = []
-        self.run = None
-        self.dataset = None
-        self.chart = None
-        self.registeredModelPath = None
+        self.labeledExamples: list[LabeledExample] = []
+        # The ticked unlabeled volumes: the panel's list is a view of this, never the store.
+        self.unlabeledVolumeIds: list[str] = []
+        self.run: TrainingRun | None = None
+        self.dataset: Dataset | None = None
+        self.chart: TrainingChart | None = None
+        self.registeredModelPath: Path | None = None
         self.registrationError = ""
-        self.segmentJob = None  # review: segmenting the unlabeled volumes
-        self.rankJob = None  # review: ranking them for annotation
-        self.ranking = []
-        self.reviewNodes = []
+        self.segmentJob: SegmentJob | ModuleSegmentQueue | None = None  # review: segmenting
+        self.rankJob: RankJob | None = None  # review: ranking the unlabeled for annotation
+        self.ranking: list[RankedVolume] = []
+        self.rankingVersion = 0  # bumped when the ranking changes (the panel redraws then)
+        self.reviewNodes: list[Any] = []
         self.useSegmentationModule = True  # review through FBANet Segmentation when present
+        self._closeObserver: int | None = None
 
     # -- inputs ------------------------------------------------------------------------------
-    def addLabeledExample(self, volumeNode, segmentationNode, segmentId):
+    def addLabeledExample(
+        self, volumeNode: Any, segmentationNode: Any, segmentId: str
+    ) -> LabeledExample:
         """Add a (volume, segmentation, segment) row; InputError if incomplete or repeated."""
         if volumeNode is None or segmentationNode is None or not segmentId:
             raise InputError(
@@ -104,19 +131,35 @@ class FBANetTrainingLogic(ReviewActions):
         self.unlabeledVolumeIds = [i for i in self.unlabeledVolumeIds if i != example.volumeNodeId]
         return example
 
-    def removeLabeledExample(self, index):
+    def removeLabeledExample(self, index: int) -> None:
         """Remove the row ``index`` (0-based)."""
         del self.labeledExamples[index]
 
-    def describeLabeledExample(self, example):
+    def describeLabeledExample(self, example: LabeledExample) -> str:
         """'volume / segmentation / segment'."""
         return datasetModule.describeExample(self.scene, example)
 
-    def candidateUnlabeledVolumes(self):
+    def candidateUnlabeledVolumes(self) -> list[Any]:
         """Every scalar volume of the scene (the checkable list)."""
         return datasetModule.scalarVolumeNodes(self.scene)
 
-    def takeUnusedVolumes(self):
+    def setUnlabeledChecked(self, volumeNodeId: str, checked: bool) -> None:
+        """Tick (or untick) a volume as unlabeled; the panel calls this on every click."""
+        ids = [i for i in self.unlabeledVolumeIds if i != volumeNodeId]
+        self.unlabeledVolumeIds = [*ids, volumeNodeId] if checked else ids
+
+    def unlabeledChoices(self) -> list[tuple[str, str, bool]]:
+        """(node ID, name, ticked) of every candidate volume: what the panel's list shows.
+
+        Ticks of volumes that left the scene are dropped; a new volume comes unticked.
+        """
+        nodes = self.candidateUnlabeledVolumes()
+        present = {node.GetID() for node in nodes}
+        self.unlabeledVolumeIds = [i for i in self.unlabeledVolumeIds if i in present]
+        ticked = set(self.unlabeledVolumeIds)
+        return [(node.GetID(), node.GetName(), node.GetID() in ticked) for node in nodes]
+
+    def takeUnusedVolumes(self) -> list[str]:
         """Use as unlabeled every scalar volume that no labeled example uses; returns their IDs."""
         used = {e.volumeNodeId for e in self.labeledExamples}
         self.unlabeledVolumeIds = [
@@ -124,12 +167,12 @@ class FBANetTrainingLogic(ReviewActions):
         ]
         return list(self.unlabeledVolumeIds)
 
-    def checkLabeledExamples(self):
+    def checkLabeledExamples(self) -> list[str]:
         """Problems with the labeled examples (empty list: all fine)."""
         return datasetModule.checkLabeledExamples(self.scene, self.labeledExamples)
 
     # -- settings ----------------------------------------------------------------------------
-    def modelsFolder(self):
+    def modelsFolder(self) -> Path:
         """Where the model is registered."""
         return (
             Path(self.settings.modelsFolder)
@@ -137,11 +180,11 @@ class FBANetTrainingLogic(ReviewActions):
             else defaultModelsFolder()
         )
 
-    def modelPath(self):
+    def modelPath(self) -> Path:
         """``<models folder>/<name>.safetensors``."""
         return self.modelsFolder() / f"{self.settings.modelName.strip()}{MODEL_EXTENSION}"
 
-    def initModelFile(self):
+    def initModelFile(self) -> Path | None:
         """The model file training starts from (None: from scratch); InputError if missing."""
         start = self.settings.startFrom
         if start == START_SCRATCH:
@@ -155,7 +198,7 @@ class FBANetTrainingLogic(ReviewActions):
                     "No default model ships with this version: pick a model file or train "
                     "from scratch"
                 )
-            return path
+            return Path(path)
         if start != START_FILE:
             raise InputError(f"Start from must be one of {', '.join(START_CHOICES)}, not '{start}'")
         path = Path(self.settings.initModelPath) if self.settings.initModelPath else None
@@ -173,7 +216,7 @@ class FBANetTrainingLogic(ReviewActions):
             raise InputError(f"Cannot start from this model file: {error}") from error
         return path
 
-    def _settingsProblems(self):
+    def _settingsProblems(self) -> list[str]:
         s, problems = self.settings, []
         if not _MODEL_NAME.match(s.modelName.strip() or "-"):
             problems.append(
@@ -198,7 +241,7 @@ class FBANetTrainingLogic(ReviewActions):
             problems.append("Validation cases: keep at least one labeled example for training")
         return problems
 
-    def checkInputs(self):
+    def checkInputs(self) -> list[str]:
         """Every problem that would stop training from starting (empty list: ready)."""
         problems = self.checkLabeledExamples() + self._settingsProblems()
         try:
@@ -207,17 +250,21 @@ class FBANetTrainingLogic(ReviewActions):
             problems.append(str(error))
         if self.run is not None and self.run.running:
             problems.append("A training run is in progress; stop it first")
-        if importlib.util.find_spec("torch") is None:
+        torch = torch_problem()
+        missing = (
+            [f"torch{TORCH_REQUIREMENT} ({torch})"] if torch else []
+        ) + missing_requirements()
+        if missing:
             problems.append(
-                "PyTorch is not installed: install it (PyTorch Utils module, or let the FBANet "
-                "Segmentation module set it up) and restart Slicer"
+                "Python packages FBANet needs are missing (" + ", ".join(missing) + "): press "
+                "Start training, which offers to install them"
             )
         return problems
 
-    def trainingArguments(self, manifest):
+    def trainingArguments(self, manifest: str | Path) -> list[str]:
         """The ``fbanet train`` flags (without -o/--json/--stop-file/--resume)."""
         s = self.settings
-        arguments = [
+        arguments: list[Any] = [
             "--manifest", manifest, "--iterations", s.iterations, "--patch-size", *s.patchSize,
             "--batch-size", s.batchSize, "--labeled-batch-size", s.labeledBatchSize,
             "--lr", s.learningRate, "--device", s.device, "--validate-every", s.validateEvery,
@@ -236,18 +283,24 @@ class FBANetTrainingLogic(ReviewActions):
         return [str(a) for a in (*arguments, *s.extraArguments)]
 
     # -- running -----------------------------------------------------------------------------
-    def newRunFolder(self):
-        """A fresh folder for a run's dataset, checkpoints and log."""
-        root = Path(tempfile.gettempdir()) / "FBANet" / "runs"
-        root.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return Path(
-            tempfile.mkdtemp(
-                prefix=f"{datasetModule.safeName(self.settings.modelName)}-{stamp}-", dir=root
-            )
-        )
+    def newRunFolder(self) -> Path:
+        """A fresh folder for a run's dataset, checkpoints and log, under :attr:`runsFolder`.
 
-    def startTraining(self, runDir=None):
+        Run folders older than a week (left by a crash, or by another session) go first.
+        """
+        pruneRunFolders(self.runsFolder, keep=self.run.runDir if self.run else None)
+        return newRunFolder(self.runsFolder, datasetModule.safeName(self.settings.modelName))
+
+    def discardRun(self) -> None:
+        """Delete the current run's folder (dataset copies, checkpoints) once it has ended.
+
+        The registered model lives in the models folder and stays.
+        """
+        if self.run is not None and not self.run.running:
+            discardRunFolder(self.run.runDir, self.runsFolder)
+            self.run, self.dataset = None, None
+
+    def startTraining(self, runDir: str | Path | None = None) -> TrainingRun:
         """Check the inputs, export the dataset and start ``fbanet train`` in the background.
 
         Raises:
@@ -256,6 +309,7 @@ class FBANetTrainingLogic(ReviewActions):
         problems = self.checkInputs()
         if problems:
             raise InputError("\n".join(problems))
+        self.discardRun()  # the previous run's copies of the scene are not needed any more
         runDir = Path(runDir) if runDir is not None else self.newRunFolder()
         self.dataset = datasetModule.exportDataset(
             self.scene, self.labeledExamples, self.unlabeledVolumeIds, runDir / "dataset",
@@ -266,26 +320,27 @@ class FBANetTrainingLogic(ReviewActions):
         self.registeredModelPath = None
         self.registrationError = ""
         self.ranking = []
+        self.rankingVersion += 1
         if self.chart is not None:
             self.chart.clear()
         self.run.start()
         return self.run
 
-    def requestStop(self):
+    def requestStop(self) -> None:
         """Stop cleanly after the current iteration (the checkpoint is kept)."""
         if self.run is not None:
-            self.run.requestStop()
+            self.run.request_stop()
 
-    def resumeTraining(self):
+    def resumeTraining(self) -> TrainingRun:
         """Continue the stopped run from its latest checkpoint, in the same run folder."""
         if self.run is None or not self.run.canResume:
             raise InputError("There is no stopped run to resume")
         self.run.resume()
         return self.run
 
-    def poll(self):
+    def poll(self) -> list[dict[str, Any]]:
         """Follow the background jobs (chart, progress, completion); returns new training events."""
-        events = []
+        events: list[dict[str, Any]] = []
         if self.run is not None:
             wasRunning = self.run.running
             events = self.run.poll()
@@ -293,7 +348,7 @@ class FBANetTrainingLogic(ReviewActions):
                 if self.chart is None:
                     self.chart = TrainingChart(self.scene)
                 self.chart.addEvents(events)
-            if wasRunning and self.run.state == "finished":
+            if wasRunning and self.run.state is JobState.SUCCEEDED:
                 try:
                     self.registerModel()
                 except (OSError, InputError) as error:
@@ -301,7 +356,7 @@ class FBANetTrainingLogic(ReviewActions):
         self._pollReview()
         return events
 
-    def registerModel(self):
+    def registerModel(self) -> Path:
         """Copy the run's best model to ``<models folder>/<name>.safetensors`` atomically.
 
         The copy is written as a hidden ``.<name>.safetensors.partial`` file first, so a
@@ -323,7 +378,7 @@ class FBANetTrainingLogic(ReviewActions):
         self.registeredModelPath = target
         return target
 
-    def summary(self):
+    def summary(self) -> str:
         """Text for the panel once the run has ended."""
         if self.run is None:
             return ""
@@ -335,33 +390,44 @@ class FBANetTrainingLogic(ReviewActions):
             lines.append(f"Model: {self.registeredModelPath}")
         return "\n".join(lines)
 
-    def busy(self):
+    def busy(self) -> bool:
         """Whether a background job runs."""
         return any(
             job is not None and job.running for job in (self.run, self.segmentJob, self.rankJob)
         )
 
-    def cleanup(self, graceSeconds=5.0):
-        """End every background process (scene close, Slicer exit); training checkpoints first."""
-        for job in (self.run, self.segmentJob, self.rankJob):
+    def cleanup(self, graceSeconds: float = 5.0) -> None:
+        """End every background process (scene close, Slicer exit).
+
+        Training gets its stop file and :data:`STOP_GRACE_SECONDS` to write its checkpoint
+        before its process is ended; the review jobs ``graceSeconds``.
+        """
+        if self.run is not None and self.run.running:
+            self.run.cancel(STOP_GRACE_SECONDS)
+        for job in (self.segmentJob, self.rankJob):
             if job is not None and job.running:
                 job.cancel(graceSeconds)
 
-    def observeScene(self):
+    def shutDown(self) -> None:
+        """Slicer exits: end the processes and delete the run folder (Resume ends with it)."""
+        self.cleanup()
+        self.discardRun()
+
+    def observeScene(self) -> None:
         """Stop every background process when the scene starts to close."""
-        if getattr(self, "_closeObserver", None) is None:
+        if self._closeObserver is None:
             self._closeObserver = self.scene.AddObserver(
                 self.scene.StartCloseEvent, lambda caller, event: self.onSceneClosed()
             )
 
-    def stopObservingScene(self):
+    def stopObservingScene(self) -> None:
         """Undo :meth:`observeScene`."""
-        if getattr(self, "_closeObserver", None) is not None:
+        if self._closeObserver is not None:
             self.scene.RemoveObserver(self._closeObserver)
             self._closeObserver = None
 
-    def onSceneClosed(self):
-        """Forget nodes of the closed scene (the run folder stays on disk)."""
+    def onSceneClosed(self) -> None:
+        """Forget nodes of the closed scene (the run folder stays on disk: Resume works)."""
         self.cleanup()
         self.labeledExamples, self.unlabeledVolumeIds, self.reviewNodes = [], [], []
         self.chart = None

@@ -7,11 +7,19 @@ process segments every unlabeled volume the dataset export wrote. Ranking runs
 "annotate these next" list.
 """
 
-import dataclasses
-from pathlib import Path
+from __future__ import annotations
 
-from FBANetTrainingLib.dataset import InputError
-from FBANetTrainingLib.runner import BackgroundJob
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fbanet.cli.jobs import WorkerJob
+from fbanet.protocol import Event, JobState, event_kind
+from FBANetTrainingLib.dataset import ExportedCase, InputError
+
+if TYPE_CHECKING:
+    from FBANetTrainingLib.logic import FBANetTrainingLogic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,14 +31,14 @@ class RankedVolume:
     score: float
     missed: bool
 
-    def describe(self):
+    def describe(self) -> str:
         """Text for the panel."""
         if self.missed:
             return f"{self.name}: nothing found (annotate first)"
         return f"{self.name}: disagreement {self.score:.3f}"
 
 
-def loadSegmentation(scene, path, volumeNode, name):
+def loadSegmentation(scene: Any, path: str | Path, volumeNode: Any, name: str) -> Any:
     """Read a ``.seg.nrrd`` into a new segmentation node on ``volumeNode``'s geometry.
 
     The file is only read (no storage node is kept), so saving the scene asks where to
@@ -51,21 +59,29 @@ def loadSegmentation(scene, path, volumeNode, name):
     return segmentation
 
 
-class SegmentJob(BackgroundJob):
+class SegmentJob(WorkerJob):
     """``fbanet segment`` of the dataset's unlabeled volumes in one process."""
 
-    def __init__(self, cases, modelPath, outFolder, device="auto", python=None, env=None):
+    def __init__(
+        self,
+        cases: Sequence[ExportedCase],
+        modelPath: str | Path,
+        outFolder: str | Path,
+        device: str = "auto",
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.cases = list(cases)
-        arguments = ["segment", *[c.image for c in self.cases], "-m", modelPath]
+        arguments: list[str | Path] = ["segment", *[c.image for c in self.cases], "-m", modelPath]
         arguments += ["-o", outFolder, "--json", "--device", device]
         super().__init__(arguments, python, env)
-        self.written = {}  # image path -> segmentation file
+        self.written: dict[str, Path] = {}  # image path -> segmentation file
 
-    def handleEvent(self, event):
-        if event.get("event") == "done" and event.get("segmentation"):
+    def handle_event(self, event: dict[str, Any]) -> None:
+        if event_kind(event) is Event.DONE and event["segmentation"]:
             self.written[str(Path(event["image"]))] = Path(event["segmentation"])
 
-    def loadResults(self, scene):
+    def loadResults(self, scene: Any) -> list[Any]:
         """Segmentation nodes ("<volume> FBANet") of every case segmented."""
         nodes = []
         for case in self.cases:
@@ -78,84 +94,101 @@ class SegmentJob(BackgroundJob):
 
 
 class ModuleSegmentQueue:
-    """The FBANet Segmentation module's job, run on each unlabeled volume in turn."""
+    """The FBANet Segmentation module's job, run on each unlabeled volume in turn.
 
-    def __init__(self, scene, cases, modelPath, device="auto", python=None):
+    It is polled like a :class:`WorkerJob` (``running``, ``state``, ``error_message``,
+    ``poll``, ``cancel``, ``loadResults``).
+    """
+
+    def __init__(
+        self,
+        scene: Any,
+        cases: Sequence[ExportedCase],
+        modelPath: str | Path,
+        device: str = "auto",
+        python: str | None = None,
+    ) -> None:
         from FBANetSegmentationLib.job import SegmentationJob, SegmentationOptions
 
-        self._newJob = lambda volume: SegmentationJob(
-            volume, SegmentationOptions(Path(modelPath), device=device), python=python
-        )
+        options = SegmentationOptions(Path(modelPath), device=device)
+        self._newJob = lambda volume: SegmentationJob(volume, options, python=python)
         self.scene = scene
-        self.pending = [scene.GetNodeByID(c.volumeNodeId) for c in cases]
-        self.pending = [v for v in self.pending if v is not None]
-        self.current = None
-        self.nodes = []
-        self.log = []
-        self.state = "idle"
-        self.errorMessage = ""
+        found = [scene.GetNodeByID(c.volumeNodeId) for c in cases]
+        self.pending = [v for v in found if v is not None]
+        self.current: Any = None
+        self.nodes: list[Any] = []
+        self.log: list[str] = []
+        self.state = JobState.IDLE
+        self.error_message = ""
 
     @property
-    def running(self):
-        return self.state == "running"
+    def running(self) -> bool:
+        return self.state.active
 
-    def start(self):
+    def start(self) -> None:
         """Segment the first volume (poll starts the next ones)."""
-        self.state = "running"
+        self.state = JobState.RUNNING
         self._next()
 
-    def _next(self):
+    def _next(self) -> None:
         if not self.pending:
-            self.current, self.state = None, "succeeded"
+            self.current, self.state = None, JobState.SUCCEEDED
             return
         self.current = self._newJob(self.pending.pop(0))
         self.current.start()
 
-    def poll(self):
+    def poll(self) -> list[dict[str, Any]]:
         """Follow the current job; start the next when it is done."""
         if not self.running:
             return []
         try:
             status = self.current.poll()
         except Exception as error:  # the job raises its worker's message
-            self.state, self.errorMessage = "failed", str(error)
+            self.state, self.error_message = JobState.FAILED, str(error)
             return []
-        if status.state == "finished":
+        if status.state is JobState.SUCCEEDED:
             self.log += status.log
             self.nodes.append(status.result.segmentationNode)
             self._next()
-        elif status.state != "running":
+        elif not status.state.active:
             self.state = status.state
         return []
 
-    def cancel(self, graceSeconds=5.0):
+    def cancel(self, grace_seconds: float = 5.0) -> None:
         """Stop the current job; the volumes already segmented stay."""
         if self.running and self.current is not None:
-            self.current.cancel()
-        self.state = "cancelled" if self.running else self.state
+            self.current.cancel(grace_seconds)
+        self.state = JobState.CANCELLED if self.running else self.state
 
-    def loadResults(self, scene):
+    def loadResults(self, scene: Any) -> list[Any]:
         """The segmentation nodes the module's jobs made."""
         return list(self.nodes)
 
-    def logText(self):
+    def log_text(self) -> str:
         return "\n".join(self.log)
 
 
-class RankJob(BackgroundJob):
+class RankJob(WorkerJob):
     """``fbanet rank`` of the dataset's unlabeled volumes."""
 
-    def __init__(self, cases, modelPath, device="auto", python=None, env=None):
+    def __init__(
+        self,
+        cases: Sequence[ExportedCase],
+        modelPath: str | Path,
+        device: str = "auto",
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.cases = list(cases)
-        arguments = ["rank", *[c.image for c in self.cases], "-m", modelPath]
+        arguments: list[str | Path] = ["rank", *[c.image for c in self.cases], "-m", modelPath]
         super().__init__([*arguments, "--json", "--device", device], python, env)
-        self.rawRanking = []
+        self.rawRanking: list[dict[str, Any]] = []
 
-    def handleEvent(self, event):
-        if event.get("event") == "ranked":
-            self.rawRanking = list(event.get("ranking", []))
+    def handle_event(self, event: dict[str, Any]) -> None:
+        if event_kind(event) is Event.RANKED:
+            self.rawRanking = list(event["ranking"])
 
-    def ranking(self, scene):
+    def ranking(self, scene: Any) -> list[RankedVolume]:
         """The ranked volumes, most in need of annotation first, with their node names."""
         byPath = {str(Path(c.image)): c for c in self.cases}
         rows = []
@@ -171,7 +204,7 @@ class RankJob(BackgroundJob):
 class ReviewActions:
     """The review half of the panel's logic (mixed into FBANetTrainingLogic)."""
 
-    def reviewModel(self):
+    def reviewModel(self: FBANetTrainingLogic) -> Path:
         """The model to review with: the registered one, else the run's latest."""
         if self.registeredModelPath is not None:
             return self.registeredModelPath
@@ -180,20 +213,22 @@ class ReviewActions:
             raise InputError("Train a model first")
         return model
 
-    def _unlabeledCases(self, what):
+    def _unlabeledCases(self: FBANetTrainingLogic, what: str) -> tuple[ExportedCase, ...]:
         cases = self.dataset.unlabeled if self.dataset is not None else ()
         if not cases:
             raise InputError(f"There are no unlabeled volumes in this run to {what}")
         return cases
 
-    def segmentUnlabeled(self):
+    def segmentUnlabeled(self: FBANetTrainingLogic) -> SegmentJob | ModuleSegmentQueue:
         """Segment the unlabeled volumes with the model, in the background (see poll)."""
         cases, model = self._unlabeledCases("segment"), self.reviewModel()
+        job: SegmentJob | ModuleSegmentQueue
         try:
             if not self.useSegmentationModule:
                 raise ImportError("not asked to use the FBANet Segmentation module")
             job = ModuleSegmentQueue(self.scene, cases, model, self.settings.device, self.python)
         except ImportError:
+            assert self.run is not None  # reviewModel found the run's model
             out = self.run.runDir / "review"
             device, env = self.settings.device, self.workerEnvironment
             job = SegmentJob(cases, model, out, device, self.python, env)
@@ -201,7 +236,7 @@ class ReviewActions:
         job.start()
         return job
 
-    def rankUnlabeled(self):
+    def rankUnlabeled(self: FBANetTrainingLogic) -> RankJob:
         """Rank the unlabeled volumes by decoder disagreement, in the background (see poll)."""
         cases, model = self._unlabeledCases("rank"), self.reviewModel()
         device, env = self.settings.device, self.workerEnvironment
@@ -209,12 +244,14 @@ class ReviewActions:
         self.rankJob.start()
         return self.rankJob
 
-    def _pollReview(self):
+    def _pollReview(self: FBANetTrainingLogic) -> None:
+        """Follow the review jobs; a new ranking bumps ``rankingVersion`` (the panel redraws)."""
         if self.segmentJob is not None and self.segmentJob.running:
             self.segmentJob.poll()
-            if self.segmentJob.state == "succeeded":
+            if self.segmentJob.state is JobState.SUCCEEDED:
                 self.reviewNodes += self.segmentJob.loadResults(self.scene)
         if self.rankJob is not None and self.rankJob.running:
             self.rankJob.poll()
-            if self.rankJob.state == "succeeded":
+            if self.rankJob.state is JobState.SUCCEEDED:
                 self.ranking = self.rankJob.ranking(self.scene)
+                self.rankingVersion += 1

@@ -45,7 +45,7 @@ def waitFor(logic, condition, timeout, log=None, events=None):
             log(logic.run.statusText())
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"timed out after {timeout} s; log:\n{logic.run.logText() if logic.run else ''}"
+                f"timed out after {timeout} s; log:\n{logic.run.log_text() if logic.run else ''}"
             )
         time.sleep(0.1)
     new = logic.poll()
@@ -70,16 +70,16 @@ def runTrainingSelfTest(
     waitFor(logic, lambda: logic.run.progress.iteration >= 1, timeout, log, events)
     logic.requestStop()
     waitFor(logic, lambda: not logic.run.running, timeout, log, events)
-    assert logic.run.state == "stopped", (logic.run.state, logic.run.errorMessage)
+    assert logic.run.state == "stopped", (logic.run.state, logic.run.error_message)
     assert logic.run.checkpointPath.is_file(), "no checkpoint after a clean stop"
     stoppedAt = logic.run.progress.iteration
     log(f"Stopped at iteration {stoppedAt}; resuming")
     logic.resumeTraining()
     waitFor(logic, lambda: not logic.run.running, timeout, log, events)
-    assert logic.run.state == "finished", (
+    assert logic.run.state == "succeeded", (
         logic.run.state,
-        logic.run.errorMessage,
-        logic.run.logText(),
+        logic.run.error_message,
+        logic.run.log_text(),
     )
     assert logic.registeredModelPath is not None and logic.registeredModelPath.is_file(), (
         logic.registrationError
@@ -92,7 +92,7 @@ def runTrainingSelfTest(
     if rank:
         logic.rankUnlabeled()
         waitFor(logic, lambda: not logic.rankJob.running, timeout)
-        assert logic.rankJob.state == "succeeded", logic.rankJob.errorMessage
+        assert logic.rankJob.state == "succeeded", logic.rankJob.error_message
         assert len(logic.ranking) == 2, logic.ranking
         log("Annotate these next: " + "; ".join(r.describe() for r in logic.ranking))
     return logic, events

@@ -20,12 +20,13 @@ slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402  (installed with slicer-core)
 from FBANetSegmentationLib import logic, testing  # noqa: E402
 from FBANetSegmentationLib.job import (  # noqa: E402
-    FINISHED,
     JobStatus,
     SegmentationJob,
     SegmentationOptions,
     SegmentationResult,
 )
+
+from fbanet.protocol import JobState  # noqa: E402
 
 LEFT_ATRIUM_COLOR = (0.85, 0.4, 0.35)
 
@@ -96,7 +97,7 @@ def oblique_run(tmp_path_factory: pytest.TempPathFactory, threshold_model: Path)
     job = SegmentationJob(volume, options, workDir=tmp_path_factory.mktemp("work"))
     job.start()
     statuses: list[JobStatus] = []
-    result = job.wait(
+    result = job.waitForResult(
         timeout=300, callback=lambda s: statuses.append(JobStatus(s.state, s.done, s.total))
     )
     yield Run(scene, volume, folder, case, result, statuses)
@@ -188,7 +189,7 @@ def grid_corners(node: Any) -> np.ndarray:
 
 def test_progress_is_reported_until_finished(oblique_run: Run) -> None:
     statuses = oblique_run.statuses
-    assert statuses[-1].state == FINISHED
+    assert statuses[-1].state is JobState.SUCCEEDED
     fractions = [s.fraction for s in statuses if s.fraction is not None]
     assert fractions and fractions[-1] == 1.0
     assert all(0 < f <= 1 for f in fractions)

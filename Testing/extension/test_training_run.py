@@ -63,7 +63,7 @@ def test_end_to_end_train_stop_resume_register_and_review(tmp_path: Path) -> Non
     model, metadata = load_model_file(panel.registeredModelPath)
     assert metadata.model.base_filters == 4 and metadata.num_labeled == 1
     assert read_model_header(panel.run.runDir / "model.safetensors").iterations == total
-    assert "Best validation Dice" in panel.summary() and "resuming" in panel.run.logText()
+    assert "Best validation Dice" in panel.summary() and "resuming" in panel.run.log_text()
     # "Annotate these next": both unlabeled volumes, most uncertain first.
     unlabeled = set(panel.unlabeledVolumeIds)
     assert {row.volumeNodeId for row in panel.ranking} == unlabeled
@@ -75,7 +75,7 @@ def test_end_to_end_train_stop_resume_register_and_review(tmp_path: Path) -> Non
         panel.useSegmentationModule, panel.reviewNodes = throughModule, []
         job = panel.segmentUnlabeled()
         selftest.waitFor(panel, lambda job=job: not job.running, TIMEOUT)
-        assert job.state == "succeeded", job.errorMessage
+        assert job.state == "succeeded", job.error_message
         assert isinstance(job, review.ModuleSegmentQueue) == throughModule
         assert {node.GetName() for node in panel.reviewNodes} == names, type(job).__name__
         for node in panel.reviewNodes:
@@ -95,8 +95,8 @@ def test_a_stop_before_the_first_checkpoint_is_resumable_and_closing_the_scene_s
     run = panel.startTraining(tmp_path / "run")
     panel.requestStop()  # before the data is even loaded
     selftest.waitFor(panel, lambda: not run.running, TIMEOUT)
-    assert run.state == "stopped", run.logText()
-    assert "initialized from" in run.logText()
+    assert run.state == "stopped", run.log_text()
+    assert "initialized from" in run.log_text()
     assert run.progress.iteration == 0 and load_checkpoint(run.checkpointPath)["iteration"] == 0
     assert run.canResume and panel.registeredModelPath is None
     # Resumable: it trains on from the checkpoint...
@@ -121,7 +121,7 @@ def test_a_crashing_worker_is_reported_and_the_scene_is_intact(tmp_path: Path) -
     run = panel.startTraining(tmp_path / "run")
     selftest.waitFor(panel, lambda: not run.running, TIMEOUT)
     assert run.state == "failed"
-    assert "unrecognized arguments: --no-such-flag" in run.errorMessage
+    assert "unrecognized arguments: --no-such-flag" in run.error_message
     assert "unrecognized arguments" in run.statusText()
     assert support.nodeIds(scene) == before and panel.chart is None
     after = support.volumeArrays(scene)
@@ -137,8 +137,8 @@ def test_a_corrupt_file_makes_the_worker_fail_with_its_message(tmp_path: Path) -
         tmp_path / "run", ["--manifest", manifest, "--device", "cpu"], env=WORKER_ENV
     )
     run.start()
-    assert run.waitUntilDone(TIMEOUT) == "failed"
-    assert "broken.nrrd" in run.errorMessage and "cannot read" in run.errorMessage
+    assert run.wait(TIMEOUT) == "failed"
+    assert "broken.nrrd" in run.error_message and "cannot read" in run.error_message
     assert run.worker.returncode == 2
 
 

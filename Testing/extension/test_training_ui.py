@@ -82,7 +82,7 @@ def _parameterFields() -> dict[str, str]:
 
 
 def _kind(annotation: str) -> str:
-    if "Choice(" in annotation:
+    if "Choice(" in annotation or annotation.endswith("Choice"):  # a Choice, or an enum
         return "choice"
     if "vtkMRML" in annotation:
         return "node"

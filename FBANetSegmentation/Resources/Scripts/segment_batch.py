@@ -58,14 +58,17 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
 def _setUp() -> None:
     if str(MODULE_DIR) not in sys.path:
         sys.path.insert(0, str(MODULE_DIR))
-    from FBANetSegmentationLib.environment import ensureFbanetImportable, missingRequirements
+    from FBANetSegmentationLib.environment import ensureFbanetImportable
 
     ensureFbanetImportable(MODULE_DIR)
-    missing = missingRequirements()
+    from fbanet.cli.environment import TORCH_REQUIREMENT, missing_requirements, torch_problem
+
+    torch = torch_problem()
+    missing = ([f"torch{TORCH_REQUIREMENT} ({torch})"] if torch else []) + missing_requirements()
     if missing:
         raise RuntimeError(
-            "missing Python packages: " + " ".join(missing) + " (install them in Slicer with "
-            "slicer.util.pip_install, or press Apply once in the FBANet Segmentation module)"
+            "missing Python packages: " + ", ".join(missing) + " (press Apply once in the "
+            "FBANet Segmentation module, which installs them, PyTorch through PyTorch Utils)"
         )
 
 
@@ -78,7 +81,7 @@ def segmentOne(scene, image: Path, output: Path, modelPath: Path, args) -> float
     try:
         job = SegmentationJob(volume, SegmentationOptions(modelPath, device=args.device))
         job.start()
-        result = job.wait(timeout=args.timeout)
+        result = job.waitForResult(timeout=args.timeout)
         output.parent.mkdir(parents=True, exist_ok=True)
         logic.saveSegmentation(result.segmentationNode, output)
         scene.RemoveNode(result.segmentationNode)

@@ -13,6 +13,7 @@ Nothing here imports Qt, Slicer or torch: the panels open instantly and pytest r
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.metadata
 import os
@@ -23,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from fbanet.config import DeviceKind
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def torch_problem(version_of: VersionLookup | None = None) -> str | None:
     return unsatisfied(TORCH, version_of)
 
 
-class DependenciesMissing(RuntimeError):
+class MissingDependenciesError(RuntimeError):
     """Packages are missing and may not be installed now (a self-test); the message names them."""
 
 
@@ -121,7 +124,7 @@ def ensure_dependencies(installer: Installer) -> bool:
         True when everything is there (now), False when the user declined.
 
     Raises:
-        DependenciesMissing: Something is missing while a self-test runs (it must skip).
+        MissingDependenciesError: Something is missing while a self-test runs (it must skip).
         RuntimeError: The installation ran but did not provide what is needed.
     """
     torch, missing = torch_problem(), missing_requirements()
@@ -129,7 +132,7 @@ def ensure_dependencies(installer: Installer) -> bool:
         return True
     needed = ([f"torch{TORCH_REQUIREMENT} (through PyTorch Utils)"] if torch else []) + missing
     if installer.testing():
-        raise DependenciesMissing(
+        raise MissingDependenciesError(
             "FBANet's Python packages are not installed (" + ", ".join(needed) + "); "
             "self-tests never install them: press Apply once in FBANet Segmentation or "
             "Start in FBANet Training outside testing mode"
@@ -174,3 +177,34 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     parent = str(Path(fbanet.__file__).resolve().parent.parent)
     existing = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys([parent, *existing])), **(extra or {})}
+
+
+class DeviceChoice(enum.Enum):
+    """Where a worker computes, as both panels offer it; ``value`` is ``--device``'s."""
+
+    AUTO = DeviceKind.AUTO.value
+    CUDA = DeviceKind.CUDA.value
+    MPS = DeviceKind.MPS.value
+    CPU = DeviceKind.CPU.value
+
+    def label(self) -> str:
+        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
+        return {
+            DeviceChoice.AUTO: "Automatic (GPU if available)",
+            DeviceChoice.CUDA: "NVIDIA GPU (CUDA)",
+            DeviceChoice.MPS: "Apple GPU (MPS)",
+            DeviceChoice.CPU: "CPU",
+        }[self]
+
+
+MODELS_SUBFOLDER = ("FBANet", "models")
+
+
+def models_folder(settings_file: str | Path) -> Path:
+    """Where FBANet Training saves models and FBANet Segmentation lists them.
+
+    Args:
+        settings_file: Slicer's user settings file (``slicer.app.slicerUserSettingsFilePath``);
+            its folder is the per-user, per-version Slicer settings folder.
+    """
+    return Path(settings_file).parent.joinpath(*MODELS_SUBFOLDER)

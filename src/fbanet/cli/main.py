@@ -13,7 +13,6 @@ from fbanet import __version__
 from fbanet.cli.demo import add_parsers as add_demo_parsers
 from fbanet.cli.inference import add_parsers as add_inference_parsers
 from fbanet.cli.rank import add_parser as add_rank_parser
-
 from fbanet.protocol import ExitCode, error_line
 
 logger = logging.getLogger("fbanet")

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 logger = logging.getLogger(__name__)
 
 PYTORCH_INDEX = "https://download.pytorch.org/whl/{backend}"
+# Both modules' help links here (the README's section on the extension).
+DOCUMENTATION_URL = "https://github.com/fbanet/SlicerFBANet#3d-slicer-extension"
 
 
 def best_backend(backends: list[str]) -> str:
@@ -62,29 +64,29 @@ class SlicerInstaller:
 
 
 @contextlib.contextmanager
-def userErrorDisplay(
-    message: str, userErrors: tuple[type[BaseException], ...] = (ValueError,),
-    waitCursor: bool = False,
+def user_error_display(
+    message: str, user_errors: tuple[type[BaseException], ...] = (ValueError,),
+    wait_cursor: bool = False,
 ) -> Iterator[None]:  # fmt: skip
     """Show a failure in a message box; ordinary user mistakes without a traceback.
 
-    ``userErrors`` (by default ValueError, which every "fix your input" error of FBANet
+    ``user_errors`` (by default ValueError, which every "fix your input" error of FBANet
     derives from) show their message only; anything else is a bug or a broken machine and
     goes through ``slicer.util.tryWithErrorDisplay`` (message and traceback). Neither is
     re-raised: the caller continues after the ``with`` block, as after a message box.
     """
     import slicer
 
-    cursor = slicer.util.WaitCursor() if waitCursor else contextlib.nullcontext()
+    cursor = slicer.util.WaitCursor() if wait_cursor else contextlib.nullcontext()
     try:
         with slicer.util.tryWithErrorDisplay(message):
-            userError: BaseException | None = None
+            user_error: BaseException | None = None
             with cursor:
                 try:
                     yield
-                except userErrors as error:
-                    userError = error
-            if userError is not None:
-                slicer.util.warningDisplay(f"{message}\n\n{userError}", windowTitle="FBANet")
+                except user_errors as error:
+                    user_error = error
+            if user_error is not None:
+                slicer.util.warningDisplay(f"{message}\n\n{user_error}", windowTitle="FBANet")
     except Exception:  # shown by tryWithErrorDisplay, which re-raises
         logger.exception(message)

@@ -11,6 +11,7 @@ or for ``taskkill``. Nothing here imports Qt or Slicer, so the same code runs un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -208,14 +209,10 @@ class WorkerProcess:
         assert self._process is not None
         pid = self._process.pid
         if os.name == "nt":
-            subprocess.run(
-                kill_command(pid), check=False, capture_output=True, **popen_options()
-            )
+            subprocess.run(kill_command(pid), check=False, capture_output=True, **popen_options())
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
     def _join(self) -> None:
         for thread in self._threads:
