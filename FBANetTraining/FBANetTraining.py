@@ -28,7 +28,7 @@ from slicer.util import VTKObservationMixin
 from fbanet.cli import environment
 from fbanet.cli.environment import DeviceChoice, MissingDependenciesError
 from fbanet.cli.slicer_host import DOCUMENTATION_URL, SlicerInstaller, user_error_display
-from fbanet.protocol import JobState
+from fbanet.protocol import Event, JobState, event_kind
 
 POLL_INTERVAL_MS = 500
 LEARNING_RATE_MINIMUM = 1e-6  # the .ui spin box shows 6 decimals, so this is not 0
@@ -425,7 +425,7 @@ class FBANetTrainingTest(ScriptedLoadableModuleTest):
             self.skipTest(str(missing))
         with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
             logic, events = runTrainingSelfTest(slicer.mrmlScene, folder, log=logging.info)
-            self.assertTrue(any(e.get("event") == "validation" for e in events))
+            self.assertTrue(any(event_kind(e) is Event.VALIDATION for e in events))
             self.assertIsNotNone(logic.chart)
             logic.cleanup()
         self.delayDisplay("Test passed")

@@ -8,6 +8,7 @@ unlabeled volumes.
 
 from pathlib import Path
 
+from fbanet.protocol import JobState
 from FBANetTrainingLib import synthetic
 from FBANetTrainingLib.logic import START_SCRATCH, FBANetTrainingLogic, TrainingSettings
 
@@ -70,13 +71,13 @@ def runTrainingSelfTest(
     waitFor(logic, lambda: logic.run.progress.iteration >= 1, timeout, log, events)
     logic.requestStop()
     waitFor(logic, lambda: not logic.run.running, timeout, log, events)
-    assert logic.run.state == "stopped", (logic.run.state, logic.run.error_message)
+    assert logic.run.state is JobState.STOPPED, (logic.run.state, logic.run.error_message)
     assert logic.run.checkpointPath.is_file(), "no checkpoint after a clean stop"
     stoppedAt = logic.run.progress.iteration
     log(f"Stopped at iteration {stoppedAt}; resuming")
     logic.resumeTraining()
     waitFor(logic, lambda: not logic.run.running, timeout, log, events)
-    assert logic.run.state == "succeeded", (
+    assert logic.run.state is JobState.SUCCEEDED, (
         logic.run.state,
         logic.run.error_message,
         logic.run.log_text(),
@@ -92,7 +93,7 @@ def runTrainingSelfTest(
     if rank:
         logic.rankUnlabeled()
         waitFor(logic, lambda: not logic.rankJob.running, timeout)
-        assert logic.rankJob.state == "succeeded", logic.rankJob.error_message
+        assert logic.rankJob.state is JobState.SUCCEEDED, logic.rankJob.error_message
         assert len(logic.ranking) == 2, logic.ranking
         log("Annotate these next: " + "; ".join(r.describe() for r in logic.ranking))
     return logic, events

@@ -13,6 +13,7 @@ import pytest
 import training_support as support
 from training_support import WORKER_ENV, logic, review, runner, selftest
 
+from fbanet.cli.jobs import WorkerJob
 from fbanet.model.files import load_model_file, read_model_header
 from fbanet.train.checkpoints import load_checkpoint
 
@@ -68,6 +69,12 @@ def test_end_to_end_train_stop_resume_register_and_review(tmp_path: Path) -> Non
     unlabeled = set(panel.unlabeledVolumeIds)
     assert {row.volumeNodeId for row in panel.ranking} == unlabeled
     assert panel.ranking[0].missed or panel.ranking[0].score >= panel.ranking[1].score
+    # Polling without a new ranking leaves it alone: the panel redraws its list only on a
+    # new version (a redraw every poll loses the selection and double-clicks).
+    version, ranking = panel.rankingVersion, panel.ranking
+    panel.poll()
+    panel.poll()
+    assert panel.rankingVersion == version and panel.ranking is ranking
     # One click segments the unlabeled volumes for review: through the FBANet Segmentation
     # module's own job when it is importable, else one `fbanet segment` of them all.
     names = {scene.GetNodeByID(i).GetName() + " FBANet" for i in unlabeled}
@@ -153,17 +160,17 @@ def _oneThreadWorkers(monkeypatch: pytest.MonkeyPatch) -> None:
 def _noStrayWorkers() -> Any:
     """Whatever a test does, no training process may outlive it."""
     started: list[Any] = []
-    original = runner.BackgroundJob._start
+    original = WorkerJob._launch
 
     def tracking(self: Any, arguments: Any) -> None:
         original(self, arguments)
         started.append(self.worker)
 
-    runner.BackgroundJob._start = tracking
+    WorkerJob._launch = tracking  # type: ignore[method-assign]
     try:
         yield
     finally:
-        runner.BackgroundJob._start = original
+        WorkerJob._launch = original  # type: ignore[method-assign]
         for worker in started:
             if worker.running:
                 os.killpg(worker._process.pid, signal.SIGKILL)

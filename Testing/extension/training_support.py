@@ -25,7 +25,15 @@ slicer = pytest.importorskip(
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the 'slicer' package found is not slicer-core", allow_module_level=True)
 
-from FBANetTrainingLib import dataset, logic, review, runner, selftest, synthetic  # noqa: E402
+from FBANetTrainingLib import (  # noqa: E402
+    dataset,
+    logic,
+    review,
+    runfolders,
+    runner,
+    selftest,
+    synthetic,
+)
 
 
 def _registerSegmentationConverters() -> None:
@@ -44,7 +52,8 @@ _registerSegmentationConverters()
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 __all__ = [
-    "ROOT", "WORKER_ENV", "dataset", "logic", "review", "runner", "selftest", "slicer", "synthetic",
+    "ROOT", "WORKER_ENV", "dataset", "logic", "review", "runfolders", "runner", "selftest",
+    "slicer", "synthetic",
 ]  # fmt: skip
 
 

@@ -42,9 +42,9 @@ def fbanet_command(
     return [python or sys.executable, "-m", module, *[str(a) for a in arguments]]
 
 
-def popen_options(os_name: str = os.name) -> dict[str, Any]:
+def popen_options(os_name: str | None = None) -> dict[str, Any]:
     """``subprocess.Popen`` options: a process group of its own, and no console on Windows."""
-    if os_name == "nt":
+    if (os_name or os.name) == "nt":
         return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
     return {"start_new_session": True}
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fbanet.io.volumes import atomic_write
+from fbanet.protocol import Event, event_kind
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,13 @@ def read_progress(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
         for number, line in enumerate(handle, start=1):
             try:
                 event = json.loads(line)
-                kind, iteration = event.get("event"), int(event["iteration"])
+                kind, iteration = event_kind(event), int(event["iteration"])
             except (ValueError, TypeError, KeyError, AttributeError):
                 logger.debug("%s:%d: skipping an unreadable line", path, number)
                 continue
-            if kind == "iteration":
+            if kind is Event.ITERATION:
                 losses[iteration] = [_number(event.get(key)) for key in LOSS_KEYS]
-            elif kind == "validation":
+            elif kind is Event.VALIDATION:
                 validation[iteration] = _number(event.get("dice"))
     steps = sorted(losses)
     table = np.array([losses[i] for i in steps], dtype=np.float64)

@@ -1,0 +1,111 @@
+"""The training panel's state on real MRML: ticks, run folders, dependencies, the .ui limits."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import training_support as support
+from training_support import ROOT, logic, runfolders, runner, synthetic
+
+from fbanet.cli import environment
+from fbanet.protocol import JobState
+
+
+@pytest.fixture
+def panel(tmp_path: Path) -> Any:
+    scene = support.newScene()
+    built = synthetic.buildSyntheticScene(scene)
+    trainingLogic = logic.FBANetTrainingLogic(scene, runsFolder=tmp_path / "runs")
+    for volume, segmentation, segmentId in built.labeled:
+        trainingLogic.addLabeledExample(volume, segmentation, segmentId)
+    trainingLogic.built = built
+    return trainingLogic
+
+
+def test_ticks_survive_nodes_added_by_add_check_and_the_user(panel: Any) -> None:
+    first, second = (v.GetID() for v in panel.built.unlabeled)
+    panel.setUnlabeledChecked(first, True)
+    assert [c for c in panel.unlabeledChoices() if c[2]] == [(first, "Unlabeled1", True)]
+    # Check exports every example through temporary labelmap nodes (added, then removed)...
+    assert panel.checkLabeledExamples() == []
+    # ...and the user adds a volume: the scene changes, the list is rebuilt from the logic.
+    added = synthetic.addVolume(
+        panel.scene, "New", synthetic.UNLABELED_GEOMETRIES[0], (0.0, 0.0, 0.0), (5.0, 5.0, 5.0)
+    )
+    choices = {nodeId: ticked for nodeId, _, ticked in panel.unlabeledChoices()}
+    assert choices[first] and not choices[second] and not choices[added.GetID()]
+    panel.setUnlabeledChecked(second, True)
+    panel.setUnlabeledChecked(first, False)
+    assert panel.unlabeledVolumeIds == [second]
+    # A volume that leaves the scene leaves the ticks.
+    panel.scene.RemoveNode(panel.built.unlabeled[1])
+    assert panel.unlabeledChoices()[-1][0] == added.GetID() and panel.unlabeledVolumeIds == []
+
+
+def test_runs_go_to_slicers_temporary_folder_and_are_cleaned_up(
+    panel: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(support.slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path)),
+                        raising=False)  # fmt: skip
+    assert runfolders.runsRoot() == tmp_path / "FBANet" / "runs"
+    root = panel.runsFolder
+    stale, recent = root / "old-run", root / "recent-run"
+    for folder in (stale, recent):
+        (folder / "dataset").mkdir(parents=True)
+    week = runfolders.MAX_AGE_SECONDS
+    os.utime(stale, (time.time() - week - 60,) * 2)
+    runDir = panel.newRunFolder()  # prunes what a crash or another session left a week ago
+    assert runDir.parent == root and not stale.exists() and recent.exists()
+    # A run that has ended is deleted when the next one starts (or Slicer exits)...
+    panel.run = runner.TrainingRun(runDir, [])
+    panel.run.state = JobState.STOPPED
+    (runDir / "dataset" / "case.nrrd").parent.mkdir()
+    (runDir / "dataset" / "case.nrrd").write_bytes(b"voxels")
+    panel.shutDown()
+    assert not runDir.exists() and panel.run is None
+    # ...but a folder the caller chose outside the runs folder is never deleted.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    panel.run = runner.TrainingRun(mine, [])
+    panel.discardRun()
+    assert mine.is_dir()
+
+
+def test_missing_packages_are_reported_and_installable_from_the_training_panel(
+    panel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel.takeUnusedVolumes()
+    assert panel.checkInputs() == []
+    monkeypatch.setattr(logic, "missing_requirements", lambda: ["h5py>=3.8"])
+    monkeypatch.setattr(logic, "torch_problem", lambda: "torch 2.0.1 is older than 2.1")
+    (problem,) = panel.checkInputs()
+    assert "torch>=2.1 (torch 2.0.1 is older than 2.1)" in problem and "h5py>=3.8" in problem
+    assert "Start training" in problem and "restart" not in problem
+
+
+def _uiWidget(name: str) -> ET.Element:
+    ui = ROOT / "FBANetTraining" / "Resources" / "UI" / "FBANetTraining.ui"
+    return next(w for w in ET.parse(ui).getroot().iter("widget") if w.get("name") == name)
+
+
+def test_the_learning_rate_box_cannot_reach_zero() -> None:
+    box = _uiWidget("learningRateSpinBox")
+    decimals = int(box.findtext("property[@name='decimals']/number"))
+    minimum = float(box.findtext("property[@name='minimum']/double"))
+    # Qt rounds the minimum to the shown decimals: with 5 decimals 1e-6 became 0.
+    assert round(minimum, decimals) > 0 and math.isclose(round(minimum, decimals), 1e-6)
+
+
+def test_both_panels_offer_the_same_devices() -> None:
+    assert tuple(c.value for c in environment.DeviceChoice) == logic.DEVICE_CHOICES
+    assert logic.DEVICE_CHOICES == ("auto", "cuda", "mps", "cpu")
+    for module in ("FBANetSegmentation", "FBANetTraining"):
+        source = (ROOT / module / f"{module}.py").read_text()
+        assert "device: DeviceChoice = DeviceChoice.AUTO" in source, module
