@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def ellipsoidMask(
     """A boolean (I, J, K) array, true inside the axis-aligned ellipsoid (voxel units)."""
     grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
     distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii, strict=True))
-    return distance <= 1.0
+    return np.asarray(distance <= 1.0)
 
 
 def syntheticCase(
@@ -89,9 +90,11 @@ def thresholdModel(path: str | Path, threshold: float = 2.5) -> Path:
             if isinstance(module, torch.nn.BatchNorm3d):  # identity in eval mode
                 module.reset_parameters()
                 module.reset_running_stats()
-        first = model.encoder.stages[0][0]
+        encoder: Any = model.encoder  # torch's Module indexing is untyped
+        first = encoder.stages[0][0]
         _passThrough(first)
-        for decoder in model.decoders:
+        decoders: Any = model.decoders  # torch's Module indexing is untyped
+        for decoder in decoders:
             last_up_norm = decoder.ups[3][-2]
             last_up_norm.weight.zero_()  # the upsampled path adds 0: only the skip remains
             last_up_norm.bias.zero_()

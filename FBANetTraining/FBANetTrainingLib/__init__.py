@@ -12,7 +12,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 
-def _ensureFbanetImportable():
+def _ensureFbanetImportable() -> None:
     """Use ``<repo>/src`` when the module runs from a source checkout without fbanet installed."""
     try:
         import fbanet  # noqa: F401

@@ -5,6 +5,11 @@ chart. The nodes are created at the first event that has something to show, so a
 fails before its first iteration adds nothing to the scene.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import vtk
 
 from fbanet.protocol import LOSS_FIELDS as LOSS_KEYS
@@ -28,15 +33,15 @@ COLORS = {
 class TrainingChart:
     """Losses and validation Dice of a run as MRML table, plot series and chart nodes."""
 
-    def __init__(self, scene, title="FBANet training"):
+    def __init__(self, scene: Any, title: str = "FBANet training") -> None:
         self.scene = scene
         self.title = title
-        self.chartNode = None
-        self.lossTable = None
-        self.diceTable = None
-        self.seriesNodes = []
+        self.chartNode: Any = None
+        self.lossTable: Any = None
+        self.diceTable: Any = None
+        self.seriesNodes: list[Any] = []
 
-    def _addTable(self, name, columns):
+    def _addTable(self, name: str, columns: Sequence[str]) -> Any:
         node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
         for column in columns:
             array = vtk.vtkDoubleArray()
@@ -44,7 +49,7 @@ class TrainingChart:
             node.GetTable().AddColumn(array)
         return node
 
-    def _addSeries(self, table, column, title):
+    def _addSeries(self, table: Any, column: str, title: str) -> None:
         series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{self.title}: {title}")
         series.SetAndObserveTableNodeID(table.GetID())
         series.SetXColumnName("iteration")
@@ -57,7 +62,7 @@ class TrainingChart:
         self.chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
         self.seriesNodes.append(series)
 
-    def _ensureNodes(self):
+    def _ensureNodes(self) -> None:
         if self.chartNode is not None and self.scene.IsNodePresent(self.chartNode):
             return
         self.chartNode = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{self.title} chart")
@@ -72,23 +77,23 @@ class TrainingChart:
         self._addSeries(self.diceTable, "dice", "Validation Dice")
 
     @staticmethod
-    def _appendRow(tableNode, values):
+    def _appendRow(tableNode: Any, values: Sequence[float]) -> None:
         table = tableNode.GetTable()
         for index, value in enumerate(values):
             table.GetColumn(index).InsertNextValue(float(value))
         table.Modified()
         tableNode.Modified()
 
-    def addEvents(self, events):
+    def addEvents(self, events: Iterable[dict[str, Any]]) -> bool:
         """Add what the events of ``fbanet train --json`` report; returns whether any row was."""
         added = False
         for event in events:
             kind = event_kind(event)
             if kind is Event.ITERATION:
                 self._ensureNodes()
-                values = [event.get(key) for key in LOSS_KEYS]
-                values = [float("nan") if v is None else v for v in values]
-                self._appendRow(self.lossTable, [event["iteration"], *values])
+                raw = [event.get(key) for key in LOSS_KEYS]
+                values = [float("nan") if v is None else float(v) for v in raw]
+                self._appendRow(self.lossTable, [float(event["iteration"]), *values])
                 added = True
             elif kind is Event.VALIDATION and event.get("dice") is not None:
                 self._ensureNodes()
@@ -98,7 +103,7 @@ class TrainingChart:
             self.chartNode.Modified()
         return added
 
-    def clear(self):
+    def clear(self) -> None:
         """Empty the tables (a new run; a resumed one keeps its curve)."""
         for node in (self.lossTable, self.diceTable):
             if node is not None:
@@ -108,7 +113,7 @@ class TrainingChart:
                 table.Modified()
                 node.Modified()
 
-    def rows(self, which="loss"):
+    def rows(self, which: str = "loss") -> list[list[float]]:
         """The rows of the loss or 'dice' table, as lists (for tests)."""
         node = self.lossTable if which == "loss" else self.diceTable
         if node is None:
@@ -117,6 +122,6 @@ class TrainingChart:
         return [[table.GetValue(r, c).ToDouble() for c in range(table.GetNumberOfColumns())]
                 for r in range(table.GetNumberOfRows())]  # fmt: skip
 
-    def nodes(self):
+    def nodes(self) -> list[Any]:
         """Every node of the chart (None entries left out)."""
         return [n for n in (self.chartNode, self.lossTable, self.diceTable, *self.seriesNodes) if n]

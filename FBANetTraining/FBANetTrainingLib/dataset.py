@@ -8,11 +8,15 @@ volume storage node, next to a ``manifest.json`` that ``fbanet train`` reads. Ev
 created on the way is removed again: the scene is left as it was found.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import json
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import slicer
@@ -49,12 +53,12 @@ class Dataset:
 
     folder: Path
     manifest: Path
-    labeled: tuple
-    unlabeled: tuple
-    validation: tuple
+    labeled: tuple[ExportedCase, ...]
+    unlabeled: tuple[ExportedCase, ...]
+    validation: tuple[ExportedCase, ...]
 
 
-def isScalarVolume(node):
+def isScalarVolume(node: Any) -> bool:
     """A single-component scalar volume with image data (not a label map)."""
     return (
         node is not None
@@ -65,20 +69,20 @@ def isScalarVolume(node):
     )
 
 
-def scalarVolumeNodes(scene):
+def scalarVolumeNodes(scene: Any) -> list[Any]:
     """The scene's scalar volumes (label maps excluded), in scene order."""
     nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
     return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
             if isScalarVolume(nodes.GetItemAsObject(i))]  # fmt: skip
 
 
-def segmentName(segmentationNode, segmentId):
+def segmentName(segmentationNode: Any, segmentId: str) -> str:
     """The segment's name, or its ID when it has none."""
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     return segment.GetName() if segment is not None and segment.GetName() else segmentId
 
 
-def describeExample(scene, example):
+def describeExample(scene: Any, example: LabeledExample) -> str:
     """'volume / segmentation / segment' for messages and tables."""
     volume = scene.GetNodeByID(example.volumeNodeId)
     segmentation = scene.GetNodeByID(example.segmentationNodeId)
@@ -88,7 +92,7 @@ def describeExample(scene, example):
 
 
 @contextlib.contextmanager
-def temporaryNodes(scene):
+def temporaryNodes(scene: Any) -> Iterator[None]:
     """Remove, on exit, every node added to ``scene`` inside the block (singletons stay)."""
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
@@ -100,7 +104,7 @@ def temporaryNodes(scene):
                 scene.RemoveNode(node)
 
 
-def resolveExample(scene, example, number=1):
+def resolveExample(scene: Any, example: LabeledExample, number: int = 1) -> tuple[Any, Any]:
     """The (volume, segmentation) nodes of an example; InputError if either is unusable."""
     where = f"Labeled example {number}"
     volume = scene.GetNodeByID(example.volumeNodeId) if example.volumeNodeId else None
@@ -124,7 +128,7 @@ def resolveExample(scene, example, number=1):
     return volume, segmentation
 
 
-def segmentVoxelCount(segmentationNode, segmentId):
+def segmentVoxelCount(segmentationNode: Any, segmentId: str) -> int:
     """Voxels of the segment in its own binary labelmap (0 for an empty segment)."""
     converter = slicer.vtkSegmentationConverter
     segmentationNode.GetSegmentation().CreateRepresentation(
@@ -139,7 +143,7 @@ def segmentVoxelCount(segmentationNode, segmentId):
     return int(np.count_nonzero(numpy_support.vtk_to_numpy(scalars)))
 
 
-def _exportToLabelmapNode(scene, segmentation, segmentId, volume):
+def _exportToLabelmapNode(scene: Any, segmentation: Any, segmentId: str, volume: Any) -> Any:
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__FBANetTrainingExport__")
     segmentIds = vtk.vtkStringArray()
     segmentIds.InsertNextValue(segmentId)
@@ -158,7 +162,7 @@ def _exportToLabelmapNode(scene, segmentation, segmentId, volume):
     return labelmap
 
 
-def _binarize(labelmap):
+def _binarize(labelmap: Any) -> int:
     """Set the exported label map to 0/1 in place; returns its foreground voxel count."""
     scalars = labelmap.GetImageData().GetPointData().GetScalars()
     values = numpy_support.vtk_to_numpy(scalars)
@@ -168,7 +172,7 @@ def _binarize(labelmap):
     return int(np.count_nonzero(values))
 
 
-def _checkedLabelmap(scene, example, number):
+def _checkedLabelmap(scene: Any, example: LabeledExample, number: int) -> Any:
     """Export and binarise; InputError when the segment is empty or misses its volume."""
     volume, segmentation = resolveExample(scene, example, number)
     name = segmentName(segmentation, example.segmentId)
@@ -187,7 +191,7 @@ def _checkedLabelmap(scene, example, number):
     return labelmap
 
 
-def exportLabelArray(scene, example, number=1):
+def exportLabelArray(scene: Any, example: LabeledExample, number: int = 1) -> np.ndarray:
     """The example's 0/1 label map on its volume's grid, (K, J, I) uint8; scene unchanged."""
     with temporaryNodes(scene):
         labelmap = _checkedLabelmap(scene, example, number)
@@ -196,11 +200,11 @@ def exportLabelArray(scene, example, number=1):
         return numpy_support.vtk_to_numpy(scalars).reshape(dimensions[::-1]).astype(np.uint8)
 
 
-def checkLabeledExamples(scene, examples):
+def checkLabeledExamples(scene: Any, examples: Sequence[LabeledExample]) -> list[str]:
     """Every problem with the labeled examples, one message each (empty list: all fine)."""
     if not examples:
         return ["No labeled example: add at least one (volume, segmentation, segment) row"]
-    problems = []
+    problems: list[str] = []
     for number, example in enumerate(examples, start=1):
         try:
             exportLabelArray(scene, example, number)
@@ -209,7 +213,7 @@ def checkLabeledExamples(scene, examples):
     return problems
 
 
-def writeVolume(volumeNode, path):
+def writeVolume(volumeNode: Any, path: str | Path) -> Path:
     """Write a volume (its own grid, without parent transforms) as NRRD; the scene is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,17 +225,17 @@ def writeVolume(volumeNode, path):
     return path
 
 
-def safeName(text, fallback="case"):
+def safeName(text: str, fallback: str = "case") -> str:
     """A file-name-safe version of a node name."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text or "").strip("._")
     return cleaned or fallback
 
 
-def _caseName(number, volume):
+def _caseName(number: int, volume: Any) -> str:
     return f"{number:02d}_{safeName(volume.GetName())}"
 
 
-def _exportLabeled(scene, example, number, folder):
+def _exportLabeled(scene: Any, example: LabeledExample, number: int, folder: Path) -> ExportedCase:
     volume, _ = resolveExample(scene, example, number)
     name = _caseName(number, volume)
     image = writeVolume(volume, folder / "labeled" / f"{name}.nrrd")
@@ -241,14 +245,20 @@ def _exportLabeled(scene, example, number, folder):
     return ExportedCase(name, volume.GetID(), image, label)
 
 
-def _entry(case, folder):
+def _entry(case: ExportedCase, folder: Path) -> dict[str, str]:
     entry = {"name": case.name, "image": case.image.relative_to(folder).as_posix()}
     if case.label is not None:
         entry["label"] = case.label.relative_to(folder).as_posix()
     return entry
 
 
-def exportDataset(scene, examples, unlabeledVolumeIds, folder, validationCases=0):
+def exportDataset(
+    scene: Any,
+    examples: Sequence[LabeledExample],
+    unlabeledVolumeIds: Sequence[str],
+    folder: str | Path,
+    validationCases: int = 0,
+) -> Dataset:
     """Write the labeled examples and unlabeled volumes as a dataset with ``manifest.json``.
 
     The last ``validationCases`` labeled examples are held out for validation. Unlabeled
@@ -268,7 +278,7 @@ def exportDataset(scene, examples, unlabeledVolumeIds, folder, validationCases=0
     folder.mkdir(parents=True, exist_ok=True)
     labeled = [_exportLabeled(scene, e, n, folder) for n, e in enumerate(examples, start=1)]
     usedIds = {e.volumeNodeId for e in examples}
-    unlabeled = []
+    unlabeled: list[ExportedCase] = []
     for number, nodeId in enumerate(unlabeledVolumeIds, start=len(examples) + 1):
         volume = scene.GetNodeByID(nodeId)
         if nodeId in usedIds or not isScalarVolume(volume):

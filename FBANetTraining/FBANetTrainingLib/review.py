@@ -19,7 +19,8 @@ from fbanet.protocol import Event, JobState, event_kind
 from FBANetTrainingLib.dataset import ExportedCase, InputError
 
 if TYPE_CHECKING:
-    from FBANetTrainingLib.logic import FBANetTrainingLogic
+    from FBANetTrainingLib.logic import TrainingSettings
+    from FBANetTrainingLib.runner import TrainingRun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +203,23 @@ class RankJob(WorkerJob):
 
 
 class ReviewActions:
-    """The review half of the panel's logic (mixed into FBANetTrainingLogic)."""
+    """The review half of the panel's logic (mixed into FBANetTrainingLogic, which sets these)."""
 
-    def reviewModel(self: FBANetTrainingLogic) -> Path:
+    scene: Any
+    python: str | None
+    workerEnvironment: dict[str, str]
+    settings: TrainingSettings
+    run: TrainingRun | None
+    dataset: Any
+    registeredModelPath: Path | None
+    segmentJob: SegmentJob | ModuleSegmentQueue | None
+    rankJob: RankJob | None
+    ranking: list[RankedVolume]
+    rankingVersion: int
+    reviewNodes: list[Any]
+    useSegmentationModule: bool
+
+    def reviewModel(self) -> Path:
         """The model to review with: the registered one, else the run's latest."""
         if self.registeredModelPath is not None:
             return self.registeredModelPath
@@ -213,13 +228,13 @@ class ReviewActions:
             raise InputError("Train a model first")
         return model
 
-    def _unlabeledCases(self: FBANetTrainingLogic, what: str) -> tuple[ExportedCase, ...]:
+    def _unlabeledCases(self, what: str) -> tuple[ExportedCase, ...]:
         cases = self.dataset.unlabeled if self.dataset is not None else ()
         if not cases:
             raise InputError(f"There are no unlabeled volumes in this run to {what}")
         return cases
 
-    def segmentUnlabeled(self: FBANetTrainingLogic) -> SegmentJob | ModuleSegmentQueue:
+    def segmentUnlabeled(self) -> SegmentJob | ModuleSegmentQueue:
         """Segment the unlabeled volumes with the model, in the background (see poll)."""
         cases, model = self._unlabeledCases("segment"), self.reviewModel()
         job: SegmentJob | ModuleSegmentQueue
@@ -236,15 +251,15 @@ class ReviewActions:
         job.start()
         return job
 
-    def rankUnlabeled(self: FBANetTrainingLogic) -> RankJob:
+    def rankUnlabeled(self) -> RankJob:
         """Rank the unlabeled volumes by decoder disagreement, in the background (see poll)."""
         cases, model = self._unlabeledCases("rank"), self.reviewModel()
         device, env = self.settings.device, self.workerEnvironment
-        self.rankJob = RankJob(cases, model, device, self.python, env)
-        self.rankJob.start()
-        return self.rankJob
+        job = self.rankJob = RankJob(cases, model, device, self.python, env)
+        job.start()
+        return job
 
-    def _pollReview(self: FBANetTrainingLogic) -> None:
+    def _pollReview(self) -> None:
         """Follow the review jobs; a new ranking bumps ``rankingVersion`` (the panel redraws)."""
         if self.segmentJob is not None and self.segmentJob.running:
             self.segmentJob.poll()

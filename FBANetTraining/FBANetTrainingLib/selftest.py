@@ -6,13 +6,18 @@ the first iteration, resume to the end, registration of the model, then ranking 
 unlabeled volumes.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fbanet.protocol import JobState
 from FBANetTrainingLib import synthetic
 from FBANetTrainingLib.logic import START_SCRATCH, FBANetTrainingLogic, TrainingSettings
+from FBANetTrainingLib.runner import TrainingRun
 
-TINY_SETTINGS = {
+TINY_SETTINGS: dict[str, Any] = {
     "iterations": 100, "patchSize": (16, 16, 16), "batchSize": 2, "labeledBatchSize": 1,
     "learningRate": 0.01, "validationCases": 1, "validateEvery": 50, "checkpointEvery": 50,
     "device": "cpu", "startFrom": START_SCRATCH, "baseFilters": 4,
@@ -20,7 +25,12 @@ TINY_SETTINGS = {
 }  # fmt: skip
 
 
-def tinyLogic(scene, modelsFolder, modelName="SelfTestModel", workerEnvironment=None):
+def tinyLogic(
+    scene: Any,
+    modelsFolder: str | Path,
+    modelName: str = "SelfTestModel",
+    workerEnvironment: dict[str, str] | None = None,
+) -> tuple[FBANetTrainingLogic, synthetic.SyntheticScene]:
     """A logic on ``scene`` with the synthetic cases as inputs and tiny settings."""
     built = synthetic.buildSyntheticScene(scene)
     logic = FBANetTrainingLogic(scene, workerEnvironment=workerEnvironment)
@@ -33,7 +43,13 @@ def tinyLogic(scene, modelsFolder, modelName="SelfTestModel", workerEnvironment=
     return logic, built
 
 
-def waitFor(logic, condition, timeout, log=None, events=None):
+def waitFor(
+    logic: FBANetTrainingLogic,
+    condition: Callable[[], bool],
+    timeout: float,
+    log: Callable[[str], None] | None = None,
+    events: list[dict[str, Any]] | None = None,
+) -> None:
     """Poll the logic until ``condition()`` holds; collects the training events."""
     import time
 
@@ -43,7 +59,7 @@ def waitFor(logic, condition, timeout, log=None, events=None):
         if events is not None:
             events.extend(new)
         if log is not None and new:
-            log(logic.run.statusText())
+            log(logic.run.statusText() if logic.run else "")
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"timed out after {timeout} s; log:\n{logic.run.log_text() if logic.run else ''}"
@@ -55,8 +71,13 @@ def waitFor(logic, condition, timeout, log=None, events=None):
 
 
 def runTrainingSelfTest(
-    scene, workFolder, log=print, timeout=240, rank=True, workerEnvironment=None
-):
+    scene: Any,
+    workFolder: str | Path,
+    log: Callable[[str], None] = print,
+    timeout: float = 240,
+    rank: bool = True,
+    workerEnvironment: dict[str, str] | None = None,
+) -> tuple[FBANetTrainingLogic, list[dict[str, Any]]]:
     """Train through the panel's logic on a synthetic scene; raise AssertionError on failure.
 
     Returns the logic and the training events, for further checks.
@@ -65,35 +86,34 @@ def runTrainingSelfTest(
     logic, _ = tinyLogic(scene, workFolder / "models", workerEnvironment=workerEnvironment)
     problems = logic.checkInputs()
     assert not problems, problems
-    events = []
-    logic.startTraining(workFolder / "run")
+    events: list[dict[str, Any]] = []
+    run = logic.startTraining(workFolder / "run")
     log("Training started")
-    waitFor(logic, lambda: logic.run.progress.iteration >= 1, timeout, log, events)
+    waitFor(logic, lambda: run.progress.iteration >= 1, timeout, log, events)
     logic.requestStop()
-    waitFor(logic, lambda: not logic.run.running, timeout, log, events)
-    assert logic.run.state is JobState.STOPPED, (logic.run.state, logic.run.error_message)
-    assert logic.run.checkpointPath.is_file(), "no checkpoint after a clean stop"
-    stoppedAt = logic.run.progress.iteration
-    log(f"Stopped at iteration {stoppedAt}; resuming")
+    waitFor(logic, lambda: not run.running, timeout, log, events)
+    assert _state(run) is JobState.STOPPED, (run.state, run.error_message)
+    assert run.checkpointPath.is_file(), "no checkpoint after a clean stop"
+    log(f"Stopped at iteration {run.progress.iteration}; resuming")
     logic.resumeTraining()
-    waitFor(logic, lambda: not logic.run.running, timeout, log, events)
-    assert logic.run.state is JobState.SUCCEEDED, (
-        logic.run.state,
-        logic.run.error_message,
-        logic.run.log_text(),
-    )
-    assert logic.registeredModelPath is not None and logic.registeredModelPath.is_file(), (
-        logic.registrationError
-    )
+    waitFor(logic, lambda: not run.running, timeout, log, events)
+    assert _state(run) is JobState.SUCCEEDED, (run.state, run.error_message, run.log_text())
+    registered = logic.registeredModelPath
+    assert registered is not None and registered.is_file(), logic.registrationError
     from fbanet.model.header import read_model_header
 
-    header = read_model_header(logic.registeredModelPath)
+    header = read_model_header(registered)
     assert header.iterations == TINY_SETTINGS["iterations"], header.iterations
     log(logic.summary())
     if rank:
-        logic.rankUnlabeled()
-        waitFor(logic, lambda: not logic.rankJob.running, timeout)
-        assert logic.rankJob.state is JobState.SUCCEEDED, logic.rankJob.error_message
+        rankJob = logic.rankUnlabeled()
+        waitFor(logic, lambda: not rankJob.running, timeout)
+        assert rankJob.state is JobState.SUCCEEDED, rankJob.error_message
         assert len(logic.ranking) == 2, logic.ranking
         log("Annotate these next: " + "; ".join(r.describe() for r in logic.ranking))
     return logic, events
+
+
+def _state(run: TrainingRun) -> JobState:
+    """The run's state now (a call, so that a type checker does not keep an earlier one)."""
+    return run.state

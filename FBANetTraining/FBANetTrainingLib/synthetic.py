@@ -5,7 +5,10 @@ ellipsoid is defined in physical (RAS) coordinates, so a label map that lands on
 volume voxel for voxel can be checked against an independent rasterisation.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import Any
 
 import numpy as np
 import slicer
@@ -13,7 +16,7 @@ import vtk
 from vtk.util import numpy_support
 
 
-def rotationMatrix(axis, degrees):
+def rotationMatrix(axis: int, degrees: float) -> np.ndarray:
     """3x3 rotation about axis 0 (R), 1 (A) or 2 (S)."""
     angle = np.deg2rad(degrees)
     c, s = np.cos(angle), np.sin(angle)
@@ -27,13 +30,13 @@ def rotationMatrix(axis, degrees):
 class GridGeometry:
     """A voxel grid: shape (I, J, K), spacing (mm), origin (RAS) and a rotation."""
 
-    shape: tuple
-    spacing: tuple = (1.0, 1.0, 1.0)
-    origin: tuple = (0.0, 0.0, 0.0)
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rotationAxis: int = 2
     rotationDegrees: float = 0.0
 
-    def ijkToRas(self):
+    def ijkToRas(self) -> np.ndarray:
         """4x4 IJK-to-RAS matrix (numpy)."""
         matrix = np.eye(4)
         rotation = rotationMatrix(self.rotationAxis, self.rotationDegrees)
@@ -41,7 +44,7 @@ class GridGeometry:
         matrix[:3, 3] = self.origin
         return matrix
 
-    def vtkIjkToRas(self):
+    def vtkIjkToRas(self) -> Any:
         """The IJK-to-RAS matrix as a vtkMatrix4x4."""
         matrix = vtk.vtkMatrix4x4()
         for row, values in enumerate(self.ijkToRas()):
@@ -49,20 +52,20 @@ class GridGeometry:
                 matrix.SetElement(row, column, float(value))
         return matrix
 
-    def rasPoints(self):
+    def rasPoints(self) -> np.ndarray:
         """RAS coordinates of every voxel centre, shape (K, J, I, 3)."""
         k, j, i = np.meshgrid(*(np.arange(n) for n in self.shape[::-1]), indexing="ij")
         ijk = np.stack([i, j, k, np.ones_like(i)], axis=-1).astype(np.float64)
         return (ijk @ self.ijkToRas().T)[..., :3]
 
 
-def ellipsoidMask(geometry, center, radii):
+def ellipsoidMask(geometry: GridGeometry, center: Any, radii: Any) -> np.ndarray:
     """Voxels (K, J, I) of ``geometry`` inside the RAS ellipsoid (center, radii in mm)."""
     offsets = (geometry.rasPoints() - np.asarray(center)) / np.asarray(radii)
-    return (offsets**2).sum(axis=-1) <= 1.0
+    return np.asarray((offsets**2).sum(axis=-1) <= 1.0)
 
 
-def imageDataFromArray(array, imageData=None):
+def imageDataFromArray(array: np.ndarray, imageData: Any = None) -> Any:
     """A vtkImageData (or the given one) holding ``array`` (K, J, I)."""
     imageData = imageData if imageData is not None else vtk.vtkImageData()
     imageData.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
@@ -71,7 +74,9 @@ def imageDataFromArray(array, imageData=None):
     return imageData
 
 
-def addVolume(scene, name, geometry, center, radii, seed=0):
+def addVolume(
+    scene: Any, name: str, geometry: GridGeometry, center: Any, radii: Any, seed: int = 0
+) -> Any:
     """A scalar volume (int16) with a bright ellipsoid in noise."""
     rng = np.random.default_rng(seed)
     inside = ellipsoidMask(geometry, center, radii)
@@ -83,7 +88,14 @@ def addVolume(scene, name, geometry, center, radii, seed=0):
     return node
 
 
-def addSegmentation(scene, name, geometry, center, radii, segmentName="Left atrium"):
+def addSegmentation(
+    scene: Any,
+    name: str,
+    geometry: GridGeometry,
+    center: Any,
+    radii: Any,
+    segmentName: str = "Left atrium",
+) -> tuple[Any, str]:
     """A segmentation with one segment: the ellipsoid rasterised on ``geometry``.
 
     An empty segment results when ``radii`` is None.
@@ -107,10 +119,10 @@ def addSegmentation(scene, name, geometry, center, radii, segmentName="Left atri
 class SyntheticScene:
     """What :func:`buildSyntheticScene` added: (volume, segmentation, segment id) and volumes."""
 
-    labeled: list
-    unlabeled: list
-    centers: dict
-    radii: tuple = (7.0, 6.0, 5.5)
+    labeled: list[tuple[Any, Any, str]]
+    unlabeled: list[Any]
+    centers: dict[str, np.ndarray]
+    radii: tuple[float, float, float] = (7.0, 6.0, 5.5)
 
 
 # Labeled case 1 is drawn on a finer, unrotated grid than its volume: the export must resample.
@@ -124,15 +136,22 @@ UNLABELED_GEOMETRIES = [
 ]
 
 
-def gridCenter(geometry):
+def gridCenter(geometry: GridGeometry) -> np.ndarray:
     """RAS of the grid's central voxel."""
     middle = [(n - 1) / 2.0 for n in geometry.shape] + [1.0]
     return (geometry.ijkToRas() @ np.array(middle))[:3]
 
 
-def buildSyntheticScene(scene, labeledCount=2, unlabeledCount=2, radii=(7.0, 6.0, 5.5)):
+def buildSyntheticScene(
+    scene: Any,
+    labeledCount: int = 2,
+    unlabeledCount: int = 2,
+    radii: tuple[float, float, float] = (7.0, 6.0, 5.5),
+) -> SyntheticScene:
     """Volumes of different geometry with an ellipsoid each; the labeled ones segmented."""
-    labeled, unlabeled, centers = [], [], {}
+    labeled: list[tuple[Any, Any, str]] = []
+    unlabeled: list[Any] = []
+    centers: dict[str, np.ndarray] = {}
     for index in range(labeledCount):
         geometry = LABELED_GEOMETRIES[index % len(LABELED_GEOMETRIES)]
         center = gridCenter(geometry) + np.array([1.5, -1.0, 0.5])
@@ -151,10 +170,10 @@ def buildSyntheticScene(scene, labeledCount=2, unlabeledCount=2, radii=(7.0, 6.0
         volume = addVolume(scene, f"Unlabeled{index + 1}", geometry, center, radii, seed=50 + index)
         unlabeled.append(volume)
         centers[volume.GetID()] = center
-    return SyntheticScene(labeled, unlabeled, centers, tuple(radii))
+    return SyntheticScene(labeled, unlabeled, centers, radii)
 
 
-def volumeGeometry(volumeNode):
+def volumeGeometry(volumeNode: Any) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The GridGeometry-like IJK-to-RAS (numpy 4x4) and shape (I, J, K) of a volume node."""
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
