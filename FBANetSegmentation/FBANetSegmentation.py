@@ -33,8 +33,13 @@ from slicer.util import VTKObservationMixin
 
 from fbanet.cli import environment
 from fbanet.cli.devices import DeviceProbe
-from fbanet.cli.environment import DeviceChoice, MissingDependenciesError
-from fbanet.cli.slicer_host import DOCUMENTATION_URL, SlicerInstaller, user_error_display
+from fbanet.cli.environment import DeviceChoice
+from fbanet.cli.slicer_host import (
+    DOCUMENTATION_URL,
+    SlicerInstaller,
+    skipWithoutDependencies,
+    user_error_display,
+)
 from fbanet.protocol import JobState
 
 
@@ -374,10 +379,7 @@ class FBANetSegmentationTest(ScriptedLoadableModuleTest):
     def test_SyntheticEllipsoid(self):
         """A bright ellipsoid in a rotated, anisotropic volume comes back as 'Left atrium'."""
         self.delayDisplay("Starting the test")
-        try:  # a self-test never installs (several GB of PyTorch): it skips, saying why
-            ensureDependencies()
-        except MissingDependenciesError as missing:
-            self.skipTest(str(missing))
+        skipWithoutDependencies(self)  # a self-test never installs (PyTorch is several GB)
         case = testing.syntheticCase()
         volume = slicer.util.addVolumeFromArray(
             case.image.transpose(2, 1, 0).copy(), ijkToRAS=testing.obliqueIjkToRas(),

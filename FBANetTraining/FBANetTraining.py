@@ -13,6 +13,7 @@ from typing import Annotated
 import qt
 import slicer
 from FBANetTrainingLib import logic as trainingLogic
+from FBANetTrainingLib.logic import pathText
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -26,8 +27,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from fbanet.cli import environment
-from fbanet.cli.environment import DeviceChoice, MissingDependenciesError
-from fbanet.cli.slicer_host import DOCUMENTATION_URL, SlicerInstaller, user_error_display
+from fbanet.cli.environment import DeviceChoice
+from fbanet.cli.slicer_host import (
+    DOCUMENTATION_URL,
+    SlicerInstaller,
+    skipWithoutDependencies,
+    user_error_display,
+)
 from fbanet.protocol import Event, JobState, event_kind
 
 POLL_INTERVAL_MS = 500
@@ -79,11 +85,6 @@ class FBANetTrainingParameterNode:
     modelsFolder: pathlib.Path
 
 
-def _pathText(path):
-    text = str(path) if path is not None else ""
-    return "" if text in ("", ".") else text
-
-
 class FBANetTrainingLogic(trainingLogic.FBANetTrainingLogic, ScriptedLoadableModuleLogic):
     """The Qt-free logic plus Slicer's parameter node."""
 
@@ -97,13 +98,13 @@ class FBANetTrainingLogic(trainingLogic.FBANetTrainingLogic, ScriptedLoadableMod
     def applyParameterNode(self, parameters):
         """Copy the parameter node into :attr:`settings`."""
         s = self.settings
-        s.startFrom, s.initModelPath = parameters.startFrom, _pathText(parameters.initModelPath)
+        s.startFrom, s.initModelPath = parameters.startFrom, pathText(parameters.initModelPath)
         s.iterations, s.device = parameters.iterations, parameters.device.value
         s.patchSize = (parameters.patchSizeX, parameters.patchSizeY, parameters.patchSizeZ)
         s.batchSize, s.labeledBatchSize = parameters.batchSize, parameters.labeledBatchSize
         s.learningRate, s.validationCases = parameters.learningRate, parameters.validationCases
         s.validateEvery = s.checkpointEvery = parameters.validateEvery
-        s.modelName, s.modelsFolder = parameters.modelName, _pathText(parameters.modelsFolder)
+        s.modelName, s.modelsFolder = parameters.modelName, pathText(parameters.modelsFolder)
 
 
 class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -129,15 +130,16 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = FBANetTrainingLogic()
         self.logic.observeScene()  # closing the scene stops training (checkpoint kept)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        # The list is a view of the logic's ticks: rebuilt on scene changes, clicks go back.
-        self.addObserver(
-            slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.updateUnlabeledList
-        )
-        self.addObserver(
-            slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.updateUnlabeledList
-        )
+        scene = slicer.mrmlScene
+        # The unlabeled list is a view of the logic's ticks: rebuilt on scene changes, while
+        # clicks go straight to the logic (onUnlabeledItemChanged).
+        for event, handler in (
+            (scene.StartCloseEvent, self.onSceneStartClose),
+            (scene.EndCloseEvent, self.onSceneEndClose),
+            (scene.NodeAddedEvent, self.updateUnlabeledList),
+            (scene.NodeRemovedEvent, self.updateUnlabeledList),
+        ):
+            self.addObserver(scene, event, handler)
         self.ui.unlabeledList.connect("itemChanged(QListWidgetItem*)", self.onUnlabeledItemChanged)
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
         self.timer.connect("timeout()", self.onTimer)
@@ -196,7 +198,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not _pathText(self._parameterNode.modelsFolder):
+        if not pathText(self._parameterNode.modelsFolder):
             self._parameterNode.modelsFolder = trainingLogic.defaultModelsFolder()
 
     def setParameterNode(self, parameterNode):
@@ -239,9 +241,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateUnlabeledList()
 
     def onUnlabeledItemChanged(self, item):
-        self.logic.setUnlabeledChecked(
-            item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked
-        )
+        ticked = item.checkState() == qt.Qt.Checked
+        self.logic.setUnlabeledChecked(item.data(qt.Qt.UserRole), ticked)
 
     def updateLabeledTable(self):
         table = self.ui.labeledTable
@@ -323,13 +324,9 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.verticalScrollBar().setValue(
                 self.ui.logTextEdit.verticalScrollBar().maximum
             )
-        chart = self.logic.chart
-        if (
-            chart is not None
-            and chart.chartNode is not None
-            and self._shownChart is not chart.chartNode
-        ):
-            self._shownChart = chart.chartNode
+        chartNode = self.logic.chart.chartNode if self.logic.chart is not None else None
+        if chartNode is not None and chartNode is not self._shownChart:
+            self._shownChart = chartNode
             self.onShowChart()
         if run.running or run.state == self._reportedState:
             return
@@ -360,14 +357,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QApplication.clipboard().setText(self.logic.run.log_text() if self.logic.run else "")
 
     def updateButtons(self):
-        run, busy = self.logic.run, self.logic.busy()
-        self.ui.startButton.enabled = not busy
-        self.ui.stopButton.enabled = run is not None and run.state is JobState.RUNNING
-        self.ui.resumeButton.enabled = run is not None and run.canResume and not busy
-        trained = run is not None and run.bestModelPath() is not None and not busy
-        self.ui.segmentUnlabeledButton.enabled = trained
-        self.ui.rankButton.enabled = trained
-        self.ui.copyLogButton.enabled = run is not None
+        for name, enabled in self.logic.buttonStates().items():
+            getattr(self.ui, name).enabled = enabled
 
     # -- review ------------------------------------------------------------------------------
     def onSegmentUnlabeled(self):
@@ -385,11 +376,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def updateReview(self):
-        for job, what in ((self.logic.segmentJob, "Segmentation"), (self.logic.rankJob, "Ranking")):
-            failed = job is not None and job.state is JobState.FAILED
-            if failed and self._reportedState != (what, id(job)):
-                self._reportedState = (what, id(job))
-                slicer.util.errorDisplay(f"{what} failed:\n{job.error_message}")
+        for message in self.logic.newReviewFailures():
+            slicer.util.errorDisplay(message)
         if self._shownRanking == self.logic.rankingVersion:
             return  # rebuilding would lose the selection and break double-clicks
         self._shownRanking = self.logic.rankingVersion
@@ -419,10 +407,7 @@ class FBANetTrainingTest(ScriptedLoadableModuleTest):
         from FBANetTrainingLib.selftest import runTrainingSelfTest
 
         self.delayDisplay("Training a tiny FBA-Net on a synthetic scene")
-        try:  # a self-test never installs (several GB of PyTorch): it skips, saying why
-            environment.ensure_dependencies(SlicerInstaller())
-        except MissingDependenciesError as missing:
-            self.skipTest(str(missing))
+        skipWithoutDependencies(self)  # a self-test never installs (PyTorch is several GB)
         with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
             logic, events = runTrainingSelfTest(slicer.mrmlScene, folder, log=logging.info)
             self.assertTrue(any(event_kind(e) is Event.VALIDATION for e in events))

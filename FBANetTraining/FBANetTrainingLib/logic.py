@@ -52,6 +52,12 @@ def settingsFile() -> Path:
         return Path.home() / ".config" / "slicer.org" / "Slicer.ini"
 
 
+def pathText(path: object) -> str:
+    """A path parameter as text; '' for none (the parameter node gives an unset Path as '.')."""
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
+
+
 def defaultModelsFolder() -> Path:
     """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
     return models_folder(settingsFile())
@@ -111,6 +117,7 @@ class FBANetTrainingLogic(ReviewActions):
         self.ranking: list[RankedVolume] = []
         self.rankingVersion = 0  # bumped when the ranking changes (the panel redraws then)
         self.reviewNodes: list[Any] = []
+        self.reportedReviewJobs: set[int] = set()  # ids of failed review jobs already shown
         self.useSegmentationModule = True  # review through FBANet Segmentation when present
         self._closeObserver: int | None = None
 
@@ -389,6 +396,19 @@ class FBANetTrainingLogic(ReviewActions):
         if self.registeredModelPath is not None:
             lines.append(f"Model: {self.registeredModelPath}")
         return "\n".join(lines)
+
+    def buttonStates(self) -> dict[str, bool]:
+        """Which of the panel's buttons are enabled now (widget name -> enabled)."""
+        run, busy = self.run, self.busy()
+        trained = run is not None and run.bestModelPath() is not None and not busy
+        return {
+            "startButton": not busy,
+            "stopButton": run is not None and run.state is JobState.RUNNING,
+            "resumeButton": run is not None and run.canResume and not busy,
+            "segmentUnlabeledButton": trained,
+            "rankButton": trained,
+            "copyLogButton": run is not None,
+        }
 
     def busy(self) -> bool:
         """Whether a background job runs."""

@@ -218,6 +218,7 @@ class ReviewActions:
     rankingVersion: int
     reviewNodes: list[Any]
     useSegmentationModule: bool
+    reportedReviewJobs: set[int]
 
     def reviewModel(self) -> Path:
         """The model to review with: the registered one, else the run's latest."""
@@ -258,6 +259,15 @@ class ReviewActions:
         job = self.rankJob = RankJob(cases, model, device, self.python, env)
         job.start()
         return job
+
+    def newReviewFailures(self) -> list[str]:
+        """Messages of review jobs that failed since the last call (each shown once)."""
+        reported, messages = self.reportedReviewJobs, []
+        for job, what in ((self.segmentJob, "Segmentation"), (self.rankJob, "Ranking")):
+            if job is not None and job.state is JobState.FAILED and id(job) not in reported:
+                reported.add(id(job))
+                messages.append(f"{what} failed:\n{job.error_message}")
+        return messages
 
     def _pollReview(self) -> None:
         """Follow the review jobs; a new ranking bumps ``rankingVersion`` (the panel redraws)."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import unittest
 from collections.abc import Iterator
+
+from fbanet.cli.environment import MissingDependenciesError, ensure_dependencies
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,18 @@ class SlicerInstaller:
         import slicer
 
         slicer.util.pip_install(list(requirements))
+
+
+def skipWithoutDependencies(test: unittest.TestCase) -> None:  # noqa: N802 (Slicer's style)
+    """Skip a module self-test, saying what is missing, when FBANet's packages are not there.
+
+    In testing mode nothing is installed (PyTorch is several GB, and a test machine may be
+    offline); outside it (Reload and Test) the user is asked, as on Apply.
+    """
+    try:
+        ensure_dependencies(SlicerInstaller())
+    except MissingDependenciesError as missing:
+        test.skipTest(str(missing))
 
 
 @contextlib.contextmanager
