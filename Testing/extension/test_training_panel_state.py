@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import training_support as support
-from training_support import ROOT, logic, runfolders, runner, synthetic
+from training_support import ROOT, logic, review, runfolders, runner, synthetic
 
 from fbanet.cli import environment
 from fbanet.protocol import JobState
@@ -109,3 +109,23 @@ def test_both_panels_offer_the_same_devices() -> None:
     for module in ("FBANetSegmentation", "FBANetTraining"):
         source = (ROOT / module / f"{module}.py").read_text()
         assert "device: DeviceChoice = DeviceChoice.AUTO" in source, module
+
+
+def test_a_failed_review_job_is_reported_once_and_buttons_follow_the_run(
+    panel: Any, tmp_path: Path
+) -> None:
+    assert panel.buttonStates() == {
+        "startButton": True, "stopButton": False, "resumeButton": False,
+        "segmentUnlabeledButton": False, "rankButton": False, "copyLogButton": False,
+    }  # fmt: skip
+    job = review.RankJob([], tmp_path / "model.safetensors")
+    job.state, job.error_message = JobState.FAILED, "no such model"
+    panel.rankJob = job
+    assert panel.newReviewFailures() == ["Ranking failed:\nno such model"]
+    assert panel.newReviewFailures() == []
+    panel.run = runner.TrainingRun(tmp_path / "run", [])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"weights")
+    panel.run.state = JobState.STOPPED
+    states = panel.buttonStates()
+    assert states["resumeButton"] and states["rankButton"] and not states["stopButton"]
