@@ -78,3 +78,15 @@ def test_batch_output_names() -> None:
     with pytest.raises(ValueError, match="need an output folder"):
         script._outputs(inputs, Path("r.seg.nrrd"))
     assert script.parseArguments(["--", "--input", "i", "--output", "o"]).input == Path("i")
+
+
+def test_batch_checks_torch_before_anything(
+    mrml_scene: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from fbanet.cli import environment
+
+    monkeypatch.setattr(environment, "torch_problem", lambda: "torch 2.0.1 is older than 2.1")
+    args = ["--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    assert _script().main(args, mrml_scene) == 1
+    assert "torch>=2.1 (torch 2.0.1 is older than 2.1)" in capsys.readouterr().err

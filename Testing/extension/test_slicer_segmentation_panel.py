@@ -73,3 +73,36 @@ def test_a_bug_shows_its_traceback_and_is_not_re_raised(displays: list[Any]) -> 
     assert kind == "error" and text.startswith("FBANet could not start.\n\n")
     assert "KeyError" in details and "Traceback" in details
     assert reached == [True]
+
+
+def test_a_self_test_skips_without_its_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    import unittest
+
+    from fbanet.cli import environment
+    from fbanet.cli.slicer_host import skipWithoutDependencies
+
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True),
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(environment, "torch_problem", lambda: "torch is not installed")
+    installs: list[Any] = []
+    monkeypatch.setattr(slicer.util, "pip_install", installs.append)
+    with pytest.raises(unittest.SkipTest, match=r"not installed \(torch>=2\.1"):
+        skipWithoutDependencies(unittest.TestCase())
+    assert installs == []
+
+
+@pytest.mark.parametrize("module", ["FBANetSegmentation", "FBANetTraining"])
+def test_titles_and_help_are_translatable_and_link_the_documentation(module: str) -> None:
+    import ast
+
+    from conftest import ROOT
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
+    wrapped = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]).startswith("self.parent."):
+            wrapped[ast.unparse(node.targets[0])[12:]] = ast.unparse(node.value)
+    for field in ("title", "helpText", "acknowledgementText"):
+        assert wrapped[field].startswith("_("), (field, wrapped[field])
+    assert wrapped["categories"].startswith("[translate('qSlicerAbstractCoreModule'")
+    assert "DOCUMENTATION_URL" in wrapped["helpText"]
