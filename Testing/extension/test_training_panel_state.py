@@ -106,6 +106,8 @@ def test_the_learning_rate_box_cannot_reach_zero() -> None:
 def test_both_panels_offer_the_same_devices() -> None:
     assert tuple(c.value for c in environment.DeviceChoice) == logic.DEVICE_CHOICES
     assert logic.DEVICE_CHOICES == ("auto", "cuda", "mps", "cpu")
+    # A scene saved when Segmentation's enum called CUDA "GPU" (stored by name) still loads.
+    assert environment.DeviceChoice["GPU"] is environment.DeviceChoice.CUDA
     for module in ("FBANetSegmentation", "FBANetTraining"):
         source = (ROOT / module / f"{module}.py").read_text()
         assert "device: DeviceChoice = DeviceChoice.AUTO" in source, module

@@ -186,6 +186,9 @@ class DeviceChoice(enum.Enum):
     CUDA = DeviceKind.CUDA.value
     MPS = DeviceKind.MPS.value
     CPU = DeviceKind.CPU.value
+    # Scenes saved by FBANet Segmentation before both panels shared this enum name "GPU"
+    # (the parameter node stores the member's name): an alias, not listed in the combo box.
+    GPU = DeviceKind.CUDA.value
 
     def label(self) -> str:
         """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
