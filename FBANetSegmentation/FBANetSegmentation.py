@@ -34,13 +34,13 @@ from slicer.util import VTKObservationMixin
 from fbanet.cli import environment
 from fbanet.cli.devices import DeviceProbe
 from fbanet.cli.environment import DeviceChoice
-from fbanet.cli.slicer_host import (
+from fbanet.protocol import JobState
+from fbanet_slicer.host import (
     DOCUMENTATION_URL,
     SlicerInstaller,
     skipWithoutDependencies,
     user_error_display,
 )
-from fbanet.protocol import JobState
 
 
 class FBANetSegmentation(ScriptedLoadableModule):

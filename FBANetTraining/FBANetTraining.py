@@ -28,13 +28,13 @@ from slicer.util import VTKObservationMixin
 
 from fbanet.cli import environment
 from fbanet.cli.environment import DeviceChoice
-from fbanet.cli.slicer_host import (
+from fbanet.protocol import Event, JobState, event_kind
+from fbanet_slicer.host import (
     DOCUMENTATION_URL,
     SlicerInstaller,
     skipWithoutDependencies,
     user_error_display,
 )
-from fbanet.protocol import Event, JobState, event_kind
 
 POLL_INTERVAL_MS = 500
 LEARNING_RATE_MINIMUM = 1e-6  # the .ui spin box shows 6 decimals, so this is not 0

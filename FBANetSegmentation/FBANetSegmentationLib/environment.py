@@ -24,16 +24,17 @@ def sourceTreeFbanetFolder(moduleDir: str | Path) -> Path | None:
 
 
 def ensureFbanetImportable(moduleDir: str | Path) -> Path:
-    """Make ``import fbanet`` work; returns the folder that holds the ``fbanet`` package.
+    """Make ``import fbanet`` and ``import fbanet_slicer`` work; returns fbanet's folder.
 
-    An installed extension has the package next to the modules (already on ``sys.path``); a
-    source checkout run with ``--additional-module-paths`` gets ``<repo>/src`` added.
+    An installed extension has both packages next to the modules (already on ``sys.path``);
+    a source checkout run with ``--additional-module-paths`` gets ``<repo>/src`` added.
 
     Raises:
         ImportError: fbanet is neither importable nor in a source checkout next to the module.
     """
     try:
         import fbanet
+        import fbanet_slicer  # noqa: F401 (the Slicer-side helpers both modules use)
     except ImportError:
         source = sourceTreeFbanetFolder(moduleDir)
         if source is None:

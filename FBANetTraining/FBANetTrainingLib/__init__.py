@@ -16,6 +16,7 @@ def _ensureFbanetImportable() -> None:
     """Use ``<repo>/src`` when the module runs from a source checkout without fbanet installed."""
     try:
         import fbanet  # noqa: F401
+        import fbanet_slicer  # noqa: F401 (the Slicer-side helpers both modules use)
     except ImportError:
         source = _Path(__file__).resolve().parents[2] / "src"
         if (source / "fbanet" / "__init__.py").is_file():

@@ -131,3 +131,17 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     labelmap, segments = fbanet.read_segmentation(tmp_path / "scan.seg.nrrd")
     assert labelmap.array.shape == (48, 48, 32)
     assert [s.name for s in segments] == ["Left atrium"]
+
+
+def test_the_core_never_imports_slicer() -> None:
+    # The Slicer application side lives in fbanet_slicer, which ships with the extension.
+    slicer_names = {"slicer", "qt", "ctk", "vtk", "PyTorchUtils", "fbanet_slicer"}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in slicer_names]
+    assert found == []

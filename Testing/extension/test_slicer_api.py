@@ -20,7 +20,7 @@ import vtk  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(
     [p for d in ("FBANetSegmentation", "FBANetTraining") for p in (ROOT / d).rglob("*.py")]
-    + [ROOT / "src" / "fbanet" / "cli" / "slicer_host.py"]
+    + [ROOT / "src" / "fbanet_slicer" / "host.py"]
 )
 CLASS_NAME = re.compile(r"^vtk[A-Z]\w+$")
 VTK_METHOD = re.compile(r"^[A-Z][A-Za-z0-9]+$")

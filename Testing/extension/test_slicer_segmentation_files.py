@@ -179,12 +179,14 @@ def test_top_level_cmake_describes_the_extension() -> None:
                  "add_subdirectory(FBANetTraining)", "include(${Slicer_EXTENSION_CPACK})",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})"):  # fmt: skip
         assert line in text
-    # fbanet is installed next to the scripted modules, without caches.
-    install = re.search(r"install\(DIRECTORY \$\{FBANET_PACKAGE_DIR\}(.*?)\)", text, re.S)
+    # fbanet and fbanet_slicer are installed next to the scripted modules, without caches.
+    install = re.search(r"install\(DIRECTORY \$\{package_dir\}(.*?)\)", text, re.S)
     assert install and "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in install.group(1)
     assert '"__pycache__" EXCLUDE' in install.group(1)
-    assert re.search(r"set\(FBANET_PACKAGE_DIR \$\{CMAKE_CURRENT_SOURCE_DIR\}/src/fbanet\)", text)
-    assert (ROOT / "src" / "fbanet" / "__init__.py").is_file()
+    assert "foreach(package fbanet fbanet_slicer)" in text
+    assert "set(package_dir ${CMAKE_CURRENT_SOURCE_DIR}/src/${package})" in text
+    for package in ("fbanet", "fbanet_slicer"):
+        assert (ROOT / "src" / package / "__init__.py").is_file()
 
 
 def test_extension_index_entry_follows_schema_v1_0_1() -> None:

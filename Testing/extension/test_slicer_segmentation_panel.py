@@ -14,7 +14,7 @@ from FBANetSegmentationLib import logic, testing  # noqa: E402
 from FBANetSegmentationLib.job import SegmentationJob, SegmentationOptions  # noqa: E402
 from test_slicer_segmentation_logic import add_volume, labelmap_on  # noqa: E402
 
-from fbanet.cli.slicer_host import user_error_display  # noqa: E402
+from fbanet_slicer.host import user_error_display  # noqa: E402
 
 
 def _segment(volume: Any, model: Path, output: Any, work: Path) -> Any:
@@ -79,7 +79,7 @@ def test_a_self_test_skips_without_its_packages(monkeypatch: pytest.MonkeyPatch)
     import unittest
 
     from fbanet.cli import environment
-    from fbanet.cli.slicer_host import skipWithoutDependencies
+    from fbanet_slicer.host import skipWithoutDependencies
 
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True),
                         raising=False)  # fmt: skip

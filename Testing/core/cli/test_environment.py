@@ -23,7 +23,7 @@ from fbanet.cli.environment import (
     torch_problem,
     version_tuple,
 )
-from fbanet.cli.slicer_host import best_backend
+from fbanet_slicer.host import best_backend
 
 
 class FakeInstaller:

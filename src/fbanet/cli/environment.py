@@ -5,7 +5,7 @@
 - The packages a worker needs, checked by version without importing them
   (:func:`missing_requirements`, :func:`torch_problem`), and :func:`ensure_dependencies`,
   which installs what is missing through an :class:`Installer` (in Slicer:
-  :class:`fbanet.cli.slicer_host.SlicerInstaller`) after asking, and never while a
+  :class:`fbanet_slicer.host.SlicerInstaller`) after asking, and never while a
   self-test runs.
 
 Nothing here imports Qt, Slicer or torch: the panels open instantly and pytest runs it.
