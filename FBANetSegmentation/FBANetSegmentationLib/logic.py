@@ -228,8 +228,10 @@ def prepareOutputSegmentation(volumeNode: Any, target: Any | None, name: str) ->
         target.SetNodeReferenceID(INPUT_VOLUME_ROLE, volumeNode.GetID())
     if target.GetDisplayNode() is None:
         target.CreateDefaultDisplayNodes()
-    target.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    # Transform first: the geometry is set relative to the segmentation's parent transform, and
+    # one between the two parents would be baked in (applied twice under a shared transform).
     target.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    target.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
     placeNextTo(target, volumeNode)
     return target
 

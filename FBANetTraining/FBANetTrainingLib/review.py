@@ -55,8 +55,9 @@ def loadSegmentation(scene: Any, path: str | Path, volumeNode: Any, name: str) -
         raise OSError(f"could not read the segmentation {path}")
     segmentation.CreateDefaultDisplayNodes()
     if volumeNode is not None:
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        # Transform first, or the one between the two parents is baked into the geometry.
         segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
     return segmentation
 
 

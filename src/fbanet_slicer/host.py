@@ -11,9 +11,9 @@ import contextlib
 import logging
 import re
 import unittest
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
-from fbanet.cli.environment import MissingDependenciesError, ensure_dependencies
+from fbanet.cli.environment import Installer, MissingDependenciesError, ensure_dependencies
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +22,45 @@ PYTORCH_INDEX = "https://download.pytorch.org/whl/{backend}"
 DOCUMENTATION_URL = "https://github.com/fbanet/SlicerFBANet#3d-slicer-extension"
 
 
-def best_backend(backends: list[str]) -> str:
-    """The newest CUDA backend (``cu121`` over ``cu118``) of those listed, else ``cpu``."""
-    cuda = [b for b in backends if re.fullmatch(r"cu\d+", b)]
-    return max(cuda, key=lambda b: int(b[2:])) if cuda else "cpu"
+# CUDA versions PyTorch publishes wheel indexes for (download.pytorch.org/whl/<backend>);
+# a driver may support a newer CUDA (cu120, cu125...) that has no index of its own.
+PUBLISHED_CUDA_BACKENDS = ("cu118", "cu121", "cu124", "cu126", "cu128")
+
+
+def backend_name(backend: object) -> str:
+    """A computation backend as text: ``"cu121"``, ``"cpu"``.
+
+    PyTorch Utils returns light-the-torch's backend objects (``CUDABackend``, ``CPUBackend``),
+    whose ``local_specifier`` is that text; plain strings pass through.
+    """
+    return str(getattr(backend, "local_specifier", backend)).strip().lower()
+
+
+def _cuda_number(name: str) -> int | None:
+    match = re.fullmatch(r"cu(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def best_backend(
+    backends: Iterable[object], published: Sequence[str] = PUBLISHED_CUDA_BACKENDS
+) -> str:
+    """The PyTorch index to install from: the newest published CUDA one the driver runs.
+
+    Args:
+        backends: What the driver supports (strings or light-the-torch backend objects).
+        published: CUDA backends that have a PyTorch index.
+
+    Returns:
+        The newest of ``published`` not newer than the newest CUDA backend listed (a cu125
+        driver gets cu124), or ``cpu`` without a CUDA backend or when the driver is older
+        than every published one.
+    """
+    numbers = [n for n in map(_cuda_number, map(backend_name, backends)) if n is not None]
+    if not numbers:
+        return "cpu"
+    newest = max(numbers)
+    usable = [p for p in published if (_cuda_number(p) or 0) <= newest]
+    return max(usable, key=lambda p: _cuda_number(p) or 0) if usable else "cpu"
 
 
 class SlicerInstaller:
@@ -57,7 +92,7 @@ class SlicerInstaller:
                 "Extensions Manager, install 'PyTorch', restart Slicer and try again"
             ) from None
         backends = PyTorchUtilsLogic.getCompatibleComputationBackends(None, requirement)
-        index = PYTORCH_INDEX.format(backend=best_backend(list(backends)))
+        index = PYTORCH_INDEX.format(backend=best_backend(backends))
         slicer.util.pip_install([f"torch{requirement}", "--index-url", index])
 
     def pip_install(self, requirements: list[str]) -> None:
@@ -66,16 +101,21 @@ class SlicerInstaller:
         slicer.util.pip_install(list(requirements))
 
 
-def skipWithoutDependencies(test: unittest.TestCase) -> None:  # noqa: N802 (Slicer's style)
+def skipWithoutDependencies(  # noqa: N802 (Slicer's style)
+    test: unittest.TestCase, installer: Installer | None = None
+) -> None:
     """Skip a module self-test, saying what is missing, when FBANet's packages are not there.
 
     In testing mode nothing is installed (PyTorch is several GB, and a test machine may be
-    offline); outside it (Reload and Test) the user is asked, as on Apply.
+    offline); outside it (Reload and Test) the user is asked, as on Apply, and a "no" skips
+    too (the test would only fail on the missing packages).
     """
     try:
-        ensure_dependencies(SlicerInstaller())
+        installed = ensure_dependencies(installer or SlicerInstaller())
     except MissingDependenciesError as missing:
         test.skipTest(str(missing))
+    if not installed:
+        test.skipTest("FBANet's Python packages are not installed (the installation was declined)")
 
 
 @contextlib.contextmanager

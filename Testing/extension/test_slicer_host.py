@@ -1,0 +1,99 @@
+"""fbanet_slicer.host: which PyTorch index to install from, and self-tests without packages."""
+
+from __future__ import annotations
+
+import unittest
+from typing import Any
+
+import pytest
+
+from fbanet.cli import environment
+from fbanet_slicer.host import backend_name, best_backend, skipWithoutDependencies
+
+
+class FakeCPUBackend:
+    """What light-the-torch's CPUBackend exposes (no __str__ of its own: __repr__ is it)."""
+
+    local_specifier = "cpu"
+
+    def __repr__(self) -> str:
+        return self.local_specifier
+
+
+class FakeCUDABackend:
+    """light-the-torch's CUDABackend: ``local_specifier`` is ``cu<major><minor>``."""
+
+    def __init__(self, major: int, minor: int) -> None:
+        self.major, self.minor = major, minor
+
+    @property
+    def local_specifier(self) -> str:
+        return f"cu{self.major}{self.minor}"
+
+    def __repr__(self) -> str:
+        return self.local_specifier
+
+
+def test_light_the_torch_backend_objects_are_read_by_their_specifier() -> None:
+    backends = [FakeCPUBackend(), FakeCUDABackend(11, 8), FakeCUDABackend(12, 1)]
+    assert [backend_name(b) for b in backends] == ["cpu", "cu118", "cu121"]
+    assert best_backend(backends) == "cu121"
+    assert best_backend([FakeCPUBackend()]) == "cpu" and best_backend([]) == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("driver", "index"),
+    [
+        ((12, 0), "cu118"),  # cu120 has no PyTorch index
+        ((12, 5), "cu124"),
+        ((12, 6), "cu126"),
+        ((13, 0), "cu128"),  # newer than every published one: the newest published
+        ((11, 7), "cpu"),  # older than every published one
+    ],
+)
+def test_the_newest_published_index_the_driver_runs_is_chosen(
+    driver: tuple[int, int], index: str
+) -> None:
+    # light-the-torch lists every CUDA version up to the driver's newest.
+    versions = [(11, m) for m in range(9)] + [(12, m) for m in range(10)] + [(13, 0)]
+    supported = [FakeCUDABackend(*v) for v in versions if v <= driver]
+    assert best_backend([FakeCPUBackend(), *supported]) == index
+    assert best_backend([backend_name(b) for b in supported]) == index  # plain strings too
+
+
+class FakeInstaller:
+    """An installer whose user answers ``answer``; records what it was asked to install."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer, self.asked, self.installed = answer, [], []
+
+    def testing(self) -> bool:
+        return False
+
+    def confirm(self, question: str) -> bool:
+        self.asked.append(question)
+        return self.answer
+
+    def install_torch(self, requirement: str) -> None:
+        self.installed.append(f"torch{requirement}")
+
+    def pip_install(self, requirements: list[str]) -> None:
+        self.installed += requirements
+
+
+def test_reload_and_test_skips_when_the_user_declines_the_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(environment, "torch_problem", lambda: "torch is not installed")
+    installer: Any = FakeInstaller(answer=False)
+    with pytest.raises(unittest.SkipTest, match="declined"):
+        skipWithoutDependencies(unittest.TestCase(), installer)
+    assert len(installer.asked) == 1 and installer.installed == []
+
+
+def test_a_self_test_runs_on_when_everything_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environment, "torch_problem", lambda: None)
+    monkeypatch.setattr(environment, "missing_requirements", lambda: [])
+    installer: Any = FakeInstaller(answer=False)
+    skipWithoutDependencies(unittest.TestCase(), installer)  # no SkipTest
+    assert installer.asked == []
