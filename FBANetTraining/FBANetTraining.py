@@ -165,10 +165,14 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def cleanup(self):
-        """Module reload or application exit: nothing may keep running."""
+        """Module reload or application exit: nothing may keep running, no run folder stays.
+
+        At exit Slicer unloads the modules from its own aboutToQuit slot, and this cleanup
+        disconnects onAboutToQuit in the same emission: it may never be called.
+        """
         self.timer.stop()
         if self.logic is not None:
-            self.logic.cleanup()
+            self.logic.shutDown()  # a few seconds at most; again from onAboutToQuit: no-op
             self.logic.stopObservingScene()
         self.removeObservers()
         slicer.app.disconnect("aboutToQuit()", self.onAboutToQuit)
@@ -186,7 +190,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.shutDown()
 
     def onSceneStartClose(self, caller, event):
-        self.timer.stop()  # the logic's own observer has stopped its processes
+        # The logic's own observer asked training to stop: the timer follows it to the end.
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

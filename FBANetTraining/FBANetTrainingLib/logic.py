@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,17 @@ from FBANetTrainingLib.review import (
     SegmentJob,
 )
 from FBANetTrainingLib.runfolders import discardRunFolder, newRunFolder, pruneRunFolders, runsRoot
-from FBANetTrainingLib.runner import STOP_GRACE_SECONDS, TrainingRun, formatDuration
+from FBANetTrainingLib.runner import TrainingRun, formatDuration
 
 START_DEFAULT, START_FILE, START_SCRATCH = "default", "file", "scratch"
 START_CHOICES = (START_DEFAULT, START_FILE, START_SCRATCH)
 DEVICE_CHOICES = tuple(choice.value for choice in DeviceChoice)
 MODEL_EXTENSION = ".safetensors"
+# Slicer exits: how long in all the GUI waits for the background processes to end (the run
+# folder is deleted, so no checkpoint is worth a longer freeze).
+EXIT_WAIT_SECONDS = 2.0
+# The scene closes: review jobs (whose results would go into the closed scene) are ended.
+REVIEW_CANCEL_SECONDS = 1.0
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
 
 
@@ -349,10 +355,10 @@ class FBANetTrainingLogic(ReviewActions):
         """Follow the background jobs (chart, progress, completion); returns new training events."""
         events: list[dict[str, Any]] = []
         if self.run is not None:
-            wasRunning = self.run.running
+            wasRunning, charting = self.run.running, self.run.state is JobState.RUNNING
             events = self.run.poll()
-            if events:
-                if self.chart is None:
+            if events and (self.chart is not None or charting):
+                if self.chart is None:  # (none for a run stopping after its scene closed)
                     self.chart = TrainingChart(self.scene)
                 self.chart.addEvents(events)
             if wasRunning and self.run.state is JobState.SUCCEEDED:
@@ -416,20 +422,22 @@ class FBANetTrainingLogic(ReviewActions):
             job is not None and job.running for job in (self.run, self.segmentJob, self.rankJob)
         )
 
-    def cleanup(self, graceSeconds: float = 5.0) -> None:
-        """End every background process (scene close, Slicer exit).
+    def cleanup(self, seconds: float = EXIT_WAIT_SECONDS) -> None:
+        """End every background process, waiting about ``seconds`` in all (Slicer exits).
 
-        Training gets its stop file and :data:`STOP_GRACE_SECONDS` to write its checkpoint
-        before its process is ended; the review jobs ``graceSeconds``.
+        Every job is asked at once (training's stop file), then each is ended within what is
+        left of ``seconds`` (terminated, and killed if it still runs: a second more each).
+        The GUI waits on this, so it never waits the full checkpoint grace period.
         """
-        if self.run is not None and self.run.running:
-            self.run.cancel(STOP_GRACE_SECONDS)
-        for job in (self.segmentJob, self.rankJob):
+        deadline = time.monotonic() + seconds
+        self.requestStop()
+        for job in (self.run, self.segmentJob, self.rankJob):
             if job is not None and job.running:
-                job.cancel(graceSeconds)
+                job.cancel(max(0.0, deadline - time.monotonic()))
 
     def shutDown(self) -> None:
-        """Slicer exits: end the processes and delete the run folder (Resume ends with it)."""
+        """Slicer exits or the module is unloaded: end the processes and delete the run folder
+        (Resume ends with it). Calling it again does nothing."""
         self.cleanup()
         self.discardRun()
 
@@ -447,7 +455,15 @@ class FBANetTrainingLogic(ReviewActions):
             self._closeObserver = None
 
     def onSceneClosed(self) -> None:
-        """Forget nodes of the closed scene (the run folder stays on disk: Resume works)."""
-        self.cleanup()
+        """Forget nodes of the closed scene; training is only asked to stop (no waiting).
+
+        The run folder is not part of the scene: polling goes on while training writes its
+        checkpoint, and Resume works afterwards. The review jobs, which load their results
+        into the scene, are ended.
+        """
+        self.requestStop()
+        for job in (self.segmentJob, self.rankJob):
+            if job is not None and job.running:
+                job.cancel(REVIEW_CANCEL_SECONDS)
         self.labeledExamples, self.unlabeledVolumeIds, self.reviewNodes = [], [], []
         self.chart = None

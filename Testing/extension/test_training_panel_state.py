@@ -131,3 +131,49 @@ def test_a_failed_review_job_is_reported_once_and_buttons_follow_the_run(
     panel.run.state = JobState.STOPPED
     states = panel.buttonStates()
     assert states["resumeButton"] and states["rankButton"] and not states["stopButton"]
+
+
+class StubbornJob:
+    """A background job that ignores its stop file and its grace period: each cancel runs
+    out the time it is given on ``clock`` before the job is ended."""
+
+    def __init__(self, clock: list[float], runDir: Path | None = None) -> None:
+        self.clock, self.runDir = clock, runDir
+        self.running, self.graces, self.stopRequested = True, [], False
+        self.state = JobState.RUNNING
+
+    def request_stop(self) -> None:
+        self.stopRequested = True
+
+    def cancel(self, grace_seconds: float = 5.0) -> None:
+        self.graces.append(grace_seconds)
+        self.clock[0] += grace_seconds
+        self.running, self.state = False, JobState.CANCELLED
+
+
+def test_exit_waits_a_few_seconds_in_all_and_deletes_the_run_folder(
+    panel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(logic, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    runDir = panel.newRunFolder()
+    (runDir / "dataset").mkdir()
+    jobs = [StubbornJob(clock, runDir), StubbornJob(clock), StubbornJob(clock)]
+    panel.run, panel.segmentJob, panel.rankJob = jobs
+    panel.shutDown()
+    # Before: 30 s for training's checkpoint (then 30 s more for SIGTERM and for SIGKILL
+    # inside the worker), 5 s for each review job: over a minute of frozen GUI.
+    assert clock[0] - 100.0 <= logic.EXIT_WAIT_SECONDS
+    assert jobs[0].stopRequested and all(job.graces and not job.running for job in jobs)
+    assert not runDir.exists() and panel.run is None
+    panel.shutDown()  # again (aboutToQuit after the widget's cleanup): nothing to do
+
+
+def test_closing_the_scene_only_asks_training_to_stop(panel: Any) -> None:
+    clock = [0.0]
+    run, review = StubbornJob(clock, panel.newRunFolder()), StubbornJob(clock)
+    panel.run, panel.segmentJob = run, review
+    panel.onSceneClosed()
+    assert run.stopRequested and run.graces == [] and run.running  # polling goes on
+    assert review.graces == [logic.REVIEW_CANCEL_SECONDS] and not review.running
+    assert run.runDir.is_dir() and panel.labeledExamples == []

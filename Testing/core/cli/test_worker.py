@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -105,3 +107,57 @@ def test_windows_workers_and_taskkill_open_no_console(monkeypatch: pytest.Monkey
     monkeypatch.undo()
     assert calls == [(kill_command(123), {"check": False, "capture_output": True,
                                           **popen_options("nt")})]  # fmt: skip
+
+
+class StubbornProcess:
+    """A Popen that ignores the stop file, SIGTERM and SIGKILL; each wait runs out its timeout
+    on a fake clock (``monotonic``), which therefore tells the total time waited."""
+
+    pid = 4321
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def poll(self) -> None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert timeout is not None, "cancel must never wait without a timeout"
+        self.waits.append(timeout)
+        self.now += timeout
+        raise subprocess.TimeoutExpired("worker", timeout)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("with_stop_file", [True, False])
+def test_cancel_waits_a_bounded_time_in_all_for_a_worker_that_ignores_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_stop_file: bool
+) -> None:
+    signals: list[int] = []
+    monkeypatch.setattr(workerModule.os, "killpg", lambda pid, sig: signals.append(sig))
+    process = WorkerProcess(["x"])
+    stubborn = StubbornProcess()
+    monkeypatch.setattr(workerModule, "time", stubborn)  # the worker's clock only
+    process._process = stubborn  # type: ignore[assignment]
+    stop = tmp_path / "run" / "stop" if with_stop_file else None
+    process.cancel(grace_seconds=3.0, stop_file=stop, kill_seconds=0.5)
+    # Before: 3 s after the stop file, 3 s after SIGTERM and 3 s after SIGKILL (9 s).
+    assert stubborn.now - 1000.0 == pytest.approx(3.0 + 0.5)
+    assert len(stubborn.waits) == (3 if with_stop_file else 2)
+    assert signals == [signal.SIGTERM, signal.SIGKILL]
+    assert stop is None or stop.is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_worker_that_ignores_the_stop_file_and_sigterm_is_killed(tmp_path: Path) -> None:
+    script = "import signal, sys, time\n"
+    script += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    script += "print('up', file=sys.stderr, flush=True)\ntime.sleep(120)\n"
+    process = WorkerProcess([sys.executable, "-c", script])
+    _started(process)
+    process.cancel(grace_seconds=1.0, stop_file=tmp_path / "stop", kill_seconds=2.0)
+    assert process.returncode == -signal.SIGKILL and not process.running

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +34,10 @@ __all__ = ["ERROR_MARKER", "WorkerProcess", "fbanet_command", "kill_command", "p
 # Windows process-creation flags (subprocess has them only on Windows).
 CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
+# WorkerProcess.cancel: the SIGTERM share of the grace period after a stop file, and how long
+# a killed process (and its output threads) may take to go; both short, a GUI waits on them.
+TERM_SECONDS = 1.0
+KILL_WAIT_SECONDS = 1.0
 
 
 def fbanet_command(
@@ -172,35 +177,46 @@ class WorkerProcess:
         return "\n".join(tail) if tail else f"the worker exited with code {self.returncode}"
 
     # -- stopping ----------------------------------------------------------------------------
-    def cancel(self, grace_seconds: float = 5.0, stop_file: str | Path | None = None) -> None:
-        """Stop the process and everything it started, giving it time to stop cleanly.
+    def cancel(
+        self,
+        grace_seconds: float = 5.0,
+        stop_file: str | Path | None = None,
+        kill_seconds: float = KILL_WAIT_SECONDS,
+    ) -> None:
+        """Stop the process and everything it started, waiting at most ``grace_seconds +
+        kill_seconds`` in all (a GUI calls this on its main thread).
 
         With ``stop_file`` (a training run watches one), the file is created and the worker
-        gets ``grace_seconds`` to write its checkpoint and exit. Then the process group is
-        terminated (SIGTERM, which a run also answers with a checkpoint) and, after another
-        grace period, killed. On Windows, which has no SIGTERM for a worker without a
-        console, the second step is ``taskkill /T /F`` (without a console window).
+        gets most of ``grace_seconds`` to write its checkpoint and exit. Then the process
+        group is terminated (SIGTERM, which a run also answers with a checkpoint) for the
+        rest of the grace period and, if it is still there, killed, with ``kill_seconds`` to
+        go. On Windows, which has no SIGTERM for a worker without a console, the second step
+        is ``taskkill /T /F`` (without a console window).
         """
         if not self.running:
             return
         self.cancelled = True
         assert self._process is not None
+        deadline = time.monotonic() + max(0.0, grace_seconds)
         if stop_file is not None:
             Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
             Path(stop_file).touch()
-            if self._wait_quietly(grace_seconds):
-                return self._join()
+            if self._wait_until(deadline - min(TERM_SECONDS, grace_seconds / 2)):
+                return self._join(time.monotonic() + kill_seconds)
         self._end_tree(force=os.name == "nt")
-        if not self._wait_quietly(grace_seconds):
+        ended = self._wait_until(deadline)
+        last = time.monotonic() + kill_seconds  # the killing and the last output share this
+        if not ended:
             logger.warning("worker %d did not end; killing it", self._process.pid)
             self._end_tree(force=True)
-            self._wait_quietly(grace_seconds)
-        self._join()
+            self._wait_until(last)
+        self._join(last)
 
-    def _wait_quietly(self, seconds: float) -> bool:
+    def _wait_until(self, deadline: float) -> bool:
+        """Wait for the process until ``deadline`` (``time.monotonic``); whether it ended."""
         assert self._process is not None
         try:
-            self._process.wait(seconds)
+            self._process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             return False
         return True
@@ -214,6 +230,7 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
 
-    def _join(self) -> None:
+    def _join(self, deadline: float) -> None:
+        """Let the output threads deliver the last lines, until ``deadline`` at most."""
         for thread in self._threads:
-            thread.join(timeout=2)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
