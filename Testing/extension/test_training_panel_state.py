@@ -137,8 +137,8 @@ class StubbornJob:
     """A background job that ignores its stop file and its grace period: each cancel runs
     out the time it is given on ``clock`` before the job is ended."""
 
-    def __init__(self, clock: list[float], runDir: Path | None = None) -> None:
-        self.clock, self.runDir = clock, runDir
+    def __init__(self, clock: list[float], run_dir: Path | None = None) -> None:
+        self.clock, self.runDir = clock, run_dir
         self.running, self.graces, self.stopRequested = True, [], False
         self.state = JobState.RUNNING
 

@@ -14,8 +14,8 @@ import training_support as support
 from training_support import WORKER_ENV, logic, review, runner, selftest
 
 from fbanet.cli.jobs import WorkerJob
-from fbanet.protocol import JobState
 from fbanet.model.files import load_model_file, read_model_header
+from fbanet.protocol import JobState
 from fbanet.train.checkpoints import load_checkpoint
 
 TIMEOUT = 240
