@@ -280,9 +280,11 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.logic.settings.replaceExisting = True
         with user_error_display(_("Cannot start training."), wait_cursor=True):
-            if not environment.ensure_dependencies(SlicerInstaller()):
-                return
-            self.logic.startTraining()
+            with self.logic.starting():  # installing and exporting process clicks: no 2nd Start
+                self.updateButtons()
+                if environment.ensure_dependencies(SlicerInstaller()):
+                    self.logic.startTraining()
+        self.updateButtons()
         if self.logic.run is None or not self.logic.run.running:
             return
         self.ui.summaryLabel.text = _("Run folder: {folder}").format(folder=self.logic.run.runDir)

@@ -265,7 +265,8 @@ def exportDataset(
     volumes that are also labeled are left out of the unlabeled set.
 
     Raises:
-        InputError: No labeled example, too many validation cases, or a bad example.
+        InputError: No labeled example, too many validation cases, or bad examples (every
+            one named, one per line; the folder may hold some files then).
     """
     if not examples:
         raise InputError("No labeled example: add at least one (volume, segmentation, segment) row")
@@ -276,7 +277,14 @@ def exportDataset(
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    labeled = [_exportLabeled(scene, e, n, folder) for n, e in enumerate(examples, start=1)]
+    labeled, problems = [], []
+    for number, example in enumerate(examples, start=1):
+        try:  # each label map is exported once: checked and written (no separate check pass)
+            labeled.append(_exportLabeled(scene, example, number, folder))
+        except InputError as error:
+            problems.append(str(error))
+    if problems:
+        raise InputError("\n".join(problems))
     usedIds = {e.volumeNodeId for e in examples}
     unlabeled: list[ExportedCase] = []
     for number, nodeId in enumerate(unlabeledVolumeIds, start=len(examples) + 1):

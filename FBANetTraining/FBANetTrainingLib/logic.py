@@ -7,11 +7,13 @@ here runs under pytest with the MRML library of the slicer-core wheel.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,7 @@ class FBANetTrainingLogic(ReviewActions):
         self.reportedReviewJobs: set[int] = set()  # ids of failed review jobs already shown
         self.useSegmentationModule = True  # review through FBANet Segmentation when present
         self._closeObserver: int | None = None
+        self.isStarting = False  # inside starting(): Start and Resume are refused
 
     # -- inputs ------------------------------------------------------------------------------
     def addLabeledExample(
@@ -256,13 +259,17 @@ class FBANetTrainingLogic(ReviewActions):
 
     def checkInputs(self) -> list[str]:
         """Every problem that would stop training from starting (empty list: ready)."""
-        problems = self.checkLabeledExamples() + self._settingsProblems()
+        return self.checkLabeledExamples() + self._otherProblems()
+
+    def _otherProblems(self) -> list[str]:
+        """The problems of :meth:`checkInputs` but the label maps' (those need an export)."""
+        problems = self._settingsProblems()
         try:
             self.initModelFile()
         except InputError as error:
             problems.append(str(error))
-        if self.run is not None and self.run.running:
-            problems.append("A training run is in progress; stop it first")
+        if self.busy():
+            problems.append("A training run or review is in progress; wait for it or stop it")
         torch = torch_problem()
         missing = (
             [f"torch{TORCH_REQUIREMENT} ({torch})"] if torch else []
@@ -319,15 +326,21 @@ class FBANetTrainingLogic(ReviewActions):
         Raises:
             InputError: What to fix (every problem, one per line); nothing was started.
         """
-        problems = self.checkInputs()
-        if problems:
-            raise InputError("\n".join(problems))
+        problems = self._otherProblems()
+        if problems:  # the cheap checks failed: check the label maps too, but export nothing
+            raise InputError("\n".join(self.checkLabeledExamples() + problems))
         self.discardRun()  # the previous run's copies of the scene are not needed any more
+        chosen = runDir is not None
         runDir = Path(runDir) if runDir is not None else self.newRunFolder()
-        self.dataset = datasetModule.exportDataset(
-            self.scene, self.labeledExamples, self.unlabeledVolumeIds, runDir / "dataset",
-            self.settings.validationCases,
-        )  # fmt: skip
+        try:  # the label maps are checked as they are exported: once each
+            self.dataset = datasetModule.exportDataset(
+                self.scene, self.labeledExamples, self.unlabeledVolumeIds, runDir / "dataset",
+                self.settings.validationCases,
+            )  # fmt: skip
+        except InputError:
+            if not chosen:
+                discardRunFolder(runDir, self.runsFolder)
+            raise
         arguments = self.trainingArguments(self.dataset.manifest)
         self.run = TrainingRun(runDir, arguments, self.python, self.workerEnvironment)
         self.registeredModelPath = None
@@ -339,6 +352,22 @@ class FBANetTrainingLogic(ReviewActions):
         self.run.start()
         return self.run
 
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """The panel's Start at work (installing packages, exporting, which let Qt process
+        clicks): a second Start or Resume inside is refused, and their buttons are off.
+
+        Raises:
+            InputError: Training is already starting or running.
+        """
+        if self.isStarting or self.busy():
+            raise InputError("Training is already starting or running; wait for it")
+        self.isStarting = True
+        try:
+            yield
+        finally:
+            self.isStarting = False
+
     def requestStop(self) -> None:
         """Stop cleanly after the current iteration (the checkpoint is kept)."""
         if self.run is not None:
@@ -348,6 +377,8 @@ class FBANetTrainingLogic(ReviewActions):
         """Continue the stopped run from its latest checkpoint, in the same run folder."""
         if self.run is None or not self.run.canResume:
             raise InputError("There is no stopped run to resume")
+        if self.isStarting or self.busy():
+            raise InputError("Training is already starting or running; wait for it")
         self.run.resume()
         return self.run
 
@@ -405,7 +436,7 @@ class FBANetTrainingLogic(ReviewActions):
 
     def buttonStates(self) -> dict[str, bool]:
         """Which of the panel's buttons are enabled now (widget name -> enabled)."""
-        run, busy = self.run, self.busy()
+        run, busy = self.run, self.busy() or self.isStarting
         trained = run is not None and run.bestModelPath() is not None and not busy
         return {
             "startButton": not busy,

@@ -4,21 +4,26 @@ A run folder holds uncompressed copies of every volume and label map of the scen
 checkpoints and the log: gigabytes for a real cohort. Runs go under Slicer's temporary
 folder (``slicer.app.temporaryPath``, which the user sets in the application settings), not
 the system's; a run's folder is deleted when the next run starts or Slicer exits, and
-folders left behind (a crash, another session) are deleted after a week.
+folders left behind (a crash, another session) are deleted after a week. Deleting happens
+in a background thread: the GUI never waits for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 RUNS_SUBFOLDER = ("FBANet", "runs")
 MAX_AGE_SECONDS = 7 * 24 * 3600
+TRASH_PREFIX = ".deleting-"  # a run folder being deleted (see deleteInBackground)
 
 
 def runsRoot() -> Path:
@@ -39,30 +44,55 @@ def newRunFolder(root: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=root))
 
 
-def discardRunFolder(runDir: Path, root: Path) -> bool:
-    """Delete ``runDir`` if it lies inside ``root`` (a folder the user chose is kept)."""
+def deleteInBackground(folder: Path, root: Path) -> threading.Thread | None:
+    """Delete ``folder`` without making the caller (the GUI) wait for gigabytes to go.
+
+    The folder is first renamed to a hidden ``<root>/.deleting-...`` name (instant, unless it
+    has one already), so it is gone from its place at once; a daemon thread then removes it. One that Slicer's exit
+    cuts short is removed by the next :func:`pruneRunFolders`. Returns the thread (None when
+    there was nothing to delete).
+    """
+    if not folder.exists():
+        return None
+    target = folder
+    if not folder.name.startswith(TRASH_PREFIX):
+        with contextlib.suppress(OSError):  # a file in use (Windows): delete it where it is
+            target = folder.rename(root / f"{TRASH_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}")
+    thread = threading.Thread(
+        target=shutil.rmtree, args=(target,), kwargs={"ignore_errors": True}, daemon=True,
+        name=f"FBANet: deleting {folder.name}",
+    )  # fmt: skip
+    thread.start()
+    return thread
+
+
+def discardRunFolder(runDir: Path, root: Path) -> threading.Thread | None:
+    """Delete ``runDir`` in the background if it lies inside ``root`` (a folder the user
+    chose is kept); returns the deleting thread, None when nothing is deleted."""
     try:
         runDir.resolve().relative_to(root.resolve())
     except ValueError:
-        return False
-    shutil.rmtree(runDir, ignore_errors=True)
-    return not runDir.exists()
+        return None
+    return deleteInBackground(runDir, root)
 
 
 def pruneRunFolders(
     root: Path, maxAgeSeconds: float = MAX_AGE_SECONDS, keep: Path | None = None,
     now: float | None = None,
-) -> list[Path]:  # fmt: skip
-    """Delete the run folders under ``root`` untouched for ``maxAgeSeconds``; returns them."""
+) -> list[threading.Thread]:  # fmt: skip
+    """Delete, in the background, the run folders under ``root`` untouched for
+    ``maxAgeSeconds`` and what an earlier deletion left; returns the deleting threads."""
     if not root.is_dir():
         return []
     now = time.time() if now is None else now
-    removed = []
+    threads = []
     for folder in root.iterdir():
         if not folder.is_dir() or (keep is not None and folder.resolve() == keep.resolve()):
             continue
-        if now - folder.stat().st_mtime > maxAgeSeconds:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-            logger.info("removed the old training run %s", folder)
-    return removed
+        leftover = folder.name.startswith(TRASH_PREFIX)
+        if leftover or now - folder.stat().st_mtime > maxAgeSeconds:
+            thread = deleteInBackground(folder, root)
+            if thread is not None:
+                threads.append(thread)
+            logger.info("removing the old training run %s", folder)
+    return threads

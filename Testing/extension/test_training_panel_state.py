@@ -177,3 +177,63 @@ def test_closing_the_scene_only_asks_training_to_stop(panel: Any) -> None:
     assert run.stopRequested and run.graces == [] and run.running  # polling goes on
     assert review.graces == [logic.REVIEW_CANCEL_SECONDS] and not review.running
     assert run.runDir.is_dir() and panel.labeledExamples == []
+
+
+def test_start_exports_each_label_map_once(
+    panel: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel.takeUnusedVolumes()
+    exports: list[str] = []
+    export = support.dataset._exportToLabelmapNode
+    monkeypatch.setattr(support.dataset, "_exportToLabelmapNode",
+                        lambda scene, s, segmentId, v: exports.append(segmentId) or export(
+                            scene, s, segmentId, v))  # fmt: skip
+    monkeypatch.setattr(runner.TrainingRun, "start", lambda self, resume=False: None)
+    panel.startTraining(tmp_path / "run")
+    # Before: once to check (checkInputs), once more to write (exportDataset).
+    assert len(exports) == len(panel.labeledExamples) == len(panel.dataset.labeled)
+    assert all(case.label.is_file() for case in panel.dataset.labeled)
+
+
+def test_a_second_start_is_refused_while_the_first_prepares_or_runs(
+    panel: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel.takeUnusedVolumes()
+    with panel.starting():  # installing packages: Qt processes a second click meanwhile
+        assert not panel.buttonStates()["startButton"]
+        with pytest.raises(logic.InputError, match="already starting"), panel.starting():
+            pass
+    assert panel.buttonStates()["startButton"] and not panel.isStarting
+    monkeypatch.setattr(runner.TrainingRun, "start", lambda self, resume=False: None)
+    run = panel.startTraining(tmp_path / "run")
+    run.state = JobState.RUNNING
+    with pytest.raises(logic.InputError, match="in progress"):
+        panel.startTraining(tmp_path / "again")
+    with pytest.raises(logic.InputError, match="already starting or running"), panel.starting():
+        pass
+    assert panel.run is run and not (tmp_path / "again").exists()
+
+
+def test_run_folders_are_deleted_off_the_calling_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    deleters: list[Any] = []
+    rmtree = runfolders.shutil.rmtree
+    monkeypatch.setattr(runfolders.shutil, "rmtree", lambda path, **kw: (
+        deleters.append(threading.current_thread()), rmtree(path, **kw)))  # fmt: skip
+    root = tmp_path / "runs"
+    run = runfolders.newRunFolder(root, "model")
+    (run / "dataset").mkdir()
+    (run / "dataset" / "case.nrrd").write_bytes(b"voxels")
+    thread = runfolders.discardRunFolder(run, root)
+    assert not run.exists()  # gone from its place at once (renamed)...
+    assert thread is not None
+    thread.join(10)  # ...and deleted in the background
+    assert list(root.iterdir()) == [] and deleters and threading.main_thread() not in deleters
+    # What an exit cut short is removed by the next prune, however new.
+    (root / f"{runfolders.TRASH_PREFIX}old").mkdir()
+    for thread in runfolders.pruneRunFolders(root):
+        thread.join(10)
+    assert list(root.iterdir()) == []
