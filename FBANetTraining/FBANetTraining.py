@@ -13,11 +13,12 @@ from typing import Annotated
 import qt
 import slicer
 from FBANetTrainingLib import logic as trainingLogic
-from FBANetTrainingLib.logic import pathText
+from FBANetTrainingLib.logic import StartChoice, pathText
+from FBANetTrainingLib.runner import LogFollower
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -67,9 +68,7 @@ class FBANetTrainingParameterNode:
     """The panel's settings, saved with the scene."""
 
     labeledVolume: vtkMRMLScalarVolumeNode
-    startFrom: Annotated[str, Choice(list(trainingLogic.START_CHOICES))] = (
-        trainingLogic.START_DEFAULT
-    )
+    startFrom: StartChoice = StartChoice.DEFAULT
     initModelPath: pathlib.Path
     iterations: Annotated[int, WithinRange(1, 1000000)] = 1000
     patchSizeX: Annotated[int, WithinRange(16, 512)] = 112
@@ -119,6 +118,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._reportedState = None
         self._shownChart = None
         self._shownRanking = None
+        self._logFollower = LogFollower()
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
 
@@ -279,11 +279,12 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ):
                 return
             self.logic.settings.replaceExisting = True
-        with user_error_display(_("Cannot start training."), wait_cursor=True):
-            with self.logic.starting():  # installing and exporting process clicks: no 2nd Start
-                self.updateButtons()
-                if environment.ensure_dependencies(SlicerInstaller()):
-                    self.logic.startTraining()
+        # Installing and exporting let Qt process clicks: starting() refuses a second Start.
+        failing = user_error_display(_("Cannot start training."), wait_cursor=True)
+        with failing, self.logic.starting():
+            self.updateButtons()
+            if environment.ensure_dependencies(SlicerInstaller()):
+                self.logic.startTraining()
         self.updateButtons()
         if self.logic.run is None or not self.logic.run.running:
             return
@@ -324,12 +325,11 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.maximum = max(progress.total, 1)
         self.ui.progressBar.value = progress.iteration
         self.ui.statusLabel.text = run.statusText()
-        log = run.log_text()
-        if log != self.ui.logTextEdit.toPlainText():
-            self.ui.logTextEdit.setPlainText(log)
-            self.ui.logTextEdit.verticalScrollBar().setValue(
-                self.ui.logTextEdit.verticalScrollBar().maximum
-            )
+        restart, lines = self._logFollower.update(run)
+        if restart:
+            self.ui.logTextEdit.clear()
+        if lines:  # the view keeps its last lines (maximumBlockCount) and scrolls along
+            self.ui.logTextEdit.appendPlainText("\n".join(lines))
         chartNode = self.logic.chart.chartNode if self.logic.chart is not None else None
         if chartNode is not None and chartNode is not self._shownChart:
             self._shownChart = chartNode

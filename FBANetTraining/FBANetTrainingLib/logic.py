@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 import re
 import shutil
@@ -38,8 +39,41 @@ from FBANetTrainingLib.review import (
 from FBANetTrainingLib.runfolders import discardRunFolder, newRunFolder, pruneRunFolders, runsRoot
 from FBANetTrainingLib.runner import TrainingRun, formatDuration
 
-START_DEFAULT, START_FILE, START_SCRATCH = "default", "file", "scratch"
-START_CHOICES = (START_DEFAULT, START_FILE, START_SCRATCH)
+
+class StartChoice(enum.Enum):
+    """What training starts from: the panel's combo box (saved with the scene by name)."""
+
+    DEFAULT = "default"
+    FILE = "file"
+    SCRATCH = "scratch"
+    # Scenes saved while this was a text choice hold the values: aliases, not listed.
+    default = "default"
+    file = "file"
+    scratch = "scratch"
+
+    def label(self) -> str:
+        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
+        return {
+            StartChoice.DEFAULT: "Bundled model (fine-tune)",
+            StartChoice.FILE: "Model file (fine-tune)",
+            StartChoice.SCRATCH: "Scratch (random weights)",
+        }[self]
+
+    @classmethod
+    def parse(cls, value: StartChoice | str) -> StartChoice:
+        """The choice for a member or its value; InputError naming the valid values."""
+        try:
+            return value if isinstance(value, StartChoice) else StartChoice(value)
+        except ValueError:
+            valid = ", ".join(choice.value for choice in StartChoice)
+            raise InputError(f"Start from must be one of {valid}, not {value!r}") from None
+
+
+START_DEFAULT, START_FILE, START_SCRATCH = (
+    StartChoice.DEFAULT,
+    StartChoice.FILE,
+    StartChoice.SCRATCH,
+)
 DEVICE_CHOICES = tuple(choice.value for choice in DeviceChoice)
 MODEL_EXTENSION = ".safetensors"
 # Slicer exits: how long in all the GUI waits for the background processes to end (the run
@@ -84,7 +118,7 @@ class TrainingSettings:
     validateEvery: int = 100
     checkpointEvery: int = 100
     device: str = "auto"
-    startFrom: str = START_DEFAULT
+    startFrom: StartChoice | str = StartChoice.DEFAULT
     initModelPath: str = ""
     baseFilters: int = 16  # from scratch only; a model file fixes its own
     modelName: str = "LeftAtriumFineTuned"
@@ -202,10 +236,10 @@ class FBANetTrainingLogic(ReviewActions):
 
     def initModelFile(self) -> Path | None:
         """The model file training starts from (None: from scratch); InputError if missing."""
-        start = self.settings.startFrom
-        if start == START_SCRATCH:
+        start = StartChoice.parse(self.settings.startFrom)
+        if start is StartChoice.SCRATCH:
             return None
-        if start == START_DEFAULT:
+        if start is StartChoice.DEFAULT:
             from fbanet.model.bundled import default_model_path
 
             path = default_model_path()
@@ -215,8 +249,6 @@ class FBANetTrainingLogic(ReviewActions):
                     "from scratch"
                 )
             return Path(path)
-        if start != START_FILE:
-            raise InputError(f"Start from must be one of {', '.join(START_CHOICES)}, not '{start}'")
         path = Path(self.settings.initModelPath) if self.settings.initModelPath else None
         if path is None or not path.is_file():
             raise InputError(

@@ -48,9 +48,9 @@ def deleteInBackground(folder: Path, root: Path) -> threading.Thread | None:
     """Delete ``folder`` without making the caller (the GUI) wait for gigabytes to go.
 
     The folder is first renamed to a hidden ``<root>/.deleting-...`` name (instant, unless it
-    has one already), so it is gone from its place at once; a daemon thread then removes it. One that Slicer's exit
-    cuts short is removed by the next :func:`pruneRunFolders`. Returns the thread (None when
-    there was nothing to delete).
+    has one already), so it is gone from its place at once; a daemon thread then removes it.
+    One that Slicer's exit cuts short is removed by the next :func:`pruneRunFolders`.
+    Returns the thread (None when there was nothing to delete).
     """
     if not folder.exists():
         return None

@@ -148,3 +148,25 @@ class TrainingRun(WorkerJob):
             if path.is_file():
                 return path
         return None
+
+
+class LogFollower:
+    """What a log view has shown of a job's log, so that it appends only the new lines.
+
+    (Rewriting the whole log every poll is slow once the view holds thousands of lines, and
+    a view that keeps only its last lines, like the panel's, would never equal the log.)
+    """
+
+    def __init__(self) -> None:
+        self.job: Any = None
+        self.shown = 0
+
+    def update(self, job: Any) -> tuple[bool, list[str]]:
+        """``(restart, lines)``: clear the view first when ``restart`` (another job), then
+        append ``lines``; ``job`` has ``log_lines()`` (a :class:`WorkerJob`), or is None."""
+        restart = job is not self.job
+        if restart:
+            self.job, self.shown = job, 0
+        lines = job.log_lines()[self.shown :] if job is not None else []
+        self.shown += len(lines)
+        return restart, lines

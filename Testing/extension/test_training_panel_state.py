@@ -186,8 +186,8 @@ def test_start_exports_each_label_map_once(
     exports: list[str] = []
     export = support.dataset._exportToLabelmapNode
     monkeypatch.setattr(support.dataset, "_exportToLabelmapNode",
-                        lambda scene, s, segmentId, v: exports.append(segmentId) or export(
-                            scene, s, segmentId, v))  # fmt: skip
+                        lambda scene, s, segment_id, v: exports.append(segment_id) or export(
+                            scene, s, segment_id, v))  # fmt: skip
     monkeypatch.setattr(runner.TrainingRun, "start", lambda self, resume=False: None)
     panel.startTraining(tmp_path / "run")
     # Before: once to check (checkInputs), once more to write (exportDataset).
@@ -237,3 +237,29 @@ def test_run_folders_are_deleted_off_the_calling_thread(
     for thread in runfolders.pruneRunFolders(root):
         thread.join(10)
     assert list(root.iterdir()) == []
+
+
+def test_the_log_view_gets_only_the_new_lines(tmp_path: Path) -> None:
+    follower = runner.LogFollower()
+    assert follower.update(None) == (False, [])
+    job = runner.TrainingRun(tmp_path / "run", [])
+    lines = [f"iteration {i}" for i in range(6000)]  # past the view's 5000 blocks
+    job._earlier_log = lines[:5500]
+    assert follower.update(job) == (True, lines[:5500])
+    assert follower.update(job) == (False, [])  # nothing new: nothing rewritten
+    job._earlier_log = lines  # (a resumed run: earlier starts' lines come first)
+    assert follower.update(job) == (False, lines[5500:])
+    other = runner.TrainingRun(tmp_path / "other", [])
+    other._earlier_log = ["new run"]
+    assert follower.update(other) == (True, ["new run"])
+
+
+def test_start_from_is_an_enum_with_labels_that_reads_old_scenes() -> None:
+    choices = list(logic.StartChoice)  # what the combo box lists (aliases are not)
+    assert [c.value for c in choices] == ["default", "file", "scratch"]
+    assert all(c.label() != c.value for c in choices)
+    # The parameter node stores the name; scenes from the text choice stored the value.
+    assert logic.StartChoice["scratch"] is logic.StartChoice.SCRATCH
+    assert logic.StartChoice.parse("file") is logic.StartChoice.FILE
+    with pytest.raises(logic.InputError, match="one of default, file, scratch, not 'gpu'"):
+        logic.StartChoice.parse("gpu")
