@@ -11,13 +11,13 @@ import slicer
 import vtk
 from FBANetSegmentationLib import testing
 from FBANetSegmentationLib.job import SegmentationJob, SegmentationOptions, SegmentationResult
-from FBANetSegmentationLib.logic import segmentIdsByName, segmentTerminology
 from FBANetSegmentationLib.models import (
     ModelSource,
     defaultSource,
     describeModel,
     listTrainedModels,
     resolveModelPath,
+    trainedModelIndex,
 )
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -38,6 +38,7 @@ from fbanet.protocol import JobState
 from fbanet_slicer.host import (
     DOCUMENTATION_URL,
     SlicerInstaller,
+    showInSegmentEditor,
     skipWithoutDependencies,
     user_error_display,
 )
@@ -80,26 +81,6 @@ class FBANetSegmentationParameterNode:
     showInSegmentEditor: bool = False
 
 
-def ensureDependencies() -> bool:
-    """Install what the workers need, after asking; False if the user declined.
-
-    Raises:
-        MissingDependenciesError: Packages are missing while a self-test runs (it skips).
-    """
-    return environment.ensure_dependencies(SlicerInstaller())
-
-
-def showInSegmentEditor(segmentationNode, volumeNode) -> None:
-    """Open the Segment Editor on ``segmentationNode`` with ``volumeNode`` as source."""
-    slicer.util.selectModule("SegmentEditor")
-    editor = slicer.modules.SegmentEditorWidget.editor
-    editor.setSegmentationNode(segmentationNode)
-    if hasattr(editor, "setSourceVolumeNode"):
-        editor.setSourceVolumeNode(volumeNode)
-    else:  # Slicer before 5.2
-        editor.setMasterVolumeNode(volumeNode)
-
-
 class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -110,6 +91,7 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._job = None
         self._deviceProbe = None
         self._dependenciesChecked = False
+        self._starting = False  # Apply at work (installing, exporting): a second one waits
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._probeTimer = qt.QTimer()
@@ -134,7 +116,6 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.trainedModelComboBox.connect("currentIndexChanged(int)", self.onTrainedModelChanged)
         self._setRunning(False)
         self.initializeParameterNode()
-        self.refreshTrainedModels()
         self.updateDeviceInfo()
 
     def cleanup(self) -> None:
@@ -145,16 +126,14 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        self.initializeParameterNode()  # (refreshes the trained models: some may be new)
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._disconnectParameterNode()  # the node is kept: a running job's result goes there
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopJob()
+        if self._stopJob():
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
         self.setParameterNode(None)
         self._setRunning(False)
 
@@ -175,14 +154,22 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._parameterNode.inputVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self.refreshTrainedModels()  # the combo box shows the node's model (or none)
             self._updateGui()
+
+    def _disconnectParameterNode(self) -> None:
+        """Undo connectGui and the observer, once (exit() and then setParameterNode())."""
+        node, modified = self._parameterNode, vtk.vtkCommand.ModifiedEvent
+        if node and self._parameterNodeGuiTag is not None:
+            node.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        if node and self.hasObserver(node, modified, self._updateGui):
+            self.removeObserver(node, modified, self._updateGui)
 
     def _updateGui(self, caller=None, event=None) -> None:
         params = self._parameterNode
@@ -202,7 +189,7 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         except ValueError as error:
             self.ui.modelInfoLabel.text = str(error)
             modelError = str(error)
-        running = self._job is not None
+        running = self._job is not None or self._starting
         ready = bool(params.inputVolume) and not modelError
         self.ui.applyButton.enabled = ready and not running
         self.ui.applyButton.toolTip = modelError or (
@@ -211,20 +198,22 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.segmentEditorButton.enabled = bool(params.outputSegmentation) and not running
 
     def refreshTrainedModels(self) -> None:
-        combo = self.ui.trainedModelComboBox
+        combo, params = self.ui.trainedModelComboBox, self._parameterNode
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for model in listTrainedModels(self.logic.modelsFolder()):
+        models = listTrainedModels(self.logic.modelsFolder())
+        for model in models:
             combo.addItem(model.name)
             combo.setItemData(combo.count - 1, model.description, qt.Qt.ToolTipRole)
-        if self._parameterNode and self._parameterNode.trainedModel:
-            combo.setCurrentIndex(max(0, combo.findText(self._parameterNode.trainedModel)))
+        chosen = trainedModelIndex([m.name for m in models], params.trainedModel if params else "")
+        combo.setCurrentIndex(chosen)  # -1 (none) for a model that is gone: the panel says so
         combo.blockSignals(wasBlocked)
-        self.onTrainedModelChanged()
+        if chosen >= 0:
+            self.onTrainedModelChanged()
 
     def onTrainedModelChanged(self, index=None) -> None:
-        if self._parameterNode:
-            self._parameterNode.trainedModel = self.ui.trainedModelComboBox.currentText or ""
+        if self._parameterNode and self.ui.trainedModelComboBox.currentIndex >= 0:
+            self._parameterNode.trainedModel = self.ui.trainedModelComboBox.currentText
 
     def updateDeviceInfo(self) -> None:
         """Ask a short worker which GPUs there are (never torch in Slicer's own process)."""
@@ -259,21 +248,34 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateGui()
 
     def onApplyButton(self) -> None:
-        job = None
-        with user_error_display(_("FBANet could not start."), wait_cursor=True):
-            if not self._dependenciesChecked:
-                if not ensureDependencies():
-                    return
-                self._dependenciesChecked = True
-                self.updateDeviceInfo()
-            job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
-            job.start()
-        if job is None or not job.running:
+        if self._starting or self._job is not None:
+            return  # a click Qt delivered while installing or exporting (Apply is off then)
+        self._starting = True
+        self._updateGui()
+        try:
+            job = self._startJob()
+        finally:
+            self._starting = False
+        if job is None:
+            self._updateGui()
             return
         self._job = job
         self.ui.statusLabel.text = _("Segmenting...")
         self._setRunning(True)
         self._timer.start()
+
+    def _startJob(self) -> SegmentationJob | None:
+        """Install what is missing (asking), export and start; None if that did not happen."""
+        with user_error_display(_("FBANet could not start."), wait_cursor=True):
+            if not self._dependenciesChecked:
+                if not environment.ensure_dependencies(SlicerInstaller()):
+                    return None
+                self._dependenciesChecked = True
+                self.updateDeviceInfo()
+            job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
+            job.start()
+            return job if job.running else None
+        return None
 
     def onPollTimer(self) -> None:
         job = self._job
@@ -302,12 +304,13 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._stopJob()
         self._finish(None, _("Cancelled."))
 
-    def _stopJob(self) -> None:
-        """Cancel the running job (its whole process tree), if any."""
+    def _stopJob(self) -> bool:
+        """Cancel the running job (its whole process tree), if any; whether there was one."""
         self._timer.stop()
-        if self._job is not None:
-            self._job.cancel()
-            self._job = None
+        job, self._job = self._job, None
+        if job is not None:
+            job.cancel()
+        return job is not None
 
     def _finish(self, result: SegmentationResult | None, message: str) -> None:
         self._timer.stop()
@@ -380,24 +383,10 @@ class FBANetSegmentationTest(ScriptedLoadableModuleTest):
         """A bright ellipsoid in a rotated, anisotropic volume comes back as 'Left atrium'."""
         self.delayDisplay("Starting the test")
         skipWithoutDependencies(self)  # a self-test never installs (PyTorch is several GB)
-        case = testing.syntheticCase()
-        volume = slicer.util.addVolumeFromArray(
-            case.image.transpose(2, 1, 0).copy(), ijkToRAS=testing.obliqueIjkToRas(),
-            name="FBANet synthetic",
-        )  # fmt: skip
-        modelPath = Path(slicer.app.temporaryPath) / "FBANet-test.safetensors"
-        testing.thresholdModel(modelPath)
-        result = FBANetSegmentationLogic().segment(volume, modelPath, device="cpu", timeout=600)
+        model = testing.thresholdModel(Path(slicer.app.temporaryPath) / "FBANet-test.safetensors")
 
-        segmentation = result.segmentationNode
-        ids = segmentIdsByName(segmentation)
-        self.assertIn("Left atrium", ids)
-        segment = segmentation.GetSegmentation().GetSegment(ids["Left atrium"])
-        self.assertIn("82471001", segmentTerminology(segment))
-        role = segmentation.GetReferenceImageGeometryReferenceRole()
-        self.assertEqual(segmentation.GetNodeReferenceID(role), volume.GetID())
-        segmentId = ids["Left atrium"]
-        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
-        overlap = testing.dice(labelmap.transpose(2, 1, 0), case.mask)
-        self.assertGreater(overlap, 0.9)
+        def segment(volume):
+            return FBANetSegmentationLogic().segment(volume, model, device="cpu", timeout=600)
+
+        overlap = testing.checkSyntheticEllipsoid(self, slicer.mrmlScene, segment)
         self.delayDisplay(f"Test passed (Dice {overlap:.3f})")

@@ -224,11 +224,9 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateUnlabeledList()
 
     def onRemoveLabeled(self):
-        rows = sorted(
-            {index.row() for index in self.ui.labeledTable.selectedIndexes()}, reverse=True
-        )
-        for row in rows:
-            self.logic.removeLabeledExample(row)
+        # (selectedIndexes() is protected in QAbstractItemView: not callable from Python.)
+        selected = self.ui.labeledTable.selectionModel().selectedRows()
+        self.logic.removeLabeledExamples([index.row() for index in selected])
         self.updateLabeledTable()
 
     def onCheckLabeled(self):

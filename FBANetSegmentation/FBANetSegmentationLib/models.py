@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,18 @@ def listTrainedModels(folder: str | Path | None) -> list[ModelInfo]:
     ]
     files.sort(key=lambda p: (-p.stat().st_mtime, p.name))
     return [describeModel(p) for p in files]
+
+
+def trainedModelIndex(names: Sequence[str], wanted: str) -> int:
+    """Which of the listed trained models the panel shows for the parameter ``wanted``.
+
+    Returns:
+        Its index; the first (newest) when none is wanted yet; -1 (none) when it is no
+        longer listed, so that the panel says so instead of segmenting with another model.
+    """
+    if not wanted:
+        return 0 if names else -1
+    return list(names).index(wanted) if wanted in names else -1
 
 
 def bundledModel() -> Path | None:

@@ -6,6 +6,7 @@ file (a 4-filter FBA-Net) that finds it again. Only :func:`thresholdModel` needs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,39 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def checkSyntheticEllipsoid(test: Any, scene: Any, segment: Callable[[Any], Any]) -> float:
+    """The module self-test: a bright ellipsoid in an oblique volume comes back as a coded
+    'Left atrium' on the volume's geometry; returns its Dice.
+
+    Args:
+        test: The ``unittest.TestCase`` whose assertions are used.
+        scene: The scene to add the volume to.
+        segment: Segments a volume node and returns the :class:`~.job.SegmentationResult`.
+    """
+    import slicer
+
+    from .logic import segmentIdsByName, segmentTerminology
+
+    case = syntheticCase()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "FBANet synthetic")
+    slicer.util.updateVolumeFromArray(volume, case.image.transpose(2, 1, 0).copy())
+    volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(obliqueIjkToRas()))
+    volume.CreateDefaultDisplayNodes()
+    segmentation = segment(volume).segmentationNode
+    ids = segmentIdsByName(segmentation)
+    test.assertIn("Left atrium", ids)
+    coded = segmentation.GetSegmentation().GetSegment(ids["Left atrium"])
+    test.assertIn("82471001", segmentTerminology(coded))
+    role = segmentation.GetReferenceImageGeometryReferenceRole()
+    test.assertEqual(segmentation.GetNodeReferenceID(role), volume.GetID())
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "FBANet test labelmap")
+    try:  # (the class's own export: slicer-core has no slicer.modules)
+        test.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation, [ids["Left atrium"]], labelmap, volume))  # fmt: skip
+        overlap = dice(slicer.util.arrayFromVolume(labelmap).transpose(2, 1, 0) > 0, case.mask)
+    finally:
+        scene.RemoveNode(labelmap)
+    test.assertGreater(overlap, 0.9)
+    return overlap

@@ -185,6 +185,11 @@ class FBANetTrainingLogic(ReviewActions):
         """Remove the row ``index`` (0-based)."""
         del self.labeledExamples[index]
 
+    def removeLabeledExamples(self, rows: list[int]) -> None:
+        """Remove the rows (0-based, in any order, repeats allowed)."""
+        for row in sorted(set(rows), reverse=True):
+            del self.labeledExamples[row]
+
     def describeLabeledExample(self, example: LabeledExample) -> str:
         """'volume / segmentation / segment'."""
         return datasetModule.describeExample(self.scene, example)

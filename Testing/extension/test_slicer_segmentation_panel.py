@@ -106,3 +106,34 @@ def test_titles_and_help_are_translatable_and_link_the_documentation(module: str
         assert wrapped[field].startswith("_("), (field, wrapped[field])
     assert wrapped["categories"].startswith("[translate('qSlicerAbstractCoreModule'")
     assert "DOCUMENTATION_URL" in wrapped["helpText"]
+
+
+def test_the_module_self_test_body_passes_on_slicer_core(
+    mrml_scene: Any, threshold_model: Path, tmp_path: Path
+) -> None:
+    import unittest
+
+    def segment(volume: Any) -> Any:
+        job = SegmentationJob(volume, SegmentationOptions(threshold_model, device="cpu"),
+                              workDir=tmp_path)  # fmt: skip
+        job.start()
+        return job.waitForResult(timeout=300)
+
+    assert testing.checkSyntheticEllipsoid(unittest.TestCase(), mrml_scene, segment) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("names", "wanted", "index"),
+    [
+        (["newest", "older"], "older", 1),  # the scene's model, wherever it is listed
+        (["newest", "older"], "", 0),  # none chosen yet: the newest
+        (["newest", "older"], "deleted", -1),  # gone: none (the panel says so), not another
+        ([], "", -1),
+    ],
+)
+def test_the_trained_model_box_shows_the_parameter_nodes_model(
+    names: list[str], wanted: str, index: int
+) -> None:
+    from FBANetSegmentationLib.models import trainedModelIndex
+
+    assert trainedModelIndex(names, wanted) == index

@@ -263,3 +263,11 @@ def test_start_from_is_an_enum_with_labels_that_reads_old_scenes() -> None:
     assert logic.StartChoice.parse("file") is logic.StartChoice.FILE
     with pytest.raises(logic.InputError, match="one of default, file, scratch, not 'gpu'"):
         logic.StartChoice.parse("gpu")
+
+
+def test_removing_selected_rows_removes_each_once(panel: Any) -> None:
+    examples = list(panel.labeledExamples)
+    assert len(examples) >= 2
+    # selectedRows() lists rows in selection order; a row may come once per selected cell.
+    panel.removeLabeledExamples([0, len(examples) - 1, 0])
+    assert panel.labeledExamples == examples[1:-1]

@@ -12,6 +12,7 @@ import logging
 import re
 import unittest
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from fbanet.cli.environment import Installer, MissingDependenciesError, ensure_dependencies
 
@@ -99,6 +100,19 @@ class SlicerInstaller:
         import slicer
 
         slicer.util.pip_install(list(requirements))
+
+
+def showInSegmentEditor(segmentationNode: Any, volumeNode: Any) -> None:  # noqa: N802, N803
+    """Open the Segment Editor on ``segmentationNode`` with ``volumeNode`` as source."""
+    import slicer
+
+    slicer.util.selectModule("SegmentEditor")
+    editor = slicer.modules.SegmentEditorWidget.editor
+    editor.setSegmentationNode(segmentationNode)
+    if hasattr(editor, "setSourceVolumeNode"):
+        editor.setSourceVolumeNode(volumeNode)
+    else:  # Slicer before 5.2
+        editor.setMasterVolumeNode(volumeNode)
 
 
 def skipWithoutDependencies(  # noqa: N802 (Slicer's style)
