@@ -13,8 +13,8 @@ from typing import Annotated
 import qt
 import slicer
 from FBANetTrainingLib import logic as trainingLogic
-from FBANetTrainingLib.logic import StartChoice, pathText
 from FBANetTrainingLib.runner import LogFollower
+from FBANetTrainingLib.settings import StartChoice, applyParameters, defaultModelsFolder, pathText
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -33,6 +33,7 @@ from fbanet.protocol import Event, JobState, event_kind
 from fbanet_slicer.host import (
     DOCUMENTATION_URL,
     SlicerInstaller,
+    refreshSegmentationModels,
     skipWithoutDependencies,
     user_error_display,
 )
@@ -93,17 +94,6 @@ class FBANetTrainingLogic(trainingLogic.FBANetTrainingLogic, ScriptedLoadableMod
 
     def getParameterNode(self):
         return FBANetTrainingParameterNode(super().getParameterNode())
-
-    def applyParameterNode(self, parameters):
-        """Copy the parameter node into :attr:`settings`."""
-        s = self.settings
-        s.startFrom, s.initModelPath = parameters.startFrom, pathText(parameters.initModelPath)
-        s.iterations, s.device = parameters.iterations, parameters.device.value
-        s.patchSize = (parameters.patchSizeX, parameters.patchSizeY, parameters.patchSizeZ)
-        s.batchSize, s.labeledBatchSize = parameters.batchSize, parameters.labeledBatchSize
-        s.learningRate, s.validationCases = parameters.learningRate, parameters.validationCases
-        s.validateEvery = s.checkpointEvery = parameters.validateEvery
-        s.modelName, s.modelsFolder = parameters.modelName, pathText(parameters.modelsFolder)
 
 
 class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -181,9 +171,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+        self.setParameterNode(self._parameterNode, connect=False)
 
     def onAboutToQuit(self):
         self.timer.stop()
@@ -203,13 +191,13 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not pathText(self._parameterNode.modelsFolder):
-            self._parameterNode.modelsFolder = trainingLogic.defaultModelsFolder()
+            self._parameterNode.modelsFolder = defaultModelsFolder()
 
-    def setParameterNode(self, parameterNode):
-        if self._parameterNode:
+    def setParameterNode(self, parameterNode, connect=True):
+        if self._parameterNode and self._parameterNodeGuiTag is not None:  # once (see exit)
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = parameterNode
-        if self._parameterNode:
+        self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
+        if self._parameterNode and connect:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
     # -- inputs ------------------------------------------------------------------------------
@@ -230,13 +218,9 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateLabeledTable()
 
     def onCheckLabeled(self):
-        problems = self.logic.checkLabeledExamples()
-        if problems:
-            slicer.util.warningDisplay("\n\n".join(problems), windowTitle="Labeled examples")
-        else:
-            slicer.util.infoDisplay(
-                "Every labeled example overlaps its volume and has a non-empty segment."
-            )
+        fine, text = self.logic.labeledExamplesReport()
+        show = slicer.util.infoDisplay if fine else slicer.util.warningDisplay
+        show(text, windowTitle="Labeled examples")
 
     def onTakeUnused(self):
         self.logic.takeUnusedVolumes()
@@ -269,7 +253,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- running -----------------------------------------------------------------------------
     def onStart(self):
-        self.logic.applyParameterNode(self._parameterNode)
+        applyParameters(self.logic.settings, self._parameterNode)
         self.logic.settings.replaceExisting = False
         if self.logic.modelPath().exists():
             if not slicer.util.confirmYesNoDisplay(
@@ -343,14 +327,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif run.state is JobState.SUCCEEDED and self.logic.registrationError:
             slicer.util.errorDisplay(self.logic.registrationError)
         elif run.state is JobState.SUCCEEDED:
-            self.notifySegmentationModule()
-
-    def notifySegmentationModule(self):
-        """Let an open FBANet Segmentation panel list the new model at once (if it can)."""
-        module = getattr(slicer.modules, "fbanetsegmentation", None)
-        widget = module.widgetRepresentation().self() if module is not None else None
-        if hasattr(widget, "refreshTrainedModels"):
-            widget.refreshTrainedModels()
+            refreshSegmentationModels()  # an open FBANet Segmentation lists it at once
 
     def onShowChart(self):
         chart = self.logic.chart

@@ -7,28 +7,22 @@ here runs under pytest with the MRML library of the slicer-core wheel.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import enum
 import os
 import re
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fbanet.cli.environment import (
     TORCH_REQUIREMENT,
-    DeviceChoice,
     missing_requirements,
-    models_folder,
     torch_problem,
 )
 from fbanet.protocol import JobState
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.charts import TrainingChart
 from FBANetTrainingLib.dataset import Dataset, InputError, LabeledExample
+from FBANetTrainingLib.lifecycle import JobLifecycle
 from FBANetTrainingLib.review import (
     ModuleSegmentQueue,
     RankedVolume,
@@ -38,96 +32,17 @@ from FBANetTrainingLib.review import (
 )
 from FBANetTrainingLib.runfolders import discardRunFolder, newRunFolder, pruneRunFolders, runsRoot
 from FBANetTrainingLib.runner import TrainingRun, formatDuration
-
-
-class StartChoice(enum.Enum):
-    """What training starts from: the panel's combo box (saved with the scene by name)."""
-
-    DEFAULT = "default"
-    FILE = "file"
-    SCRATCH = "scratch"
-    # Scenes saved while this was a text choice hold the values: aliases, not listed.
-    default = "default"
-    file = "file"
-    scratch = "scratch"
-
-    def label(self) -> str:
-        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
-        return {
-            StartChoice.DEFAULT: "Bundled model (fine-tune)",
-            StartChoice.FILE: "Model file (fine-tune)",
-            StartChoice.SCRATCH: "Scratch (random weights)",
-        }[self]
-
-    @classmethod
-    def parse(cls, value: StartChoice | str) -> StartChoice:
-        """The choice for a member or its value; InputError naming the valid values."""
-        try:
-            return value if isinstance(value, StartChoice) else StartChoice(value)
-        except ValueError:
-            valid = ", ".join(choice.value for choice in StartChoice)
-            raise InputError(f"Start from must be one of {valid}, not {value!r}") from None
-
-
-START_DEFAULT, START_FILE, START_SCRATCH = (
-    StartChoice.DEFAULT,
-    StartChoice.FILE,
-    StartChoice.SCRATCH,
+from FBANetTrainingLib.settings import (
+    MODEL_EXTENSION,
+    StartChoice,
+    TrainingSettings,
+    defaultModelsFolder,
 )
-DEVICE_CHOICES = tuple(choice.value for choice in DeviceChoice)
-MODEL_EXTENSION = ".safetensors"
-# Slicer exits: how long in all the GUI waits for the background processes to end (the run
-# folder is deleted, so no checkpoint is worth a longer freeze).
-EXIT_WAIT_SECONDS = 2.0
-# The scene closes: review jobs (whose results would go into the closed scene) are ended.
-REVIEW_CANCEL_SECONDS = 1.0
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
 
 
-def settingsFile() -> Path:
-    """Slicer's user settings file (Slicer.ini; outside Slicer, where it would be)."""
-    try:
-        import slicer
-
-        return Path(slicer.app.slicerUserSettingsFilePath)
-    except (ImportError, AttributeError):
-        return Path.home() / ".config" / "slicer.org" / "Slicer.ini"
-
-
-def pathText(path: object) -> str:
-    """A path parameter as text; '' for none (the parameter node gives an unset Path as '.')."""
-    text = str(path) if path is not None else ""
-    return "" if text in ("", ".") else text
-
-
-def defaultModelsFolder() -> Path:
-    """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
-    return models_folder(settingsFile())
-
-
-@dataclasses.dataclass
-class TrainingSettings:
-    """The panel's settings; defaults suit fine-tuning on a GPU (CPU: fewer iterations)."""
-
-    iterations: int = 1000
-    patchSize: tuple[int, int, int] = (112, 112, 80)
-    batchSize: int = 4
-    labeledBatchSize: int = 2
-    learningRate: float = 0.01
-    validationCases: int = 0
-    validateEvery: int = 100
-    checkpointEvery: int = 100
-    device: str = "auto"
-    startFrom: StartChoice | str = StartChoice.DEFAULT
-    initModelPath: str = ""
-    baseFilters: int = 16  # from scratch only; a model file fixes its own
-    modelName: str = "LeftAtriumFineTuned"
-    modelsFolder: str = ""  # empty: defaultModelsFolder()
-    replaceExisting: bool = False
-    extraArguments: tuple[str, ...] = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
-
-
-class FBANetTrainingLogic(ReviewActions):
+class FBANetTrainingLogic(JobLifecycle, ReviewActions):
     """Labeled examples, unlabeled volumes, settings, and the training run they make."""
 
     def __init__(
@@ -225,6 +140,13 @@ class FBANetTrainingLogic(ReviewActions):
     def checkLabeledExamples(self) -> list[str]:
         """Problems with the labeled examples (empty list: all fine)."""
         return datasetModule.checkLabeledExamples(self.scene, self.labeledExamples)
+
+    def labeledExamplesReport(self) -> tuple[bool, str]:
+        """``(all fine, text)`` for the panel's Check button."""
+        problems = self.checkLabeledExamples()
+        if problems:
+            return False, "\n\n".join(problems)
+        return True, "Every labeled example overlaps its volume and has a non-empty segment."
 
     # -- settings ----------------------------------------------------------------------------
     def modelsFolder(self) -> Path:
@@ -389,27 +311,6 @@ class FBANetTrainingLogic(ReviewActions):
         self.run.start()
         return self.run
 
-    @contextlib.contextmanager
-    def starting(self) -> Iterator[None]:
-        """The panel's Start at work (installing packages, exporting, which let Qt process
-        clicks): a second Start or Resume inside is refused, and their buttons are off.
-
-        Raises:
-            InputError: Training is already starting or running.
-        """
-        if self.isStarting or self.busy():
-            raise InputError("Training is already starting or running; wait for it")
-        self.isStarting = True
-        try:
-            yield
-        finally:
-            self.isStarting = False
-
-    def requestStop(self) -> None:
-        """Stop cleanly after the current iteration (the checkpoint is kept)."""
-        if self.run is not None:
-            self.run.request_stop()
-
     def resumeTraining(self) -> TrainingRun:
         """Continue the stopped run from its latest checkpoint, in the same run folder."""
         if self.run is None or not self.run.canResume:
@@ -483,55 +384,3 @@ class FBANetTrainingLogic(ReviewActions):
             "rankButton": trained,
             "copyLogButton": run is not None,
         }
-
-    def busy(self) -> bool:
-        """Whether a background job runs."""
-        return any(
-            job is not None and job.running for job in (self.run, self.segmentJob, self.rankJob)
-        )
-
-    def cleanup(self, seconds: float = EXIT_WAIT_SECONDS) -> None:
-        """End every background process, waiting about ``seconds`` in all (Slicer exits).
-
-        Every job is asked at once (training's stop file), then each is ended within what is
-        left of ``seconds`` (terminated, and killed if it still runs: a second more each).
-        The GUI waits on this, so it never waits the full checkpoint grace period.
-        """
-        deadline = time.monotonic() + seconds
-        self.requestStop()
-        for job in (self.run, self.segmentJob, self.rankJob):
-            if job is not None and job.running:
-                job.cancel(max(0.0, deadline - time.monotonic()))
-
-    def shutDown(self) -> None:
-        """Slicer exits or the module is unloaded: end the processes and delete the run folder
-        (Resume ends with it). Calling it again does nothing."""
-        self.cleanup()
-        self.discardRun()
-
-    def observeScene(self) -> None:
-        """Stop every background process when the scene starts to close."""
-        if self._closeObserver is None:
-            self._closeObserver = self.scene.AddObserver(
-                self.scene.StartCloseEvent, lambda caller, event: self.onSceneClosed()
-            )
-
-    def stopObservingScene(self) -> None:
-        """Undo :meth:`observeScene`."""
-        if self._closeObserver is not None:
-            self.scene.RemoveObserver(self._closeObserver)
-            self._closeObserver = None
-
-    def onSceneClosed(self) -> None:
-        """Forget nodes of the closed scene; training is only asked to stop (no waiting).
-
-        The run folder is not part of the scene: polling goes on while training writes its
-        checkpoint, and Resume works afterwards. The review jobs, which load their results
-        into the scene, are ended.
-        """
-        self.requestStop()
-        for job in (self.segmentJob, self.rankJob):
-            if job is not None and job.running:
-                job.cancel(REVIEW_CANCEL_SECONDS)
-        self.labeledExamples, self.unlabeledVolumeIds, self.reviewNodes = [], [], []
-        self.chart = None

@@ -19,8 +19,8 @@ from fbanet.protocol import Event, JobState, event_kind
 from FBANetTrainingLib.dataset import ExportedCase, InputError
 
 if TYPE_CHECKING:
-    from FBANetTrainingLib.logic import TrainingSettings
     from FBANetTrainingLib.runner import TrainingRun
+    from FBANetTrainingLib.settings import TrainingSettings
 
 
 @dataclasses.dataclass(frozen=True)

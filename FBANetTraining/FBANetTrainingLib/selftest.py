@@ -14,8 +14,9 @@ from typing import Any
 
 from fbanet.protocol import JobState
 from FBANetTrainingLib import synthetic
-from FBANetTrainingLib.logic import START_SCRATCH, FBANetTrainingLogic, TrainingSettings
+from FBANetTrainingLib.logic import FBANetTrainingLogic
 from FBANetTrainingLib.runner import TrainingRun
+from FBANetTrainingLib.settings import START_SCRATCH, TrainingSettings
 
 TINY_SETTINGS: dict[str, Any] = {
     "iterations": 100, "patchSize": (16, 16, 16), "batchSize": 2, "labeledBatchSize": 1,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import training_support as support
-from training_support import dataset, logic, slicer, synthetic
+from training_support import dataset, logic, settings, slicer, synthetic
 
 from fbanet.data.cases import load_case
 from fbanet.data.manifest import read_manifest
@@ -166,22 +166,22 @@ def test_settings_problems_are_reported(
 ) -> None:
     panel = logic.FBANetTrainingLogic(scene)
     panel.addLabeledExample(*built.labeled[0])
-    panel.settings = logic.TrainingSettings(
-        patchSize=(100, 96, 80), startFrom=logic.START_SCRATCH, validationCases=1,
+    panel.settings = settings.TrainingSettings(
+        patchSize=(100, 96, 80), startFrom=settings.START_SCRATCH, validationCases=1,
         modelName="../escape", modelsFolder=str(tmp_path),
     )  # fmt: skip
     problems = "\n".join(panel.checkInputs())
     for expected in ("multiple of 16", "No unlabeled volume", "keep at least one", "Model name"):
         assert expected in problems
-    panel.settings = logic.TrainingSettings(
-        startFrom=logic.START_FILE, initModelPath=str(tmp_path / "none")
+    panel.settings = settings.TrainingSettings(
+        startFrom=settings.START_FILE, initModelPath=str(tmp_path / "none")
     )
     assert any("model file to start from" in p for p in panel.checkInputs())
     (tmp_path / "foreign.safetensors").write_bytes(b"not a model")
     panel.settings.initModelPath = str(tmp_path / "foreign.safetensors")
     assert any("Cannot start from this model file" in p for p in panel.checkInputs())
     (tmp_path / "Taken.safetensors").write_bytes(b"x")
-    panel.settings = logic.TrainingSettings(
+    panel.settings = settings.TrainingSettings(
         modelName="Taken", modelsFolder=str(tmp_path), startFrom="scratch"
     )
     assert any("already exists" in p for p in panel.checkInputs())
@@ -220,10 +220,12 @@ def test_starting_from_a_model_file_adopts_its_architecture_and_spacing(
         model, FBANet(config, with_contrast=False), ModelMetadata(config, (1.0, 1.0, 2.0))
     )
     panel = logic.FBANetTrainingLogic(scene)
-    panel.settings = logic.TrainingSettings(startFrom=logic.START_FILE, initModelPath=str(model))
+    panel.settings = settings.TrainingSettings(
+        startFrom=settings.START_FILE, initModelPath=str(model)
+    )
     arguments = panel.trainingArguments(tmp_path / "manifest.json")
     text = " ".join(arguments)
     assert f"--init-model {model}" in text and "--base-filters 8" in text
     assert "--spacing 1.0 1.0 2.0" in text and "--patch-size 112 112 80" in text
-    panel.settings.startFrom = logic.START_SCRATCH
+    panel.settings.startFrom = settings.START_SCRATCH
     assert "--init-model" not in panel.trainingArguments("m.json")

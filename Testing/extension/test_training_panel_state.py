@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 import training_support as support
-from training_support import ROOT, logic, review, runfolders, runner, synthetic
+from training_support import (
+    ROOT,
+    lifecycle,
+    logic,
+    review,
+    runfolders,
+    runner,
+    settings,
+    synthetic,
+)
 
 from fbanet.cli import environment
 from fbanet.protocol import JobState
@@ -104,8 +113,8 @@ def test_the_learning_rate_box_cannot_reach_zero() -> None:
 
 
 def test_both_panels_offer_the_same_devices() -> None:
-    assert tuple(c.value for c in environment.DeviceChoice) == logic.DEVICE_CHOICES
-    assert logic.DEVICE_CHOICES == ("auto", "cuda", "mps", "cpu")
+    assert tuple(c.value for c in environment.DeviceChoice) == settings.DEVICE_CHOICES
+    assert settings.DEVICE_CHOICES == ("auto", "cuda", "mps", "cpu")
     # A scene saved when Segmentation's enum called CUDA "GPU" (stored by name) still loads.
     assert environment.DeviceChoice["GPU"] is environment.DeviceChoice.CUDA
     for module in ("FBANetSegmentation", "FBANetTraining"):
@@ -155,7 +164,7 @@ def test_exit_waits_a_few_seconds_in_all_and_deletes_the_run_folder(
     panel: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr(logic, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(lifecycle, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     runDir = panel.newRunFolder()
     (runDir / "dataset").mkdir()
     jobs = [StubbornJob(clock, runDir), StubbornJob(clock), StubbornJob(clock)]
@@ -163,7 +172,7 @@ def test_exit_waits_a_few_seconds_in_all_and_deletes_the_run_folder(
     panel.shutDown()
     # Before: 30 s for training's checkpoint (then 30 s more for SIGTERM and for SIGKILL
     # inside the worker), 5 s for each review job: over a minute of frozen GUI.
-    assert clock[0] - 100.0 <= logic.EXIT_WAIT_SECONDS
+    assert clock[0] - 100.0 <= lifecycle.EXIT_WAIT_SECONDS
     assert jobs[0].stopRequested and all(job.graces and not job.running for job in jobs)
     assert not runDir.exists() and panel.run is None
     panel.shutDown()  # again (aboutToQuit after the widget's cleanup): nothing to do
@@ -175,7 +184,7 @@ def test_closing_the_scene_only_asks_training_to_stop(panel: Any) -> None:
     panel.run, panel.segmentJob = run, review
     panel.onSceneClosed()
     assert run.stopRequested and run.graces == [] and run.running  # polling goes on
-    assert review.graces == [logic.REVIEW_CANCEL_SECONDS] and not review.running
+    assert review.graces == [lifecycle.REVIEW_CANCEL_SECONDS] and not review.running
     assert run.runDir.is_dir() and panel.labeledExamples == []
 
 
@@ -255,14 +264,14 @@ def test_the_log_view_gets_only_the_new_lines(tmp_path: Path) -> None:
 
 
 def test_start_from_is_an_enum_with_labels_that_reads_old_scenes() -> None:
-    choices = list(logic.StartChoice)  # what the combo box lists (aliases are not)
+    choices = list(settings.StartChoice)  # what the combo box lists (aliases are not)
     assert [c.value for c in choices] == ["default", "file", "scratch"]
     assert all(c.label() != c.value for c in choices)
     # The parameter node stores the name; scenes from the text choice stored the value.
-    assert logic.StartChoice["scratch"] is logic.StartChoice.SCRATCH
-    assert logic.StartChoice.parse("file") is logic.StartChoice.FILE
+    assert settings.StartChoice["scratch"] is settings.StartChoice.SCRATCH
+    assert settings.StartChoice.parse("file") is settings.StartChoice.FILE
     with pytest.raises(logic.InputError, match="one of default, file, scratch, not 'gpu'"):
-        logic.StartChoice.parse("gpu")
+        settings.StartChoice.parse("gpu")
 
 
 def test_removing_selected_rows_removes_each_once(panel: Any) -> None:
@@ -271,3 +280,18 @@ def test_removing_selected_rows_removes_each_once(panel: Any) -> None:
     # selectedRows() lists rows in selection order; a row may come once per selected cell.
     panel.removeLabeledExamples([0, len(examples) - 1, 0])
     assert panel.labeledExamples == examples[1:-1]
+
+
+def test_the_parameter_node_is_copied_into_the_settings() -> None:
+    node = types.SimpleNamespace(
+        startFrom=settings.StartChoice.SCRATCH, initModelPath=Path("."), iterations=7,
+        device=environment.DeviceChoice.CPU, patchSizeX=64, patchSizeY=48, patchSizeZ=32,
+        batchSize=4, labeledBatchSize=2, learningRate=0.05, validationCases=1,
+        validateEvery=3, modelName="Mine", modelsFolder=Path("/models"),
+    )  # fmt: skip
+    copied = settings.TrainingSettings()
+    settings.applyParameters(copied, node)
+    assert (copied.startFrom, copied.initModelPath, copied.device) == (
+        settings.StartChoice.SCRATCH, "", "cpu")  # fmt: skip
+    assert copied.patchSize == (64, 48, 32) and copied.checkpointEvery == copied.validateEvery == 3
+    assert (copied.modelName, copied.modelsFolder, copied.iterations) == ("Mine", "/models", 7)

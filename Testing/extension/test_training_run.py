@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import training_support as support
-from training_support import WORKER_ENV, logic, review, runner, selftest
+from training_support import WORKER_ENV, logic, review, runner, selftest, settings
 
 from fbanet.cli.jobs import WorkerJob
 from fbanet.model.files import load_model_file, read_model_header
@@ -97,7 +97,7 @@ def test_a_stop_before_the_first_checkpoint_is_resumable_and_closing_the_scene_s
     scene = support.newScene()
     panel, _ = selftest.tinyLogic(scene, tmp_path / "models", workerEnvironment=WORKER_ENV)
     panel.settings.iterations, panel.settings.validationCases = 100000, 0
-    panel.settings.startFrom = logic.START_FILE  # fine-tuning a model file
+    panel.settings.startFrom = settings.START_FILE  # fine-tuning a model file
     panel.settings.initModelPath = str(_tinyModelFile(tmp_path / "start.safetensors"))
     panel.observeScene()
     run = panel.startTraining(tmp_path / "run")

@@ -27,11 +27,13 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 from FBANetTrainingLib import (  # noqa: E402
     dataset,
+    lifecycle,
     logic,
     review,
     runfolders,
     runner,
     selftest,
+    settings,
     synthetic,
 )
 
@@ -52,8 +54,18 @@ _registerSegmentationConverters()
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 __all__ = [
-    "ROOT", "WORKER_ENV", "dataset", "logic", "review", "runfolders", "runner", "selftest",
-    "slicer", "synthetic",
+    "ROOT",
+    "WORKER_ENV",
+    "dataset",
+    "lifecycle",
+    "logic",
+    "review",
+    "runfolders",
+    "runner",
+    "selftest",
+    "settings",
+    "slicer",
+    "synthetic",
 ]  # fmt: skip
 
 

@@ -115,6 +115,16 @@ def showInSegmentEditor(segmentationNode: Any, volumeNode: Any) -> None:  # noqa
         editor.setMasterVolumeNode(volumeNode)
 
 
+def refreshSegmentationModels() -> None:  # noqa: N802 (Slicer's style)
+    """Let an open FBANet Segmentation panel list a newly trained model (if it can)."""
+    import slicer
+
+    module = getattr(slicer.modules, "fbanetsegmentation", None)
+    widget = module.widgetRepresentation().self() if module is not None else None
+    if hasattr(widget, "refreshTrainedModels"):
+        widget.refreshTrainedModels()
+
+
 def skipWithoutDependencies(  # noqa: N802 (Slicer's style)
     test: unittest.TestCase, installer: Installer | None = None
 ) -> None:

@@ -1,0 +1,107 @@
+"""The training panel's settings: what training starts from, and the values it runs with.
+
+Qt-free; the widget copies its parameter node in with :func:`applyParameters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+from fbanet.cli.environment import DeviceChoice, models_folder
+from FBANetTrainingLib.dataset import InputError
+
+
+class StartChoice(enum.Enum):
+    """What training starts from: the panel's combo box (saved with the scene by name)."""
+
+    DEFAULT = "default"
+    FILE = "file"
+    SCRATCH = "scratch"
+    # Scenes saved while this was a text choice hold the values: aliases, not listed.
+    default = "default"
+    file = "file"
+    scratch = "scratch"
+
+    def label(self) -> str:
+        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
+        return {
+            StartChoice.DEFAULT: "Bundled model (fine-tune)",
+            StartChoice.FILE: "Model file (fine-tune)",
+            StartChoice.SCRATCH: "Scratch (random weights)",
+        }[self]
+
+    @classmethod
+    def parse(cls, value: StartChoice | str) -> StartChoice:
+        """The choice for a member or its value; InputError naming the valid values."""
+        try:
+            return value if isinstance(value, StartChoice) else StartChoice(value)
+        except ValueError:
+            valid = ", ".join(choice.value for choice in StartChoice)
+            raise InputError(f"Start from must be one of {valid}, not {value!r}") from None
+
+
+START_DEFAULT, START_FILE, START_SCRATCH = (
+    StartChoice.DEFAULT,
+    StartChoice.FILE,
+    StartChoice.SCRATCH,
+)
+DEVICE_CHOICES = tuple(choice.value for choice in DeviceChoice)
+MODEL_EXTENSION = ".safetensors"
+
+
+def settingsFile() -> Path:
+    """Slicer's user settings file (Slicer.ini; outside Slicer, where it would be)."""
+    try:
+        import slicer
+
+        return Path(slicer.app.slicerUserSettingsFilePath)
+    except (ImportError, AttributeError):
+        return Path.home() / ".config" / "slicer.org" / "Slicer.ini"
+
+
+def pathText(path: object) -> str:
+    """A path parameter as text; '' for none (the parameter node gives an unset Path as '.')."""
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
+
+
+def defaultModelsFolder() -> Path:
+    """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
+    return models_folder(settingsFile())
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """The panel's settings; defaults suit fine-tuning on a GPU (CPU: fewer iterations)."""
+
+    iterations: int = 1000
+    patchSize: tuple[int, int, int] = (112, 112, 80)
+    batchSize: int = 4
+    labeledBatchSize: int = 2
+    learningRate: float = 0.01
+    validationCases: int = 0
+    validateEvery: int = 100
+    checkpointEvery: int = 100
+    device: str = "auto"
+    startFrom: StartChoice | str = StartChoice.DEFAULT
+    initModelPath: str = ""
+    baseFilters: int = 16  # from scratch only; a model file fixes its own
+    modelName: str = "LeftAtriumFineTuned"
+    modelsFolder: str = ""  # empty: defaultModelsFolder()
+    replaceExisting: bool = False
+    extraArguments: tuple[str, ...] = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
+
+
+def applyParameters(settings: TrainingSettings, parameters: Any) -> None:
+    """Copy the panel's parameter node (``FBANetTrainingParameterNode``) into ``settings``."""
+    s, p = settings, parameters
+    s.startFrom, s.initModelPath = p.startFrom, pathText(p.initModelPath)
+    s.iterations, s.device = p.iterations, p.device.value
+    s.patchSize = (p.patchSizeX, p.patchSizeY, p.patchSizeZ)
+    s.batchSize, s.labeledBatchSize = p.batchSize, p.labeledBatchSize
+    s.learningRate, s.validationCases = p.learningRate, p.validationCases
+    s.validateEvery = s.checkpointEvery = p.validateEvery
+    s.modelName, s.modelsFolder = p.modelName, pathText(p.modelsFolder)
