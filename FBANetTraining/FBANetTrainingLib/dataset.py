@@ -238,10 +238,10 @@ def _caseName(number: int, volume: Any) -> str:
 def _exportLabeled(scene: Any, example: LabeledExample, number: int, folder: Path) -> ExportedCase:
     volume, _ = resolveExample(scene, example, number)
     name = _caseName(number, volume)
-    image = writeVolume(volume, folder / "labeled" / f"{name}.nrrd")
     with temporaryNodes(scene):
-        labelmap = _checkedLabelmap(scene, example, number)
+        labelmap = _checkedLabelmap(scene, example, number)  # first: a bad one writes nothing
         label = writeVolume(labelmap, folder / "labeled" / f"{name}_label.nrrd")
+    image = writeVolume(volume, folder / "labeled" / f"{name}.nrrd")
     return ExportedCase(name, volume.GetID(), image, label)
 
 

@@ -121,8 +121,9 @@ def refreshSegmentationModels() -> None:  # noqa: N802 (Slicer's style)
 
     module = getattr(slicer.modules, "fbanetsegmentation", None)
     widget = module.widgetRepresentation().self() if module is not None else None
-    if hasattr(widget, "refreshTrainedModels"):
-        widget.refreshTrainedModels()
+    refresh = getattr(widget, "refreshTrainedModels", None)
+    if refresh is not None:
+        refresh()
 
 
 def skipWithoutDependencies(  # noqa: N802 (Slicer's style)
