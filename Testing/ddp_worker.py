@@ -1,0 +1,184 @@
+"""One process of a data-parallel test job (started by Testing/core/train/test_parallel.py).
+
+Run as ``python ddp_worker.py SCENARIO OUT`` with torchrun's variables set (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); CPU, gloo, float32, one thread:
+
+- ``step``: one step of a tiny network; every process saves the batch it drew.
+- ``resume``: 4 iterations in one go; 2 (rank 1 alone asks to stop) and 2 more resumed.
+- ``die``: rank 1 dies during the second iteration; rank 0 writes the error it gets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fbanet.config import ModelConfig, TrainConfig
+from fbanet.data.cases import Case
+from fbanet.model.losses import fba_loss
+from fbanet.model.network import FBANet
+from fbanet.train.distributed import (
+    RankBatch,
+    close_process_group,
+    init_process_group,
+    torchrun_environment,
+)
+from fbanet.train.parallel import DataParallelTrainer, ProcessLostError
+from fbanet.train.progress import StopRequest
+from fbanet.train.sync_batchnorm import convert_batchnorm
+from fbanet.train.trainer import TrainingData
+
+# No dropout: its masks are drawn per process, so they could not match one process's.
+TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8, dropout=0.0)
+
+
+def settings(**changes: Any) -> TrainConfig:
+    """The global configuration of the test job: 2 labeled + 2 unlabeled patches a step."""
+    base = {
+        "iterations": 1, "batch_size": 4, "labeled_batch_size": 2, "learning_rate": 0.01,
+        "device": "cpu", "precision": "fp32", "seed": 7, "checkpoint_every": 100,
+        "validate_every": 100, "rampup_length": 0.0, "sync_batchnorm": "on",
+        # Contiguous layout: this CPU's channels-last fp32 conv3d gradients differ by ~3 %
+        # from the contiguous ones, which would hide what the test compares.
+        "channels_last": False,
+    }  # fmt: skip
+    import json
+
+    debug = json.loads(os.environ.get("DEBUG_SETTINGS", "{}"))
+    return TrainConfig(**{**base, **debug, **changes})
+
+
+def blob_case(name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (20, 18, 18)):
+    """A bright ellipsoid in noise, z-scored; its label is the ellipsoid."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
+    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
+    image = ((image - image.mean()) / image.std()).astype(np.float32)
+    return Case(name, image, inside.astype(np.uint8) if labeled else None, (1.0, 1.0, 1.0))
+
+
+def data() -> TrainingData:
+    """4 labeled and 4 unlabeled cases (2 of each per process)."""
+    return TrainingData(
+        labeled=[blob_case(f"lab{i}", i, True) for i in range(4)],
+        unlabeled=[blob_case(f"unl{i}", 100 + i, False) for i in range(4)],
+        spacing=(1.0, 1.0, 1.0),
+    )
+
+
+class _StopAfter(StopRequest):
+    """Asks to stop once the trainer has done ``count`` iterations."""
+
+    def __init__(self, trainer_ref: list[Any], count: int) -> None:
+        super().__init__()
+        self.trainer_ref, self.count = trainer_ref, count
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.trainer_ref) and self.trainer_ref[0].iteration >= self.count
+
+
+def _trainer(env: Any, run_dir: Path, config: TrainConfig, **kwargs: Any) -> DataParallelTrainer:
+    return DataParallelTrainer(env, TINY, config, data(), run_dir, show_progress=False, **kwargs)
+
+
+def _step(env: Any, out: Path) -> None:
+    trainer = _trainer(env, out / "run", settings())
+    drawn = trainer.batcher.next
+
+    def record() -> tuple[np.ndarray, np.ndarray]:
+        images, labels = drawn()
+        np.savez(out / f"batch{env.rank}.npz", images=images, labels=labels)
+        return images, labels
+
+    trainer.batcher.next = record  # type: ignore[method-assign]
+    trainer.run()
+    _float64_gradients(env, out)
+
+
+def _float64_gradients(env: Any, out: Path) -> None:
+    """The distributed loss and batch norm in float64, without DDP: gradients (averaged as
+    DDP does) against one process's on the whole batch; rank 0 writes their relative
+    difference (float64 shows the arithmetic is exact; float32 only rounds differently)."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(4, 1, 16, 16, 16)))
+    y = torch.from_numpy((rng.random((2, 16, 16, 16)) > 0.6).astype(np.int64))
+    config = settings()
+
+    def gradients(model: torch.nn.Module, rows: list[int], group: Any) -> dict[str, torch.Tensor]:
+        out = model(x[rows])
+        labels = y[[r for r in rows if r < 2]]
+        fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group).total.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    torch.manual_seed(7)
+    reference = gradients(FBANet(TINY).double(), [0, 1, 2, 3], None)
+    torch.manual_seed(7)
+    model = convert_batchnorm(FBANet(TINY).double(), torch.device("cpu"))
+    mine = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
+    error = norm = 0.0
+    for name, grad in mine.items():
+        dist.all_reduce(grad)
+        grad /= env.world_size
+        error += float(((grad - reference[name]) ** 2).sum())
+        norm += float((reference[name] ** 2).sum())
+    if env.rank == 0:
+        (out / "float64.txt").write_text(repr((error / norm) ** 0.5))
+
+
+def _resume(env: Any, out: Path) -> None:
+    config = settings(iterations=4)
+    _trainer(env, out / "whole", config).run()
+    ref: list[Any] = []
+    # Only rank 1 asks: both must stop after iteration 2.
+    stop = _StopAfter(ref, 2) if env.rank == 1 else StopRequest()
+    first = _trainer(env, out / "split", config, stop=stop)
+    ref.append(first)
+    result = first.run()
+    (out / f"first{env.rank}.txt").write_text(f"{result.iterations} {result.stopped}")
+    _trainer(env, out / "split", config, resume=True).run()
+
+
+def _die(env: Any, out: Path) -> None:
+    trainer = _trainer(env, out / "run", settings(iterations=6))
+    step = trainer.step
+
+    def dying_step() -> dict[str, float]:
+        if env.rank == 1 and trainer.iteration == 1:
+            os._exit(3)
+        return step()
+
+    trainer.step = dying_step  # type: ignore[method-assign]
+    try:
+        trainer.run()
+    except ProcessLostError as error:
+        (out / "lost.txt").write_text(str(error))
+        raise
+
+
+SCENARIOS = {"step": _step, "resume": _resume, "die": _die}
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    env = torchrun_environment()
+    assert env is not None, "start with torchrun's variables set"
+    init_process_group(env, settings().device)
+    try:
+        SCENARIOS[scenario](env, out)
+    finally:
+        close_process_group()
+
+
+if __name__ == "__main__":
+    main()
