@@ -10,7 +10,11 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); CPU, gloo, float32, one threa
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from fbanet.config import ModelConfig, TrainConfig
 from fbanet.data.cases import Case
 from fbanet.model.losses import fba_loss
 from fbanet.model.network import FBANet
+from fbanet.train.checkpoints import load_checkpoint
 from fbanet.train.distributed import (
     RankBatch,
     close_process_group,
@@ -32,7 +37,7 @@ from fbanet.train.distributed import (
 from fbanet.train.parallel import DataParallelTrainer, ProcessLostError
 from fbanet.train.progress import StopRequest
 from fbanet.train.sync_batchnorm import convert_batchnorm
-from fbanet.train.trainer import TrainingData
+from fbanet.train.trainer import Trainer, TrainingData
 
 # No dropout: its masks are drawn per process, so they could not match one process's.
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8, dropout=0.0)
@@ -42,8 +47,10 @@ def settings(**changes: Any) -> TrainConfig:
     """The global configuration of the test job: 2 labeled + 2 unlabeled patches a step."""
     base = {
         "iterations": 1, "batch_size": 4, "labeled_batch_size": 2, "learning_rate": 0.01,
-        "device": "cpu", "precision": "fp32", "seed": 7, "checkpoint_every": 100,
+        "precision": "fp32", "seed": 7, "checkpoint_every": 100,
         "validate_every": 100, "rampup_length": 0.0, "sync_batchnorm": "on",
+        # FBANET_TEST_DEVICE=cuda: the same jobs on GPUs with NCCL (Testing/core/test_cuda.py).
+        "device": os.environ.get("FBANET_TEST_DEVICE", "cpu"),
         # Contiguous layout: this CPU's channels-last fp32 conv3d gradients differ by ~3 %
         # from the contiguous ones, which would hide what the test compares.
         "channels_last": False,
@@ -102,7 +109,8 @@ def _step(env: Any, out: Path) -> None:
 
     trainer.batcher.next = record  # type: ignore[method-assign]
     trainer.run()
-    _float64_gradients(env, out)
+    if dist.get_backend() == "gloo":  # CPU tensors
+        _float64_gradients(env, out)
 
 
 def _float64_gradients(env: Any, out: Path) -> None:
@@ -163,6 +171,87 @@ def _die(env: Any, out: Path) -> None:
     except ProcessLostError as error:
         (out / "lost.txt").write_text(str(error))
         raise
+
+
+# -- for the tests (in the test process) -----------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(rank: int, world: int, port: int) -> dict[str, str]:
+    return {
+        **os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+
+
+def launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> list[Any]:
+    """Run the worker's ``scenario`` in ``world`` processes; their completed processes."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).resolve()), scenario, str(out)]
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    procs = [subprocess.Popen(command, env=_env(r, world, port), **output) for r in range(world)]
+    results = []
+    for proc in procs:
+        output, _ = proc.communicate(timeout=timeout)
+        results.append((proc.returncode, output))
+    return results
+
+
+def check_ok(results: list[Any]) -> None:
+    for code, output in results:
+        assert code == 0, output[-3000:]
+
+
+class FixedBatcher:
+    """A batcher that always gives the same batch."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.images, self.labels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def compare_step(tmp_path: Path) -> tuple[float, float]:
+    """After the ``step`` job in ``tmp_path``: one process's step on the processes' batches.
+
+    Checks the batch norm statistics and the logged losses; returns the distance between
+    the two processes' weights and the one process's, and the one process's step size.
+    """
+    # The one-process batch: both processes' labeled patches first, then the unlabeled.
+    parts = [np.load(tmp_path / f"batch{r}.npz") for r in (0, 1)]
+    assert [p["images"].shape[0] for p in parts] == [2, 2]
+    assert not np.array_equal(parts[0]["images"], parts[1]["images"])  # different shards
+    images = np.concatenate([p["images"][i : i + 1] for i in (0, 1) for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    init = Trainer(TINY, settings(), data(), tmp_path / "unused", show_progress=False)
+    start = {k: v.clone() for k, v in init.model.state_dict().items()}
+    one = Trainer(TINY, settings(), data(), tmp_path / "one", show_progress=False)
+    one.batcher = FixedBatcher(images, labels)  # type: ignore[assignment]
+    one.run()
+
+    two = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert two["world_size"] == 2 and len(two["ranks"]) == 2
+    reference = one.model.state_dict()
+    weights = [k for k, v in reference.items() if v.is_floating_point() and "running" not in k]
+    error = sum(float(((two["model"][k] - reference[k]) ** 2).sum()) for k in weights) ** 0.5
+    update = sum(float(((reference[k] - start[k]) ** 2).sum()) for k in weights) ** 0.5
+    for key in reference:
+        if "running" in key or "num_batches" in key:  # synchronized statistics
+            torch.testing.assert_close(two["model"][key], reference[key], rtol=1e-5, atol=1e-6)
+    # The logged losses are the global ones.
+    logged = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
+    expected = [json.loads(line) for line in (tmp_path / "one" / "progress.jsonl").open()]
+    for key in ("loss", "dice_loss", "consistency_loss", "contrastive_loss"):
+        assert math.isclose(logged[0][key], expected[0][key], rel_tol=1e-5), key
+    return error, update
 
 
 SCENARIOS = {"step": _step, "resume": _resume, "die": _die}

@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from ddp_worker import TINY, data, settings
-from paths import TESTING
+from ddp_worker import TINY, check_ok, compare_step, data, free_port, launch, settings
 
 from fbanet.config import SyncBatchNorm
 from fbanet.train.checkpoints import load_checkpoint, save_checkpoint
@@ -34,94 +31,23 @@ from fbanet.train.distributed import (
 from fbanet.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-WORKER = TESTING / "ddp_worker.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(rank: int, world: int, port: int) -> dict[str, str]:
-    return {
-        **os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-    }  # fmt: skip
-
-
-def _launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> list[Any]:
-    """Run the worker's ``scenario`` in ``world`` processes; their completed processes."""
-    out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    command = [sys.executable, str(WORKER), scenario, str(out)]
-    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    procs = [subprocess.Popen(command, env=_env(r, world, port), **output) for r in range(world)]
-    results = []
-    for proc in procs:
-        output, _ = proc.communicate(timeout=timeout)
-        results.append((proc.returncode, output))
-    return results
-
-
-def _ok(results: list[Any]) -> None:
-    for code, output in results:
-        assert code == 0, output[-3000:]
-
-
-class _Fixed:
-    """A batcher that always gives the same batch."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
-
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.images, self.labels
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
 
 def test_two_processes_take_the_step_of_one_process_on_their_batch(tmp_path: Path) -> None:
-    _ok(_launch("step", tmp_path))
-    # The one-process batch: both processes' labeled patches first, then the unlabeled.
-    parts = [np.load(tmp_path / f"batch{r}.npz") for r in (0, 1)]
-    assert [p["images"].shape[0] for p in parts] == [2, 2]
-    assert not np.array_equal(parts[0]["images"], parts[1]["images"])  # different shards
-    images = np.concatenate([p["images"][i : i + 1] for i in (0, 1) for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts])
-    init = Trainer(TINY, settings(), data(), tmp_path / "unused", show_progress=False)
-    start = {k: v.clone() for k, v in init.model.state_dict().items()}
-    one = Trainer(TINY, settings(), data(), tmp_path / "one", show_progress=False)
-    one.batcher = _Fixed(images, labels)  # type: ignore[assignment]
-    one.run()
-
-    two = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert two["world_size"] == 2 and len(two["ranks"]) == 2
-    reference = one.model.state_dict()
-    weights = [k for k, v in reference.items() if v.is_floating_point() and "running" not in k]
-    error = sum(float(((two["model"][k] - reference[k]) ** 2).sum()) for k in weights) ** 0.5
-    update = sum(float(((reference[k] - start[k]) ** 2).sum()) for k in weights) ** 0.5
+    check_ok(launch("step", tmp_path))
+    error, update = compare_step(tmp_path)
     # float32 rounds the two computations differently (the sums run in another order); the
     # step itself is large (the ranked contrastive loss's gradients are). Without synchronized
     # batch norm the difference is ~3x the step (measured 3.3), without the gathered losses
     # larger still.
     assert update > 0.1
     assert error / update < 1e-2, (error, update)
-    for key in reference:
-        if "running" in key or "num_batches" in key:  # synchronized statistics
-            torch.testing.assert_close(two["model"][key], reference[key], rtol=1e-5, atol=1e-6)
-    # The logged losses are the global ones.
-    logged = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
-    expected = [json.loads(line) for line in (tmp_path / "one" / "progress.jsonl").open()]
-    for key in ("loss", "dice_loss", "consistency_loss", "contrastive_loss"):
-        assert logged[0][key] == pytest.approx(expected[0][key], rel=1e-5), key
     # In float64 the distributed loss and batch norm give one process's gradients exactly.
     assert float((tmp_path / "float64.txt").read_text()) < 1e-8
 
 
 def test_resume_after_a_stop_continues_exactly(tmp_path: Path) -> None:
-    _ok(_launch("resume", tmp_path))
+    check_ok(launch("resume", tmp_path))
     # Rank 1 alone asked to stop after iteration 2; both stopped there.
     assert [(tmp_path / f"first{r}.txt").read_text() for r in (0, 1)] == ["2 True"] * 2
     whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
@@ -137,7 +63,7 @@ def test_resume_after_a_stop_continues_exactly(tmp_path: Path) -> None:
 
 
 def test_a_dead_process_ends_the_job_with_a_clear_message(tmp_path: Path) -> None:
-    (code0, output0), (code1, _) = _launch("die", tmp_path, timeout=180)
+    (code0, output0), (code1, _) = launch("die", tmp_path, timeout=180)
     assert code1 == 3
     assert code0 != 0, output0[-2000:]
     message = (tmp_path / "lost.txt").read_text()
@@ -171,7 +97,7 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
         )
     (tmp_path / "manifest.json").write_text(json.dumps(entries))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", str(_free_port()), "-m", "fbanet", "train"]  # fmt: skip
+                "--master-port", str(free_port()), "-m", "fbanet", "train"]  # fmt: skip
     flags = ["--manifest", str(tmp_path / "manifest.json"), "-o", str(tmp_path / "run"),
              "--patch-size", "16", "16", "16", "--base-filters", "4", "--iterations", "2",
              "--device", "cpu", "--fp32", "--json"]  # fmt: skip
