@@ -169,7 +169,7 @@ def _die(env: Any, out: Path) -> None:
     try:
         trainer.run()
     except ProcessLostError as error:
-        (out / "lost.txt").write_text(str(error))
+        (out / "lost.txt").write_text(str(error), encoding="utf-8")
         raise
 
 
@@ -192,7 +192,12 @@ def launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> li
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), scenario, str(out)]
-    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    output = {
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.STDOUT,
+        "encoding": "utf-8",
+        "errors": "replace",
+    }
     procs = [subprocess.Popen(command, env=_env(r, world, port), **output) for r in range(world)]
     results = []
     for proc in procs:

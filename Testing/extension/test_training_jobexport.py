@@ -56,8 +56,10 @@ def test_the_exported_job_trains_under_torchrun_and_its_model_imports(tmp_path: 
     command[:1] = [sys.executable, "-m", "torch.distributed.run", "--master-port",
                    str(_free_port())]  # fmt: skip
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        command, cwd=folder, env=env, timeout=300, capture_output=True, encoding="utf-8",
+        errors="replace",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert (folder / job.modelFile).is_file()
 

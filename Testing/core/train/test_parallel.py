@@ -63,10 +63,11 @@ def test_resume_after_a_stop_continues_exactly(tmp_path: Path) -> None:
 
 
 def test_a_dead_process_ends_the_job_with_a_clear_message(tmp_path: Path) -> None:
-    (code0, output0), (code1, _) = launch("die", tmp_path, timeout=180)
-    assert code1 == 3
+    (code0, output0), (code1, output1) = launch("die", tmp_path, timeout=180)
+    assert code1 == 3, output1[-2000:]
     assert code0 != 0, output0[-2000:]
-    message = (tmp_path / "lost.txt").read_text()
+    assert (tmp_path / "lost.txt").is_file(), output0[-3000:]
+    message = (tmp_path / "lost.txt").read_text(encoding="utf-8")
     assert "process 0 of 2 lost contact with the others at iteration 1" in message
     assert "--resume" in message
 
@@ -102,7 +103,14 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
              "--patch-size", "16", "16", "16", "--base-filters", "4", "--iterations", "2",
              "--device", "cpu", "--fp32", "--json"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(torchrun + flags, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        torchrun + flags,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2]
@@ -111,7 +119,14 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
     # Three processes cannot split 2 + 2 patches: a clear error, exit 2.
     shutil.rmtree(tmp_path / "run")
     torchrun[4] = "3"
-    done = subprocess.run(torchrun + flags, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        torchrun + flags,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "does not split over 3 processes" in done.stderr
     assert "exitcode  : 2" in done.stderr  # bad input, found before the processes meet
