@@ -96,12 +96,13 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
         entries["labeled"].append(
             {"image": f"{case.name}.nrrd", "label": f"{case.name}-label.nrrd"}
         )
+    entries["validation"] = [entries["labeled"].pop()]  # validated by rank 0 alone
     (tmp_path / "manifest.json").write_text(json.dumps(entries))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-port", str(free_port()), "-m", "fbanet", "train"]  # fmt: skip
     flags = ["--manifest", str(tmp_path / "manifest.json"), "-o", str(tmp_path / "run"),
              "--patch-size", "16", "16", "16", "--base-filters", "4", "--iterations", "2",
-             "--device", "cpu", "--fp32", "--json"]  # fmt: skip
+             "--device", "cpu", "--fp32", "--json", "--validate-every", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         torchrun + flags,
@@ -116,6 +117,9 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["world_size"] == 2
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert [e["iteration"] for e in events if e["event"] == "validation"] == [1, 2]
+    assert (tmp_path / "run" / "best_model.safetensors").is_file()
+    assert (tmp_path / "run" / "train.log").read_text().count("validation Dice") == 2
     # Three processes cannot split 2 + 2 patches: a clear error, exit 2.
     shutil.rmtree(tmp_path / "run")
     torchrun[4] = "3"

@@ -223,7 +223,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fbanet.train.parallel import distributed_session, make_trainer
+    from fbanet.train.distributed import close_process_group
+    from fbanet.train.parallel import join_torchrun_job, make_trainer
     from fbanet.train.progress import StopRequest
     from fbanet.train.runs import build_configs, load_training_data
 
@@ -237,8 +238,7 @@ def _train(args: argparse.Namespace) -> int:
         spacing=args.spacing,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    session = distributed_session(train_config, data)  # torchrun: one of several processes
-    env = session.__enter__()
+    env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
     # Under torchrun only rank 0 writes the run's files, train.log included.
     log_file: logging.Handler = (
         logging.FileHandler(args.out / "train.log", encoding="utf-8")
@@ -267,7 +267,7 @@ def _train(args: argparse.Namespace) -> int:
         stop.restore_signal_handlers()
         logging.getLogger().removeHandler(log_file)
         log_file.close()
-        session.__exit__(None, None, None)
+        close_process_group()
     if result.stopped:
         logger.warning("stopped at iteration %d; resume with --resume", result.iterations)
         return EXIT_STOPPED

@@ -13,10 +13,8 @@ continues exactly. All processes stop after the same iteration.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +33,6 @@ from fbanet.train.distributed import (
     RankBatch,
     all_agree,
     broadcast_object,
-    close_process_group,
     gather_objects,
     init_process_group,
     per_rank_batch,
@@ -222,25 +219,18 @@ def _is_communication_error(error: RuntimeError) -> bool:
     return any(word in text for word in _COMMUNICATION_WORDS)
 
 
-@contextlib.contextmanager
-def distributed_session(
-    train_config: TrainConfig, data: TrainingData
-) -> Iterator[DistributedEnv | None]:
-    """Join torchrun's process group for the block, if started by torchrun (else None).
+def join_torchrun_job(train_config: TrainConfig, data: TrainingData) -> DistributedEnv | None:
+    """Join torchrun's process group if this process was started by torchrun (else None).
 
     The job is checked first (the batch splits, every process gets cases), so that bad
-    settings fail in every process alike, before any of them waits for the others.
+    settings fail in every process alike, before any of them waits for the others. Leave
+    the group with :func:`~fbanet.train.distributed.close_process_group` at the end.
     """
     env = torchrun_environment()
-    if env is None:
-        yield None
-        return
-    check_job(train_config, data, env)
-    init_process_group(env, train_config.device)
-    try:
-        yield env
-    finally:
-        close_process_group()
+    if env is not None:
+        check_job(train_config, data, env)
+        init_process_group(env, train_config.device)
+    return env
 
 
 def make_trainer(
