@@ -268,10 +268,8 @@ def main() -> None:
     env = torchrun_environment()
     assert env is not None, "start with torchrun's variables set"
     init_process_group(env, settings().device)
-    try:
-        SCENARIOS[scenario](env, out)
-    finally:
-        close_process_group()
+    SCENARIOS[scenario](env, out)
+    close_process_group()
 
 
 if __name__ == "__main__":

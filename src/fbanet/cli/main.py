@@ -267,7 +267,7 @@ def _train(args: argparse.Namespace) -> int:
         stop.restore_signal_handlers()
         logging.getLogger().removeHandler(log_file)
         log_file.close()
-        close_process_group()
+    close_process_group()  # after success only (see its docstring)
     if result.stopped:
         logger.warning("stopped at iteration %d; resume with --resume", result.iterations)
         return EXIT_STOPPED

@@ -119,8 +119,14 @@ def init_process_group(
 
 
 def close_process_group() -> None:
-    """Leave the process group, if joined."""
+    """Leave the process group, if joined, once every process got here.
+
+    Call it after success only: tearing a group down while another process is still in a
+    collective (it failed, or it is behind) can hang; a failed process just exits, and
+    torchrun ends the others.
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
