@@ -188,22 +188,43 @@ def _env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> list[Any]:
-    """Run the worker's ``scenario`` in ``world`` processes; their completed processes."""
+    """Run this script's ``scenario`` in ``world`` processes; their (exit code, output)."""
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), scenario, str(out)]
-    output = {
-        "stdout": subprocess.PIPE,
-        "stderr": subprocess.STDOUT,
-        "encoding": "utf-8",
-        "errors": "replace",
-    }
-    procs = [subprocess.Popen(command, env=_env(r, world, port), **output) for r in range(world)]
-    results = []
-    for proc in procs:
+    procs = [_start(command, env=_env(r, world, port)) for r in range(world)]
+    return [_finish(proc, timeout) for proc in procs]
+
+
+def run_job(command: list[str], timeout: float = 300, **options: Any) -> Any:
+    """Run ``command`` (e.g. torchrun) in its own process group; on a timeout the whole group
+    is killed, so no worker outlives the test. Returns (exit code, stdout, stderr)."""
+    proc = _start(command, stderr=subprocess.PIPE, **options)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{command[:6]} timed out after {timeout} s:\n{stderr[-3000:]}"
+        ) from None
+    return proc.returncode, stdout, stderr
+
+
+def _start(command: list[str], **options: Any) -> Any:
+    settings = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "encoding": "utf-8",
+                "errors": "replace", "start_new_session": True, **options}  # fmt: skip
+    return subprocess.Popen(command, **settings)
+
+
+def _finish(proc: Any, timeout: float) -> tuple[int, str]:
+    try:
         output, _ = proc.communicate(timeout=timeout)
-        results.append((proc.returncode, output))
-    return results
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        output, _ = proc.communicate()
+        return -9, output + f"\n(killed after {timeout} s)"
+    return proc.returncode, output
 
 
 def check_ok(results: list[Any]) -> None:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import training_support as support
+from ddp_worker import free_port, run_job
 from FBANetTrainingLib import jobexport
 from training_support import ROOT, WORKER_ENV, dataset, selftest
 
 from fbanet.data.manifest import read_manifest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _panel(tmp_path: Path, **changes: Any) -> Any:
@@ -54,13 +47,10 @@ def test_the_exported_job_trains_under_torchrun_and_its_model_imports(tmp_path: 
     # Run the exact torchrun command from the job folder (2 CPU processes here).
     command = list(job.torchrunCommand)
     command[:1] = [sys.executable, "-m", "torch.distributed.run", "--master-port",
-                   str(_free_port())]  # fmt: skip
+                   str(free_port())]  # fmt: skip
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        command, cwd=folder, env=env, timeout=300, capture_output=True, encoding="utf-8",
-        errors="replace",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, stderr = run_job(command, cwd=folder, env=env)
+    assert code == 0, stderr[-3000:]
     assert (folder / job.modelFile).is_file()
 
     target, header = jobexport.importTrainedModel(logic, folder)  # the job folder will do

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from ddp_worker import TINY, check_ok, compare_step, data, free_port, launch, settings
+from ddp_worker import TINY, check_ok, compare_step, data, free_port, launch, run_job, settings
 
 from fbanet.config import SyncBatchNorm
 from fbanet.train.checkpoints import load_checkpoint, save_checkpoint
@@ -104,15 +103,8 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
              "--patch-size", "16", "16", "16", "--base-filters", "4", "--iterations", "2",
              "--device", "cpu", "--fp32", "--json", "--validate-every", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        torchrun + flags,
-        env=env,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, stderr = run_job(torchrun + flags, env=env)
+    assert code == 0, stderr[-3000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["world_size"] == 2
@@ -123,17 +115,10 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
     # Three processes cannot split 2 + 2 patches: a clear error, exit 2.
     shutil.rmtree(tmp_path / "run")
     torchrun[4] = "3"
-    done = subprocess.run(
-        torchrun + flags,
-        env=env,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=300,
-    )
-    assert done.returncode != 0
-    assert "does not split over 3 processes" in done.stderr
-    assert "exitcode  : 2" in done.stderr  # bad input, found before the processes meet
+    code, _, stderr = run_job(torchrun + flags, env=env)
+    assert code != 0
+    assert "does not split over 3 processes" in stderr
+    assert "exitcode  : 2" in stderr  # bad input, found before the processes meet
 
 
 # -- the pieces, in one process ----------------------------------------------------------------
