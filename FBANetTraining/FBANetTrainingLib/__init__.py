@@ -1,6 +1,8 @@
 """Logic of the FBANetTraining module, free of Qt so that it runs under pytest.
 
 - dataset: scene nodes -> NRRD dataset + manifest (Slicer's segmentation export)
+- jobexport: the training job for a GPU machine (dataset, config, commands), and importing
+  the model it made
 - runner: background ``fbanet`` processes (training with stop/resume, review jobs)
 - charts: live loss / validation Dice chart as MRML table and plot nodes
 - review: segmenting and ranking the unlabeled volumes after training

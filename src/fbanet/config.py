@@ -57,6 +57,14 @@ class Precision(str, Enum):
     FP32 = "fp32"
 
 
+class SyncBatchNorm(str, Enum):
+    """Whether batch norm statistics span the processes of data-parallel training."""
+
+    AUTO = "auto"  # on with several processes whose per-process batch is 4 patches or fewer
+    ON = "on"
+    OFF = "off"
+
+
 class IntensityNormalization(str, Enum):
     """How image intensities are normalized before the network sees them."""
 
@@ -239,6 +247,8 @@ class TrainConfig:
         checkpoint_every: Write a checkpoint every this many iterations.
         validate_every: Validate on the held-out labeled cases every this many iterations.
         log_every: Write a JSON progress line every this many iterations.
+        sync_batchnorm: Batch norm statistics over all processes of a ``torchrun`` run
+            (no effect in one process).
     """
 
     iterations: int = 15000
@@ -264,6 +274,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     validate_every: int = 200
     log_every: int = 1
+    sync_batchnorm: SyncBatchNorm = SyncBatchNorm.AUTO
 
     def __post_init__(self) -> None:
         for name in (
@@ -299,6 +310,7 @@ class TrainConfig:
         object.__setattr__(self, "contrastive", parse_enum(ContrastiveKind, self.contrastive))
         object.__setattr__(self, "device", parse_enum(DeviceKind, self.device))
         object.__setattr__(self, "precision", parse_enum(Precision, self.precision))
+        object.__setattr__(self, "sync_batchnorm", parse_enum(SyncBatchNorm, self.sync_batchnorm))
 
     @property
     def unlabeled_batch_size(self) -> int:

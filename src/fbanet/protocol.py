@@ -24,6 +24,7 @@ class Event(str, enum.Enum):
 
     PROGRESS = "progress"  # segment: windows done for one image
     DONE = "done"  # segment: one image written
+    FAILED = "failed"  # segment: one image of several failed (the others go on)
     ITERATION = "iteration"  # train: an iteration was logged
     VALIDATION = "validation"  # train: a validation ran
     FINISHED = "finished"  # train: every iteration done (exit 0)
@@ -37,6 +38,7 @@ class Event(str, enum.Enum):
 FIELDS: dict[Event, tuple[str, ...]] = {
     Event.PROGRESS: ("image", "done", "total"),
     Event.DONE: ("image", "seconds", "segmentation", "probability", "uncertainty", "preview"),
+    Event.FAILED: ("image", "error"),
     Event.ITERATION: ("iteration", "total", "lr", "eta_s"),
     Event.VALIDATION: ("iteration", "dice", "best_dice"),
     Event.FINISHED: ("iteration", "best_dice", "seconds", "model"),

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -322,3 +323,38 @@ def test_evaluate_with_the_paper_protocol(
     rows = read_csv(table)
     assert list(rows) == ["c1", "mean", "std"]
     assert 0.0 <= float(rows["c1"]["dice"]) <= 1.0
+
+
+def test_segment_many_inputs_reports_a_failed_one_and_writes_the_others(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write_scan(tmp_path / "first.nrrd", seed=1)
+    bad = tmp_path / "broken.nrrd"
+    bad.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 40 40 40\nencoding: raw\n\n\x00")
+    third = write_scan(tmp_path / "third.nrrd", seed=3)
+    out = tmp_path / "out"
+    code = main([
+        "segment", str(first), str(bad), str(third), "-m", str(model_file), "-o", str(out),
+        "--fp32", "--device", "cpu", "--json",
+    ])  # fmt: skip
+    assert code == 2  # the failure is bad input
+    assert sorted(p.name for p in out.iterdir()) == ["first.seg.nrrd", "third.seg.nrrd"]
+    captured = capsys.readouterr()
+    assert "1 of 3 scan(s) failed:" in captured.err and "broken.nrrd" in captured.err
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    ends = [(e["event"], Path(e["image"]).name) for e in events if e["event"] != "progress"]
+    assert ends == [("done", "first.nrrd"), ("failed", "broken.nrrd"), ("done", "third.nrrd")]
+    assert {e["device"] for e in events} == {"cpu"}
+
+
+def test_segment_devices_without_gpus_is_refused(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    image = write_scan(tmp_path / "scan.nrrd")
+    code = main(["segment", str(image), "-m", str(model_file), "-o", str(tmp_path / "o"),
+                 "--devices", "0,1"])  # fmt: skip
+    assert code == 2
+    assert "has 0 CUDA GPU(s)" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,10 @@ def add_parsers(commands: Any) -> None:
         "--preview", type=Path, help="PNG of three slices with the outline (folder: many inputs)"
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout, no bar")
+    p.add_argument(
+        "--devices",
+        help="GPUs to spread many inputs over, one worker each, e.g. 0,1,2,3 (default: all)",
+    )
     _add_inference_options(p)
     p.set_defaults(handler=segment_command)
 
@@ -145,58 +150,117 @@ def _segmenter(args: argparse.Namespace) -> Any:
 
 
 def segment_command(args: argparse.Namespace) -> int:
-    """Segment each input; exit 0, or the first error's code with nothing partial written."""
-    from tqdm import tqdm
+    """Segment each input, one worker per device; exit 0, or non-zero listing the failures.
 
-    from fbanet.infer.files import RegionOfInterest, output_paths, segment_file
+    One input keeps its error (exit 2 for bad input) with nothing partial written; of many,
+    a failed one is reported and the others go on.
+    """
+    from fbanet.infer.cohort import CaseJob, failure_summary, segment_cohort
+    from fbanet.infer.files import RegionOfInterest, output_paths
 
     if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
         raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
     outputs = output_paths(args.images, args.out, args.format)
-    segmenter = _segmenter(args)
+    config = _inference_config(args)
+    devices = _worker_devices(args, config)
     roi = None
     if args.roi or args.roi_mm:
         values = args.roi or args.roi_mm
         roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
-    for image, out in zip(args.images, outputs, strict=True):
+    jobs = []
+    for index, (image, out) in enumerate(zip(args.images, outputs, strict=True)):
         preview = args.preview
         if preview is not None and len(args.images) > 1:
             preview = args.preview / f"{out.name.split('.')[0]}.png"
-        bar = None if args.json else tqdm(desc=image.name, unit="window", file=sys.stderr)
+        jobs.append(CaseJob(index, image, out, preview))
+    run = _CaseRunner(args, roi, show_bar=not args.json and len(devices) == 1)
+    outcomes = segment_cohort(
+        jobs, devices, lambda device: _device_segmenter(args, config, device), run.segment,
+        on_outcome=run.report,
+    )  # fmt: skip
+    summary = failure_summary(outcomes)
+    if summary is None:
+        return 0
+    if len(outcomes) == 1 and outcomes[0].exception is not None:
+        raise outcomes[0].exception  # one input: its own error, as main reports it
+    print(f"fbanet segment: error: {summary}", file=sys.stderr)
+    return 2 if all(o.bad_input for o in outcomes if not o.ok) else 1
 
-        def progress(done: int, total: int, bar: Any = bar, image: Path = image) -> None:
+
+def _worker_devices(args: argparse.Namespace, config: Any) -> list[str]:
+    from fbanet.config import DeviceKind
+    from fbanet.infer.cohort import parse_devices
+
+    if args.devices is not None:
+        if config.device in (DeviceKind.CPU, DeviceKind.MPS):
+            raise ValueError(f"--devices lists GPUs, but --device is {config.device.value!r}")
+        return parse_devices(args.devices)
+    if config.device in (DeviceKind.CPU, DeviceKind.MPS):
+        return [config.device.value]
+    return parse_devices(None, fallback=config.device.value)
+
+
+def _device_segmenter(args: argparse.Namespace, config: Any, device: str) -> Any:
+    import dataclasses
+
+    if device.startswith("cuda"):  # the worker's GPU is current: "cuda" means it
+        config = dataclasses.replace(config, device="cuda")
+    return load_segmenter(args.model, config)
+
+
+class _CaseRunner:
+    """Segments one scan for a worker and reports it (bar or JSON lines, and the log)."""
+
+    def __init__(self, args: argparse.Namespace, roi: Any, show_bar: bool) -> None:
+        self.args, self.roi, self.show_bar = args, roi, show_bar
+        self.lock = threading.Lock()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            print(json.dumps(event), flush=True)
+
+    def segment(self, segmenter: Any, job: Any, device: str) -> Any:
+        from tqdm import tqdm
+
+        from fbanet.infer.files import segment_file
+
+        bar = tqdm(desc=job.image.name, unit="window", file=sys.stderr) if self.show_bar else None
+
+        def progress(done: int, total: int) -> None:
             if bar is not None:
                 bar.total = total
                 bar.update(done - bar.n)
-            else:
-                event = make_event(Event.PROGRESS, image=str(image), done=done, total=total)
-                print(json.dumps(event), flush=True)
+            elif self.args.json:
+                self._emit(make_event(Event.PROGRESS, image=str(job.image), done=done,
+                                      total=total, device=device))  # fmt: skip
 
         try:
-            written = segment_file(
-                segmenter,
-                image,
-                out,
-                roi=roi,
-                probability=args.probability,
-                uncertainty=args.uncertainty,
-                preview=preview,
-                h5_spacing=args.h5_spacing,
-                progress=progress,
-            )
+            return segment_file(
+                segmenter, job.image, job.output, roi=self.roi,
+                probability=self.args.probability, uncertainty=self.args.uncertainty,
+                preview=job.preview, h5_spacing=self.args.h5_spacing, progress=progress,
+            )  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
-        logger.info("%s -> %s (%.1f s)", image, written.segmentation, written.seconds)
-        if args.json:
-            files = {
-                field: str(value) if (value := getattr(written, field)) is not None else None
-                for field in ("segmentation", "probability", "uncertainty", "preview")
-            }
-            event = make_event(Event.DONE, image=str(image), seconds=round(written.seconds, 2),
-                               **files)  # fmt: skip
-            print(json.dumps(event), flush=True)
-    return 0
+
+    def report(self, outcome: Any) -> None:
+        image = outcome.job.image
+        written = outcome.outputs
+        if written is not None:
+            logger.info("%s -> %s (%.1f s)", image, written.segmentation, written.seconds)
+        if not self.args.json:
+            return
+        if written is None:
+            self._emit(make_event(Event.FAILED, image=str(image), error=outcome.error,
+                                  device=outcome.device))  # fmt: skip
+            return
+        files = {
+            field: str(value) if (value := getattr(written, field)) is not None else None
+            for field in ("segmentation", "probability", "uncertainty", "preview")
+        }
+        self._emit(make_event(Event.DONE, image=str(image), seconds=round(written.seconds, 2),
+                              device=outcome.device, **files))  # fmt: skip
 
 
 def _evaluation_cases(args: argparse.Namespace) -> list[Any]:

@@ -40,6 +40,7 @@ _TRAIN_FLAGS = {
     "checkpoint_every": "checkpoint_every",
     "validate_every": "validate_every",
     "log_every": "log_every",
+    "sync_batchnorm": "sync_batchnorm",
 }
 _MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters"}
 
@@ -105,6 +106,11 @@ def _add_train_parser(commands: Any) -> None:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--validate-every", type=int)
     p.add_argument("--log-every", type=int)
+    p.add_argument(
+        "--sync-batchnorm",
+        help="under torchrun: batch norm over all processes: auto (on for 4 or fewer patches "
+        "a process), on or off",
+    )
     p.add_argument("--stop-file", type=Path, help="stop cleanly once this file exists")
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout, no bar")
     p.set_defaults(handler=_train)
@@ -219,9 +225,10 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _train(args: argparse.Namespace) -> int:
+    from fbanet.train.distributed import close_process_group
+    from fbanet.train.parallel import join_torchrun_job, make_trainer
     from fbanet.train.progress import StopRequest
     from fbanet.train.runs import build_configs, load_training_data
-    from fbanet.train.trainer import Trainer
 
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
@@ -233,17 +240,24 @@ def _train(args: argparse.Namespace) -> int:
         spacing=args.spacing,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    log_file = logging.FileHandler(args.out / "train.log", encoding="utf-8")
+    env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
+    # Under torchrun only rank 0 writes the run's files, train.log included.
+    log_file: logging.Handler = (
+        logging.FileHandler(args.out / "train.log", encoding="utf-8")
+        if env is None or env.is_main
+        else logging.NullHandler()
+    )
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
     stop = StopRequest(args.stop_file)
     stop.install_signal_handlers()
     try:
-        trainer = Trainer(
+        trainer = make_trainer(
             model_config,
             train_config,
             data,
             args.out,
+            env=env,
             resume=args.resume,
             stop=stop,
             json_stream=sys.stdout if args.json else None,
@@ -255,6 +269,7 @@ def _train(args: argparse.Namespace) -> int:
         stop.restore_signal_handlers()
         logging.getLogger().removeHandler(log_file)
         log_file.close()
+    close_process_group()  # after success only (see its docstring)
     if result.stopped:
         logger.warning("stopped at iteration %d; resume with --resume", result.iterations)
         return EXIT_STOPPED

@@ -203,7 +203,8 @@ class PatchBatcher:
         patch_size: Patch (X, Y, Z).
         labeled_per_batch: Labeled patches per batch.
         unlabeled_per_batch: Unlabeled patches per batch.
-        seed: Seeds the case order and the augmentation.
+        seed: Seeds the case order and the augmentation: an int, or several (e.g. (seed, rank)
+            for the shard of one process of data-parallel training).
         augment: Random in-plane rotation/flip before cropping.
     """
 
@@ -214,7 +215,7 @@ class PatchBatcher:
         patch_size: Sequence[int],
         labeled_per_batch: int,
         unlabeled_per_batch: int,
-        seed: int,
+        seed: int | Sequence[int],
         augment: bool = True,
     ) -> None:
         self.patch_size = _check_patch(patch_size)
@@ -226,8 +227,12 @@ class PatchBatcher:
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.augment = bool(augment)
-        seed = check_int("seed", seed, 0)
-        sampler_seq, augment_seq = np.random.SeedSequence(seed).spawn(2)
+        entropy = (
+            [check_int("seed", s, 0) for s in seed]
+            if isinstance(seed, Sequence)
+            else check_int("seed", seed, 0)
+        )
+        sampler_seq, augment_seq = np.random.SeedSequence(entropy).spawn(2)
         self.sampler = TwoStreamSampler(
             len(self.labeled),
             len(self.unlabeled),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -110,16 +110,43 @@ def infonce_loss(fg: Tensor, bg: Tensor, temperature: float = 0.1) -> Tensor:
     return total / 2
 
 
-def dice_loss(probability: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+class BatchGroup(Protocol):
+    """The processes that together hold one training batch (data-parallel training).
+
+    The batch-dependent parts of the loss (Dice sums, contrastive similarities) must see the
+    whole batch; this is how :func:`fba_loss` reaches the other processes' parts.
+    """
+
+    def rows(self, local: Tensor, labeled: int) -> Tensor:
+        """Every process's rows (B_local, ...) as one (B, ...) tensor, with gradients, ordered
+        as a one-process batch: the labeled rows of every process first, then the others."""
+        ...
+
+    def sum(self, local: Tensor) -> Tensor:
+        """Elementwise sum of ``local`` over the processes, with gradients."""
+        ...
+
+    def mean_value(self, local: Tensor) -> Tensor:
+        """``local`` shifted to the mean value over the processes; the gradient stays local."""
+        ...
+
+
+def dice_loss(
+    probability: Tensor, target: Tensor, eps: float = 1e-8, group: BatchGroup | None = None
+) -> Tensor:
     """Binary soft Dice loss 1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps) over the batch.
 
     Args:
         probability: Foreground probabilities (L, X, Y, Z).
         target: Binary targets (L, X, Y, Z).
+        group: With several processes, the sums run over the whole batch of all of them.
     """
     p = probability.float()
     t = target.float()
-    return 1 - (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
+    if group is None:
+        return 1 - (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
+    sums = group.sum(torch.stack([(p * t).sum(), p.sum(), t.sum()]))
+    return 1 - (2 * sums[0] + eps) / (sums[1] + sums[2] + eps)
 
 
 def sharpen(probability: Tensor, temperature: float = 0.1) -> Tensor:
@@ -200,10 +227,14 @@ def fba_loss(
     labels: Tensor,
     iteration: int,
     config: TrainConfig,
+    group: BatchGroup | None = None,
 ) -> LossTerms:
     """Total FBA-Net loss: dice_weight * Dice + w(t) * consistency + contrastive.
 
     In supervised mode only dice_weight * Dice (the baseline without unlabeled data).
+    With a ``group`` (data-parallel training) the Dice sums and the contrastive vectors span
+    the whole batch of all processes; the consistency, a mean over equal local batches,
+    stays local (data-parallel gradient averaging makes it global), its value averaged.
 
     Args:
         logits: Each decoder's logits (B, K, X, Y, Z); the first L samples are labeled.
@@ -212,16 +243,23 @@ def fba_loss(
         labels: Class maps (L, X, Y, Z) of the labeled samples (foreground = class 1).
         iteration: Steps done including this one (the authors count from 1).
         config: Loss weights and options.
+        group: The processes sharing the batch, or None for one process.
     """
     n_labeled = labels.shape[0]
     probabilities = [torch.softmax(out.float(), dim=1) for out in logits]
     target = labels == 1
     # sum() of tensors is a tensor; cast() tells the type checker so.
-    dice = cast(Tensor, sum(dice_loss(p[:n_labeled, 1], target) for p in probabilities))
+    dice = cast(
+        Tensor, sum(dice_loss(p[:n_labeled, 1], target, group=group) for p in probabilities)
+    )
     if config.mode is TrainingMode.SUPERVISED:
         zero = dice.new_zeros(())
         return LossTerms(config.dice_weight * dice, dice, zero, zero, 0.0)
     consistency = mutual_consistency(probabilities, config.temperature)
+    if group is not None:
+        consistency = group.mean_value(consistency)
+        fg = [group.rows(f, n_labeled) for f in fg]
+        bg = [group.rows(b, n_labeled) for b in bg]
     contrast = cast(
         Tensor, sum(contrastive_loss(f, b, config) for f, b in zip(fg, bg, strict=True))
     )

@@ -41,8 +41,8 @@ from fbanet.infer.sliding_window import sliding_window_inference
 from fbanet.io.volumes import atomic_write
 from fbanet.metrics import dice as dice_score
 from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
-from fbanet.model.losses import fba_loss
-from fbanet.model.network import FBANet
+from fbanet.model.losses import LossTerms, fba_loss
+from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import load_checkpoint, save_checkpoint, state_dict_to_cpu
 from fbanet.train.curves import plot_training_curves
@@ -129,6 +129,9 @@ class Trainer:
             contrastive heads, which model files do not hold, start fresh.
     """
 
+    # Processes training together; a data-parallel subclass (train.distributed) sets more.
+    world_size = 1
+
     def __init__(
         self,
         model_config: ModelConfig,
@@ -163,6 +166,8 @@ class Trainer:
             initialize_from_model_file(self.model, init_model)
         # torch's stubs leave out Module.to's memory_format keyword.
         self.model.to(self.setup.device, memory_format=self.setup.memory_format)  # type: ignore[call-overload]
+        # What the training step calls: the model itself, or its data-parallel wrapper.
+        self.network: torch.nn.Module = self.model
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=train_config.learning_rate,
@@ -197,6 +202,11 @@ class Trainer:
         """Model file of the best validated state."""
         return self.run_dir / "best_model.safetensors"
 
+    @property
+    def progress_path(self) -> Path | None:
+        """The JSON lines of the run (None: this process writes none)."""
+        return self.run_dir / "progress.jsonl"
+
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly."""
@@ -217,6 +227,14 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` saved."""
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"the checkpoint was written by {saved_world} training process(es), this run "
+                f"has {self.world_size}: the data shards and random streams depend on it, so "
+                f"resume with {saved_world} process(es) (torchrun --nnodes x --nproc-per-node) "
+                f"or start a new run folder"
+            )
         saved_model = from_dict(ModelConfig, json.loads(state["model_config"]))
         if saved_model != self.model_config:
             raise ValueError(
@@ -256,8 +274,8 @@ class Trainer:
         y = torch.from_numpy(labels).to(device)
         self.model.train()
         with self.setup.autocast():
-            out = self.model(x)
-        terms = fba_loss(out.logits, out.fg, out.bg, y, self.iteration + 1, self.config)
+            out = self.network(x)
+        terms = self._loss(out, y)
         if not torch.isfinite(terms.total):
             raise FloatingPointError(
                 f"the loss became {float(terms.total.detach())} at iteration "
@@ -269,6 +287,9 @@ class Trainer:
         self.optimizer.step()
         self.iteration += 1
         return terms.as_floats()
+
+    def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
+        return fba_loss(out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config)
 
     def validate(self) -> float:
         """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
@@ -347,7 +368,7 @@ class Trainer:
         reporter = ProgressReporter(
             self.config.iterations,
             start=self.iteration,
-            jsonl_path=self.run_dir / "progress.jsonl",
+            jsonl_path=self.progress_path,
             json_stream=self.json_stream,
             show_bar=self.show_progress,
         )

@@ -1,0 +1,297 @@
+"""One process of a data-parallel test job (started by Testing/core/train/test_parallel.py).
+
+Run as ``python ddp_worker.py SCENARIO OUT`` with torchrun's variables set (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); CPU, gloo, float32, one thread:
+
+- ``step``: one step of a tiny network; every process saves the batch it drew.
+- ``resume``: 4 iterations in one go; 2 (rank 1 alone asks to stop) and 2 more resumed.
+- ``die``: rank 1 dies during the second iteration; rank 0 writes the error it gets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fbanet.config import ModelConfig, TrainConfig
+from fbanet.data.cases import Case
+from fbanet.model.losses import fba_loss
+from fbanet.model.network import FBANet
+from fbanet.train.checkpoints import load_checkpoint
+from fbanet.train.distributed import (
+    RankBatch,
+    close_process_group,
+    init_process_group,
+    torchrun_environment,
+)
+from fbanet.train.parallel import DataParallelTrainer, ProcessLostError
+from fbanet.train.progress import StopRequest
+from fbanet.train.sync_batchnorm import convert_batchnorm
+from fbanet.train.trainer import Trainer, TrainingData
+
+# No dropout: its masks are drawn per process, so they could not match one process's.
+TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8, dropout=0.0)
+
+
+def settings(**changes: Any) -> TrainConfig:
+    """The global configuration of the test job: 2 labeled + 2 unlabeled patches a step."""
+    base = {
+        "iterations": 1, "batch_size": 4, "labeled_batch_size": 2, "learning_rate": 0.01,
+        "precision": "fp32", "seed": 7, "checkpoint_every": 100,
+        "validate_every": 100, "rampup_length": 0.0, "sync_batchnorm": "on",
+        # FBANET_TEST_DEVICE=cuda: the same jobs on GPUs with NCCL (Testing/core/test_cuda.py).
+        "device": os.environ.get("FBANET_TEST_DEVICE", "cpu"),
+        # Contiguous layout: this CPU's channels-last fp32 conv3d gradients differ by ~3 %
+        # from the contiguous ones, which would hide what the test compares.
+        "channels_last": False,
+    }  # fmt: skip
+    import json
+
+    debug = json.loads(os.environ.get("DEBUG_SETTINGS", "{}"))
+    return TrainConfig(**{**base, **debug, **changes})
+
+
+def blob_case(name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (20, 18, 18)):
+    """A bright ellipsoid in noise, z-scored; its label is the ellipsoid."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
+    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
+    image = ((image - image.mean()) / image.std()).astype(np.float32)
+    return Case(name, image, inside.astype(np.uint8) if labeled else None, (1.0, 1.0, 1.0))
+
+
+def data() -> TrainingData:
+    """4 labeled and 4 unlabeled cases (2 of each per process)."""
+    return TrainingData(
+        labeled=[blob_case(f"lab{i}", i, True) for i in range(4)],
+        unlabeled=[blob_case(f"unl{i}", 100 + i, False) for i in range(4)],
+        spacing=(1.0, 1.0, 1.0),
+    )
+
+
+class _StopAfter(StopRequest):
+    """Asks to stop once the trainer has done ``count`` iterations."""
+
+    def __init__(self, trainer_ref: list[Any], count: int) -> None:
+        super().__init__()
+        self.trainer_ref, self.count = trainer_ref, count
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.trainer_ref) and self.trainer_ref[0].iteration >= self.count
+
+
+def _trainer(env: Any, run_dir: Path, config: TrainConfig, **kwargs: Any) -> DataParallelTrainer:
+    return DataParallelTrainer(env, TINY, config, data(), run_dir, show_progress=False, **kwargs)
+
+
+def _step(env: Any, out: Path) -> None:
+    trainer = _trainer(env, out / "run", settings())
+    drawn = trainer.batcher.next
+
+    def record() -> tuple[np.ndarray, np.ndarray]:
+        images, labels = drawn()
+        np.savez(out / f"batch{env.rank}.npz", images=images, labels=labels)
+        return images, labels
+
+    trainer.batcher.next = record  # type: ignore[method-assign]
+    trainer.run()
+    if dist.get_backend() == "gloo":  # CPU tensors
+        _float64_gradients(env, out)
+
+
+def _float64_gradients(env: Any, out: Path) -> None:
+    """The distributed loss and batch norm in float64, without DDP: gradients (averaged as
+    DDP does) against one process's on the whole batch; rank 0 writes their relative
+    difference (float64 shows the arithmetic is exact; float32 only rounds differently)."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(4, 1, 16, 16, 16)))
+    y = torch.from_numpy((rng.random((2, 16, 16, 16)) > 0.6).astype(np.int64))
+    config = settings()
+
+    def gradients(model: torch.nn.Module, rows: list[int], group: Any) -> dict[str, torch.Tensor]:
+        out = model(x[rows])
+        labels = y[[r for r in rows if r < 2]]
+        fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group).total.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    torch.manual_seed(7)
+    reference = gradients(FBANet(TINY).double(), [0, 1, 2, 3], None)
+    torch.manual_seed(7)
+    model = convert_batchnorm(FBANet(TINY).double(), torch.device("cpu"))
+    mine = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
+    error = norm = 0.0
+    for name, grad in mine.items():
+        dist.all_reduce(grad)
+        grad /= env.world_size
+        error += float(((grad - reference[name]) ** 2).sum())
+        norm += float((reference[name] ** 2).sum())
+    if env.rank == 0:
+        (out / "float64.txt").write_text(repr((error / norm) ** 0.5))
+
+
+def _resume(env: Any, out: Path) -> None:
+    config = settings(iterations=4)
+    _trainer(env, out / "whole", config).run()
+    ref: list[Any] = []
+    # Only rank 1 asks: both must stop after iteration 2.
+    stop = _StopAfter(ref, 2) if env.rank == 1 else StopRequest()
+    first = _trainer(env, out / "split", config, stop=stop)
+    ref.append(first)
+    result = first.run()
+    (out / f"first{env.rank}.txt").write_text(f"{result.iterations} {result.stopped}")
+    _trainer(env, out / "split", config, resume=True).run()
+
+
+def _die(env: Any, out: Path) -> None:
+    trainer = _trainer(env, out / "run", settings(iterations=6))
+    step = trainer.step
+
+    def dying_step() -> dict[str, float]:
+        if env.rank == 1 and trainer.iteration == 1:
+            os._exit(3)
+        return step()
+
+    trainer.step = dying_step  # type: ignore[method-assign]
+    try:
+        trainer.run()
+    except ProcessLostError as error:
+        (out / "lost.txt").write_text(str(error), encoding="utf-8")
+        raise
+
+
+# -- for the tests (in the test process) -----------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(rank: int, world: int, port: int) -> dict[str, str]:
+    return {
+        **os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+
+
+def launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> list[Any]:
+    """Run this script's ``scenario`` in ``world`` processes; their (exit code, output)."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).resolve()), scenario, str(out)]
+    procs = [_start(command, env=_env(r, world, port)) for r in range(world)]
+    return [_finish(proc, timeout) for proc in procs]
+
+
+def run_job(command: list[str], timeout: float = 300, **options: Any) -> Any:
+    """Run ``command`` (e.g. torchrun) in its own process group; on a timeout the whole group
+    is killed, so no worker outlives the test. Returns (exit code, stdout, stderr)."""
+    proc = _start(command, stderr=subprocess.PIPE, **options)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{command[:6]} timed out after {timeout} s:\n{stderr[-3000:]}"
+        ) from None
+    return proc.returncode, stdout, stderr
+
+
+def _start(command: list[str], **options: Any) -> Any:
+    settings = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "encoding": "utf-8",
+                "errors": "replace", "start_new_session": True, **options}  # fmt: skip
+    return subprocess.Popen(command, **settings)
+
+
+def _finish(proc: Any, timeout: float) -> tuple[int, str]:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        output, _ = proc.communicate()
+        return -9, output + f"\n(killed after {timeout} s)"
+    return proc.returncode, output
+
+
+def check_ok(results: list[Any]) -> None:
+    for code, output in results:
+        assert code == 0, output[-3000:]
+
+
+class FixedBatcher:
+    """A batcher that always gives the same batch."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.images, self.labels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def compare_step(tmp_path: Path) -> tuple[float, float]:
+    """After the ``step`` job in ``tmp_path``: one process's step on the processes' batches.
+
+    Checks the batch norm statistics and the logged losses; returns the distance between
+    the two processes' weights and the one process's, and the one process's step size.
+    """
+    # The one-process batch: both processes' labeled patches first, then the unlabeled.
+    parts = [np.load(tmp_path / f"batch{r}.npz") for r in (0, 1)]
+    assert [p["images"].shape[0] for p in parts] == [2, 2]
+    assert not np.array_equal(parts[0]["images"], parts[1]["images"])  # different shards
+    images = np.concatenate([p["images"][i : i + 1] for i in (0, 1) for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    init = Trainer(TINY, settings(), data(), tmp_path / "unused", show_progress=False)
+    start = {k: v.clone() for k, v in init.model.state_dict().items()}
+    one = Trainer(TINY, settings(), data(), tmp_path / "one", show_progress=False)
+    one.batcher = FixedBatcher(images, labels)  # type: ignore[assignment]
+    one.run()
+
+    two = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert two["world_size"] == 2 and len(two["ranks"]) == 2
+    reference = one.model.state_dict()
+    weights = [k for k, v in reference.items() if v.is_floating_point() and "running" not in k]
+    error = sum(float(((two["model"][k] - reference[k]) ** 2).sum()) for k in weights) ** 0.5
+    update = sum(float(((reference[k] - start[k]) ** 2).sum()) for k in weights) ** 0.5
+    for key in reference:
+        if "running" in key or "num_batches" in key:  # synchronized statistics
+            torch.testing.assert_close(two["model"][key], reference[key], rtol=1e-5, atol=1e-6)
+    # The logged losses are the global ones.
+    logged = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
+    expected = [json.loads(line) for line in (tmp_path / "one" / "progress.jsonl").open()]
+    for key in ("loss", "dice_loss", "consistency_loss", "contrastive_loss"):
+        assert math.isclose(logged[0][key], expected[0][key], rel_tol=1e-5), key
+    return error, update
+
+
+SCENARIOS = {"step": _step, "resume": _resume, "die": _die}
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    env = torchrun_environment()
+    assert env is not None, "start with torchrun's variables set"
+    init_process_group(env, settings().device)
+    SCENARIOS[scenario](env, out)
+    close_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Exporting the training job for a bigger machine, and importing the model it made."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import training_support as support
+from ddp_worker import free_port, run_job
+from FBANetTrainingLib import jobexport
+from training_support import ROOT, WORKER_ENV, dataset, selftest
+
+from fbanet.data.manifest import read_manifest
+
+
+def _panel(tmp_path: Path, **changes: Any) -> Any:
+    logic, _ = selftest.tinyLogic(support.newScene(), tmp_path / "models", modelName="FromGPU")
+    # A batch of 2 + 2 patches: 1 + 1 for each of 2 processes.
+    settings = {"iterations": 2, "validationCases": 0, "batchSize": 4, "labeledBatchSize": 2}
+    for name, value in {**settings, **changes}.items():
+        setattr(logic.settings, name, value)
+    return logic
+
+
+def test_the_exported_job_trains_under_torchrun_and_its_model_imports(tmp_path: Path) -> None:
+    from FBANetSegmentationLib.models import listTrainedModels
+
+    logic = _panel(tmp_path)
+    job = jobexport.exportTrainingJob(logic, tmp_path / "job", gpus=2)
+    folder = tmp_path / "job"
+    spec = read_manifest(folder / "dataset" / "manifest.json")
+    assert (len(spec.labeled), len(spec.unlabeled)) == (2, 2)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"] == {"patch_size": [16, 16, 16]}
+    assert config["train"]["iterations"] == 2 and config["train"]["labeled_batch_size"] == 2
+    document = json.loads((folder / "job.json").read_text())
+    assert document["train"] == list(job.trainCommand)
+    assert document["torchrun"][:3] == ["torchrun", "--nproc-per-node", "2"]
+    assert document["torchrun"][-len(job.trainCommand) + 2 :] == list(job.trainCommand[2:])
+    script = (folder / "run.sh").read_text()
+    assert "torchrun --nproc-per-node 2 -m fbanet train --config config.json" in script
+
+    # Run the exact torchrun command from the job folder (2 CPU processes here).
+    command = list(job.torchrunCommand)
+    command[:1] = [sys.executable, "-m", "torch.distributed.run", "--master-port",
+                   str(free_port())]  # fmt: skip
+    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(ROOT / "src")}
+    code, _, stderr = run_job(command, cwd=folder, env=env)
+    assert code == 0, stderr[-3000:]
+    assert (folder / job.modelFile).is_file()
+
+    target, header = jobexport.importTrainedModel(logic, folder)  # the job folder will do
+    assert target == tmp_path / "models" / "FromGPU.safetensors"
+    assert header.iterations == 2 and header.model.patch_size == (16, 16, 16)
+    assert [m.path for m in listTrainedModels(tmp_path / "models")] == [target]
+    assert logic.registeredModelPath == target
+    with pytest.raises(dataset.InputError, match="already exists"):
+        jobexport.importTrainedModel(logic, folder / job.modelFile)
+    logic.settings.replaceExisting = True
+    assert jobexport.importTrainedModel(logic, folder / job.modelFile)[0] == target
+
+
+def test_a_job_that_does_not_split_or_a_used_folder_is_refused(tmp_path: Path) -> None:
+    logic = _panel(tmp_path)
+    with pytest.raises(dataset.InputError, match="does not split over 3 GPUs"):
+        jobexport.exportTrainingJob(logic, tmp_path / "job", gpus=3)
+    assert not (tmp_path / "job").exists()  # nothing written
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("x")
+    with pytest.raises(dataset.InputError, match="not empty"):
+        jobexport.exportTrainingJob(logic, tmp_path / "used")
+
+
+def test_a_fine_tuning_job_carries_its_start_model(tmp_path: Path) -> None:
+    from fbanet.model.bundled import default_model_path
+
+    logic = _panel(tmp_path, startFrom="default", patchSize=(64, 64, 48))
+    job = jobexport.exportTrainingJob(logic, tmp_path / "job", gpus=1, nodes=2)
+    assert (
+        tmp_path / "job" / jobexport.INIT_MODEL
+    ).read_bytes() == default_model_path().read_bytes()
+    text = " ".join(job.trainCommand)
+    assert f"--init-model {jobexport.INIT_MODEL}" in text and "--spacing 1.25 1.25 1.25" in text
+    assert "--nnodes 2 --rdzv-backend c10d" in " ".join(job.torchrunCommand)
+
+
+def test_importing_what_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    logic = _panel(tmp_path)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(dataset.InputError, match="not an fbanet model file"):
+        jobexport.importTrainedModel(logic, tmp_path / "junk.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(dataset.InputError, match="holds no trained model"):
+        jobexport.importTrainedModel(logic, tmp_path / "empty")
+    with pytest.raises(dataset.InputError, match="does not exist"):
+        jobexport.importTrainedModel(logic, tmp_path / "nowhere.safetensors")
+    assert not (tmp_path / "models").exists()
