@@ -33,6 +33,25 @@ class ContrastiveKind(str, Enum):
     INFONCE = "infonce"  # InfoNCE, the alternative of the paper's Table 3 ablation
 
 
+class ContrastModule(str, Enum):
+    """Which module turns a decoder's output into foreground/background vectors."""
+
+    # The paper's module on the logits: reproduces the paper and imports its checkpoints,
+    # but its heads saturate after the first step (zero gradient to the network).
+    AUTHORS = "authors"
+    # Masked average pooling of the decoder's last features under its foreground
+    # probability, one projection head shared by foreground and background.
+    LEARNING = "learning"
+
+
+class LRSchedule(str, Enum):
+    """How the learning rate changes over the run (lr at iteration t of T)."""
+
+    CONSTANT = "constant"  # lr, as in the authors' code
+    POLY = "poly"  # lr * (1 - t/T) ** 0.9, as in most LA baselines
+    COSINE = "cosine"  # lr * (1 + cos(pi * t/T)) / 2
+
+
 class TrainingMode(str, Enum):
     """What the loss uses."""
 
@@ -164,6 +183,7 @@ class ModelConfig:
         patch_size: Training patch (X, Y, Z); each side a multiple of 16. It fixes the size of
             the projection heads' input, :attr:`projection_input`.
         projection_dim: Output size of each projection head (128 in the paper).
+        contrast: The contrastive module: the authors' (default) or the learning one.
         dropout: Dropout3d probability on the stage-5 features and before each output conv.
         class_names: One name per class, background first.
         class_colors: One RGB triple (0-1) per class, background first.
@@ -174,6 +194,7 @@ class ModelConfig:
     base_filters: int = 16
     patch_size: tuple[int, int, int] = (112, 112, 80)
     projection_dim: int = 128
+    contrast: ContrastModule = ContrastModule.AUTHORS
     dropout: float = 0.5
     class_names: tuple[str, ...] = ("Background", "Left atrium")
     class_colors: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 0.0), (0.85, 0.4, 0.35))
@@ -205,6 +226,7 @@ class ModelConfig:
                 f"class_names and class_colors need {self.num_classes} entries each, "
                 f"got {len(names)} names and {len(colors)} colors"
             )
+        object.__setattr__(self, "contrast", parse_enum(ContrastModule, self.contrast))
         object.__setattr__(self, "class_names", names)
         object.__setattr__(self, "class_colors", colors)
 
@@ -227,7 +249,8 @@ class TrainConfig:
         iterations: Total optimizer steps.
         batch_size: Patches per step, labeled and unlabeled together.
         labeled_batch_size: Labeled patches per step (the first ones of the batch).
-        learning_rate: SGD learning rate (constant, as in the authors' code).
+        learning_rate: SGD learning rate at the start.
+        lr_schedule: How it changes (constant, as in the authors' code; poly; cosine).
         momentum: SGD momentum.
         weight_decay: SGD weight decay (the code's 1e-4; the paper text says 5e-3).
         dice_weight: Weight of the Dice loss (the code's 0.5).
@@ -237,6 +260,8 @@ class TrainConfig:
         temperature: Sharpening temperature T of the pseudo labels.
         mode: Semi-supervised FBA-Net, or the supervised baseline (Dice loss only).
         contrastive: Contrastive loss kind.
+        contrastive_weight: Weight of the contrastive loss in the total (1 in the paper;
+            0 trains mutual consistency alone).
         positive_alpha: Ranking-weight decay of the positive (pull) loss.
         negative_alpha: Ranking-weight decay of the negative (push) loss (code 2.5, paper 0.25).
         infonce_temperature: Temperature of the InfoNCE alternative.
@@ -255,6 +280,7 @@ class TrainConfig:
     batch_size: int = 4
     labeled_batch_size: int = 2
     learning_rate: float = 0.01
+    lr_schedule: LRSchedule = LRSchedule.CONSTANT
     momentum: float = 0.9
     weight_decay: float = 1e-4
     dice_weight: float = 0.5
@@ -264,6 +290,7 @@ class TrainConfig:
     temperature: float = 0.1
     mode: TrainingMode = TrainingMode.SEMI_SUPERVISED
     contrastive: ContrastiveKind = ContrastiveKind.RANKED
+    contrastive_weight: float = 1.0
     positive_alpha: float = 0.25
     negative_alpha: float = 2.5
     infonce_temperature: float = 0.1
@@ -299,6 +326,7 @@ class TrainConfig:
             "weight_decay",
             "dice_weight",
             "consistency_weight",
+            "contrastive_weight",
             "rampup_length",
             "positive_alpha",
             "negative_alpha",
@@ -308,6 +336,7 @@ class TrainConfig:
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         object.__setattr__(self, "mode", parse_enum(TrainingMode, self.mode))
         object.__setattr__(self, "contrastive", parse_enum(ContrastiveKind, self.contrastive))
+        object.__setattr__(self, "lr_schedule", parse_enum(LRSchedule, self.lr_schedule))
         object.__setattr__(self, "device", parse_enum(DeviceKind, self.device))
         object.__setattr__(self, "precision", parse_enum(Precision, self.precision))
         object.__setattr__(self, "sync_batchnorm", parse_enum(SyncBatchNorm, self.sync_batchnorm))

@@ -14,6 +14,7 @@ from fbanet.train.curves import (
     LOSS_COLORS,
     SIZE,
     VALIDATION_COLOR,
+    gradient_note,
     moving_average,
     nice_ticks,
     plot_training_curves,
@@ -127,3 +128,19 @@ def test_nice_ticks_are_round_and_cover_the_range() -> None:
     assert nice_ticks(-0.05, 1.05) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0.5, 1.5, min_step=1) == [1.0]
     assert nice_ticks(2.0, 2.0) == [2.0]
+
+
+def test_a_dead_contrastive_term_is_named_on_the_chart(tmp_path: Path) -> None:
+    events = [
+        {"event": "iteration", "iteration": i, "loss": 1.0, "contrastive_grad_norm": g}
+        for i, g in enumerate([0.5, 0.0, 0.0, 0.0], start=1)
+    ]
+    series, _ = read_progress(_write(tmp_path / "p.jsonl", events))
+    assert list(series["contrastive_grad_norm"]) == [0.5, 0.0, 0.0, 0.0]
+    assert gradient_note(series["contrastive_grad_norm"]) == (
+        "contrastive gradient 0 at 3 of the last 4 steps (last 0)"
+    )
+    # Runs from before the norm was logged read as NaN and get no note.
+    older = [{"event": "iteration", "iteration": 1, "loss": 1.0}]
+    series, _ = read_progress(_write(tmp_path / "q.jsonl", older))
+    assert gradient_note(series["contrastive_grad_norm"]) is None

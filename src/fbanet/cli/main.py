@@ -41,8 +41,10 @@ _TRAIN_FLAGS = {
     "validate_every": "validate_every",
     "log_every": "log_every",
     "sync_batchnorm": "sync_batchnorm",
+    "lr_schedule": "lr_schedule",
+    "contrastive_weight": "contrastive_weight",
 }
-_MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters"}
+_MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters", "contrast": "contrast"}
 
 
 def _add_train_parser(commands: Any) -> None:
@@ -103,6 +105,12 @@ def _add_train_parser(commands: Any) -> None:
     )
     p.add_argument("--contrastive", help="ranked (authors) or infonce")
     p.add_argument("--negative-alpha", type=float)
+    p.add_argument(
+        "--contrast",
+        help="contrastive module: authors (the paper's, default) or learning (pooled features)",
+    )
+    p.add_argument("--contrastive-weight", type=float, help="weight of the contrastive loss (1)")
+    p.add_argument("--lr-schedule", help="constant (the authors', default), poly or cosine")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--validate-every", type=int)
     p.add_argument("--log-every", type=int)

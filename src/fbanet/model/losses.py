@@ -209,6 +209,22 @@ class LossTerms:
         }
 
 
+def contrastive_gradient_norm(terms: LossTerms, inputs: Sequence[Tensor], weight: float) -> float:
+    """L2 norm of the gradient that the weighted contrastive term sends into the network.
+
+    Measured at the activations the contrastive modules read (``FBANetOutput
+    .contrast_inputs``): the term reaches the encoder and decoders only through them, so 0
+    here means the term teaches the network nothing (the authors' module after step 1).
+    The graph is kept for the main backward pass.
+    """
+    contrast = terms.contrastive
+    if weight == 0 or not contrast.requires_grad or not inputs:
+        return 0.0
+    grads = torch.autograd.grad(contrast, list(inputs), retain_graph=True, allow_unused=True)
+    squares = [g.float().square().sum() for g in grads if g is not None]
+    return weight * math.sqrt(float(sum(squares))) if squares else 0.0
+
+
 def contrastive_loss(fg: Tensor, bg: Tensor, config: TrainConfig) -> Tensor:
     """One decoder's contrastive loss: pos(fg) + pos(bg) + neg(fg, bg), or InfoNCE."""
     if config.contrastive is ContrastiveKind.INFONCE:
@@ -266,5 +282,5 @@ def fba_loss(
     weight = consistency_rampup(
         iteration, config.consistency_weight, config.rampup_length, config.rampup_interval
     )
-    total = config.dice_weight * dice + weight * consistency + contrast
+    total = config.dice_weight * dice + weight * consistency + config.contrastive_weight * contrast
     return LossTerms(total, dice, consistency, contrast, weight)

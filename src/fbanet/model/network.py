@@ -10,18 +10,21 @@ Layout follows the authors' implementation (so their checkpoints load through
   features, then ``stages[i]`` (3, 3, 2, 1 convs) and a 1x1x1 ``out_conv`` to K classes.
 - ``contrast[k]``: the contrastive module on decoder k's logits, a 3x3x3 stride-2 conv to one
   channel + BN + sigmoid giving a foreground map M, whose flattened foreground and
-  background vectors go through projection heads ``fg_head``/``bg_head``.
+  background vectors go through projection heads ``fg_head``/``bg_head``. With
+  ``contrast = learning`` it is a :class:`FeatureContrastModule` instead (ours, not the
+  authors').
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from fbanet.config import ModelConfig, Upsampling
+from fbanet.config import ContrastModule, ModelConfig, Upsampling
 
 DECODER_UPSAMPLING: tuple[Upsampling, ...] = (
     Upsampling.TRANSPOSED,
@@ -117,9 +120,17 @@ class VNetDecoder(nn.Module):
         self.out_conv = nn.Conv3d(base_filters, num_classes, 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
+        return self.classify(self.last_features(features))
+
+    def last_features(self, features: Sequence[Tensor]) -> Tensor:
+        """The last stage's features (B, f, X, Y, Z), before dropout and ``out_conv``."""
         x = features[4]
         for i, (up, stage) in enumerate(zip(self.ups, self.stages, strict=True)):
             x = stage(up(x) + features[3 - i])
+        return x
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Logits (B, K, X, Y, Z) of the last stage's features."""
         return self.out_conv(self.dropout(x))
 
 
@@ -154,6 +165,35 @@ class ContrastiveModule(nn.Module):
         return self.fg_head(flat / voxels), self.bg_head((1 - flat) / voxels)
 
 
+class FeatureContrastModule(nn.Module):
+    """Foreground/background representations that keep image information (not the paper's).
+
+    Masked average pooling of one decoder's last features F (B, f, X, Y, Z) under its
+    foreground probability M = softmax(logits)[:, 1]: fg = sum(M F) / sum(M) and
+    bg = sum((1 - M) F) / sum(1 - M), each (B, f). One projection head, Linear(f -> 2f) +
+    ReLU + Linear(2f -> D), is shared by both, so the two can only differ through the
+    features they pool, never through separate heads' biases (how the authors' module
+    collapses).
+    """
+
+    def __init__(self, channels: int, projection_dim: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(
+            nn.Linear(channels, 2 * channels), nn.ReLU(), nn.Linear(2 * channels, projection_dim)
+        )
+
+    def forward(self, features: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Map features (B, f, X, Y, Z) and logits (B, K, X, Y, Z) to fg, bg vectors (B, D)."""
+        weight = torch.softmax(logits.float(), dim=1)[:, 1:2]
+        values = features.float()
+        axes = (2, 3, 4)
+        # A patch without foreground (or background) pools over a tiny mass; the floor
+        # keeps the mean finite there.
+        fg = (weight * values).sum(axes) / weight.sum(axes).clamp_min(1e-6)
+        bg = ((1 - weight) * values).sum(axes) / (1 - weight).sum(axes).clamp_min(1e-6)
+        return self.head(fg), self.head(bg)
+
+
 @dataclass
 class FBANetOutput:
     """What one training forward pass gives, one entry per decoder.
@@ -162,11 +202,15 @@ class FBANetOutput:
         logits: Decoder logits, each (B, K, X, Y, Z).
         fg: Foreground projections, each (B, D).
         bg: Background projections, each (B, D).
+        contrast_inputs: The activations the contrastive modules read (the logits, and with
+            the learning module the decoders' last features): the contrastive term's
+            gradient reaches the network only through these.
     """
 
     logits: list[Tensor]
     fg: list[Tensor]
     bg: list[Tensor]
+    contrast_inputs: list[Tensor] = field(default_factory=list)
 
 
 class FBANet(nn.Module):
@@ -187,12 +231,7 @@ class FBANet(nn.Module):
             for mode in DECODER_UPSAMPLING
         )
         self.contrast = (
-            nn.ModuleList(
-                ContrastiveModule(
-                    config.num_classes, config.projection_input, config.projection_dim
-                )
-                for _ in DECODER_UPSAMPLING
-            )
+            nn.ModuleList(_contrast_module(config) for _ in DECODER_UPSAMPLING)
             if with_contrast
             else None
         )
@@ -206,9 +245,17 @@ class FBANet(nn.Module):
         if self.contrast is None:
             raise RuntimeError("this FBANet was built without contrastive modules; use segment()")
         features = self.encoder(x)
-        logits = [decoder(features) for decoder in self.decoders]
-        pairs = [module(out) for module, out in zip(self.contrast, logits, strict=True)]
-        return FBANetOutput(logits, [p[0] for p in pairs], [p[1] for p in pairs])
+        if self.config.contrast is ContrastModule.LEARNING:
+            decoders = cast(list[VNetDecoder], list(self.decoders))
+            last = [decoder.last_features(features) for decoder in decoders]
+            logits = [decoder.classify(f) for decoder, f in zip(decoders, last, strict=True)]
+            pairs = [m(f, out) for m, f, out in zip(self.contrast, last, logits, strict=True)]
+            inputs = [*logits, *last]
+        else:
+            logits = [decoder(features) for decoder in self.decoders]
+            pairs = [module(out) for module, out in zip(self.contrast, logits, strict=True)]
+            inputs = list(logits)
+        return FBANetOutput(logits, [p[0] for p in pairs], [p[1] for p in pairs], inputs)
 
     def decode(self, x: Tensor, decoders: Sequence[int] = (0,)) -> list[Tensor]:
         """Logits of the chosen decoders only (no projection heads run).
@@ -234,6 +281,12 @@ class FBANet(nn.Module):
         logits = self.decode(x, decoders)
         probs = [torch.softmax(out.float(), dim=1) for out in logits]
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(dim=0)
+
+
+def _contrast_module(config: ModelConfig) -> nn.Module:
+    if config.contrast is ContrastModule.LEARNING:
+        return FeatureContrastModule(config.base_filters, config.projection_dim)
+    return ContrastiveModule(config.num_classes, config.projection_input, config.projection_dim)
 
 
 def inference_state_dict(model: FBANet) -> dict[str, Tensor]:

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 SIZE = (960, 380)  # the whole chart, (width, height) in pixels
 LOSS_KEYS = ("loss", "dice_loss", "consistency_loss", "contrastive_loss")
+GRADIENT_KEY = "contrastive_grad_norm"  # what the contrastive term sends to the network
 LOSS_COLORS = ((20, 20, 20), (214, 39, 40), (31, 119, 180), (44, 160, 44))
 VALIDATION_COLOR = (148, 103, 189)
 _FAINT = 0.25  # opacity of the raw values behind the moving average
@@ -64,14 +65,14 @@ def read_progress(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
                 logger.debug("%s:%d: skipping an unreadable line", path, number)
                 continue
             if kind is Event.ITERATION:
-                losses[iteration] = [_number(event.get(key)) for key in LOSS_KEYS]
+                losses[iteration] = [_number(event.get(key)) for key in (*LOSS_KEYS, GRADIENT_KEY)]
             elif kind is Event.VALIDATION:
                 validation[iteration] = _number(event.get("dice"))
     steps = sorted(losses)
     table = np.array([losses[i] for i in steps], dtype=np.float64)
-    table = table.reshape(len(steps), len(LOSS_KEYS))
+    table = table.reshape(len(steps), len(LOSS_KEYS) + 1)
     series = {"iteration": np.array(steps, dtype=np.float64)}
-    series.update({key: table[:, k] for k, key in enumerate(LOSS_KEYS)})
+    series.update({key: table[:, k] for k, key in enumerate((*LOSS_KEYS, GRADIENT_KEY))})
     rows = [(i, validation[i]) for i in sorted(validation)]
     return series, np.array(rows, dtype=np.float64).reshape(-1, 2)
 
@@ -240,6 +241,32 @@ def _loss_panel(
         axes.box,
         font,
         [(k.replace("_loss", ""), c) for k, c in zip(LOSS_KEYS, LOSS_COLORS, strict=True)],
+    )
+    note = gradient_note(series.get(GRADIENT_KEY, np.array([])))
+    if note:
+        left, _, _, bottom = axes.box
+        draw.text((left + 6, bottom - 18), note, fill=LOSS_COLORS[3], font=font)
+
+
+def gradient_note(norms: np.ndarray) -> str | None:
+    """A line that says whether the contrastive term still teaches the network anything.
+
+    Args:
+        norms: The logged gradient norms of the contrastive term, one per iteration (NaN
+            where a run did not log them).
+
+    Returns:
+        E.g. "contrastive gradient 0 at 99 of the last 100 steps (last 0)", or None when no
+        norm was logged.
+    """
+    finite = norms[np.isfinite(norms)]
+    if finite.size == 0:
+        return None
+    recent = finite[-100:]
+    zeros = int(np.count_nonzero(recent == 0))
+    return (
+        f"contrastive gradient 0 at {zeros} of the last {recent.size} steps "
+        f"(last {_label(float(recent[-1]))})"
     )
 
 

@@ -41,12 +41,13 @@ from fbanet.infer.sliding_window import sliding_window_inference
 from fbanet.io.volumes import atomic_write
 from fbanet.metrics import dice as dice_score
 from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
-from fbanet.model.losses import LossTerms, fba_loss
+from fbanet.model.losses import LossTerms, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import load_checkpoint, save_checkpoint, state_dict_to_cpu
 from fbanet.train.curves import plot_training_curves
 from fbanet.train.progress import ProgressReporter, StopRequest
+from fbanet.train.schedule import learning_rate_at
 
 logger = logging.getLogger(__name__)
 
@@ -283,10 +284,24 @@ class Trainer:
                 f"the learning rate or use --precision fp32 (the last checkpoint is kept)"
             )
         self.optimizer.zero_grad(set_to_none=True)
+        contrast_grad = contrastive_gradient_norm(
+            terms, out.contrast_inputs, self.config.contrastive_weight
+        )
         terms.total.backward()
+        lr = learning_rate_at(
+            self.config.learning_rate,
+            self.iteration,
+            self.config.iterations,
+            self.config.lr_schedule,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.iteration += 1
-        return terms.as_floats()
+        values = terms.as_floats()
+        values["contrastive_grad_norm"] = contrast_grad
+        values["lr"] = lr
+        return values
 
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
         return fba_loss(out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config)
@@ -380,8 +395,9 @@ class Trainer:
                     stopped = True
                     break
                 values = self.step()
+                lr = values.pop("lr")  # the contract carries it as a field of its own
                 if self.iteration % self.config.log_every == 0 or self.iteration == 1:
-                    reporter.iteration(self.iteration, values, self.config.learning_rate)
+                    reporter.iteration(self.iteration, values, lr)
                 self._maybe_validate(reporter)
                 if self.iteration % self.config.checkpoint_every == 0:
                     self._checkpoint()
