@@ -262,7 +262,7 @@ def test_evaluate_manifest_prints_and_saves_the_table(
     assert all(f"c{i}" in printed for i in (1, 2, 3)) and "c0 " not in printed
 
     rows = read_csv(table)
-    assert list(rows) == ["c1", "c2", "c3", "mean", "std"]
+    assert list(rows) == ["c1", "c2", "c3", "mean", "std", "left_out"]
     cases = [rows[f"c{i}"] for i in (1, 2, 3)]
     for column in ("dice", "jaccard", "hd95_mm", "asd_mm"):
         values = np.array([float(row[column]) for row in cases])
@@ -320,5 +320,5 @@ def test_evaluate_with_the_paper_protocol(
     assert code == 0
     assert "c1" in capsys.readouterr().out
     rows = read_csv(table)
-    assert list(rows) == ["c1", "mean", "std"]
+    assert list(rows) == ["c1", "mean", "std", "left_out"]
     assert 0.0 <= float(rows["c1"]["dice"]) <= 1.0

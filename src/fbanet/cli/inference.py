@@ -46,9 +46,9 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
         "--h5-spacing",
         type=float,
         nargs=3,
-        default=(1.0, 1.0, 1.0),
         metavar=("X", "Y", "Z"),
-        help="voxel spacing (mm) of HDF5 inputs",
+        help="voxel spacing (mm) of HDF5 inputs without a 'spacing' attribute (required for "
+        "those; the LA data: 0.625 0.625 0.625)",
     )
 
 
@@ -215,23 +215,28 @@ def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
 
 
 def _score_saved(args: argparse.Namespace) -> Any:
-    from fbanet.infer.files import read_labeled
+    from fbanet.infer.report import MetricsTable
     from fbanet.io.segmentation import read_segmentation
-    from fbanet.metrics import MetricsTable, compute_metrics
+    from fbanet.io.volumes import grid_difference, is_hdf5, read_volume
+    from fbanet.metrics import compute_metrics
 
     prediction, _ = read_segmentation(args.pred)
-    if args.ref.suffix in (".h5", ".hdf5"):
-        reference = read_labeled(args.ref, None, args.h5_spacing, args.ref.stem).label
+    if is_hdf5(args.ref):
+        reference = read_volume(args.ref, dataset="label", h5_spacing=args.h5_spacing)
     else:
-        reference = read_segmentation(args.ref)[0].array
-    if prediction.array.shape != reference.shape:
+        reference = read_segmentation(args.ref)[0]
+    difference = grid_difference(
+        prediction.array.shape, prediction.geometry, reference.array.shape, reference.geometry
+    )
+    if difference:
         raise ValueError(
-            f"prediction shape {prediction.array.shape} differs from reference shape "
-            f"{reference.shape}; resample one onto the other first"
+            f"prediction {str(args.pred)!r} and reference {str(args.ref)!r} lie on different "
+            f"voxel grids (prediction vs reference: {difference}); scores would compare "
+            "unrelated voxels: resample one onto the other first"
         )
     table = MetricsTable()
     spacing = prediction.geometry.spacing
-    table.add(args.pred.name, compute_metrics(prediction.array == 1, reference == 1, spacing))
+    table.add(args.pred.name, compute_metrics(prediction.array == 1, reference.array == 1, spacing))
     return table
 
 

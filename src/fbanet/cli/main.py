@@ -59,9 +59,9 @@ def _add_train_parser(commands: Any) -> None:
         "--h5-spacing",
         type=float,
         nargs=3,
-        default=(1.0, 1.0, 1.0),
         metavar=("X", "Y", "Z"),
-        help="voxel spacing (mm) of HDF5 files",
+        help="voxel spacing (mm) of HDF5 files without a 'spacing' attribute (required for "
+        "those; the LA data: 0.625 0.625 0.625)",
     )
     data.add_argument(
         "--spacing",

@@ -7,9 +7,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from fbanet.data.preprocess import IndexBox, physical_roi, resample_onto, voxel_roi
+from fbanet.data.cases import align_label, has_geometry
+from fbanet.data.preprocess import IndexBox, physical_roi, voxel_roi
 from fbanet.infer.evaluation import LabeledVolume
 from fbanet.infer.segmenter import Progress, Segmenter
 from fbanet.io.preview import save_preview
@@ -50,9 +49,7 @@ class RegionOfInterest:
         return voxel_roi(volume, [int(v) for v in self.start], [int(v) for v in self.stop])
 
 
-def read_scan(
-    path: str | Path, h5_spacing: Sequence[float] = (1.0, 1.0, 1.0)
-) -> tuple[Volume, bool]:
+def read_scan(path: str | Path, h5_spacing: Sequence[float] | None = None) -> tuple[Volume, bool]:
     """Read a scan; returns it and whether it is already normalized (the LA HDF5 layout)."""
     path = Path(path)
     return read_volume(path, h5_spacing=h5_spacing), is_hdf5(path)
@@ -111,7 +108,7 @@ def segment_file(
     probability: bool = False,
     uncertainty: bool = False,
     preview: Path | None = None,
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
     progress: Progress | None = None,
 ) -> SegmentOutputs:
     """Segment one scan file and write the results next to ``output_path``.
@@ -148,29 +145,21 @@ def segment_file(
 
 
 def read_labeled(
-    image: Path, label: Path | None, h5_spacing: Sequence[float], name: str
+    image: Path, label: Path | None, h5_spacing: Sequence[float] | None, name: str
 ) -> LabeledVolume:
     """A scan and its reference labelmap, the label brought onto the scan's grid.
 
-    HDF5 files hold both (``image``, ``label``); otherwise a label file that lies on another
-    grid is resampled onto the scan (nearest neighbour).
+    HDF5 files hold both (``image``, ``label``); otherwise the label is aligned with the scan
+    as training aligns it (:func:`fbanet.data.cases.align_label`): resampled (nearest
+    neighbour) when it lies on another grid that overlaps the scan, refused when it does not.
     """
+    image, label = Path(image), None if label is None else Path(label)
     volume, normalized = read_scan(image, h5_spacing)
     if label is None:
         if not is_hdf5(image):
             raise ValueError(f"case {name!r} has no label file; labeled cases need one")
-        reference = read_volume(image, dataset="label", h5_spacing=h5_spacing)
-    else:
-        reference = read_volume(label, h5_spacing=h5_spacing)
-    if (
-        not reference.geometry.matches(volume.geometry)
-        or reference.array.shape != volume.array.shape
-    ):
-        reference = resample_onto(
-            reference,
-            volume.geometry,
-            volume.array.shape,
-            sitk.sitkNearestNeighbor,
-            extrapolate=False,
-        )
-    return LabeledVolume(name, volume, reference.array, normalized)
+        label = image
+    reference = read_volume(label, dataset="label", h5_spacing=h5_spacing)
+    known = has_geometry(image, "image") and has_geometry(label, "label")
+    aligned = align_label(volume, reference, image, label, known)
+    return LabeledVolume(name, volume, aligned, normalized)
