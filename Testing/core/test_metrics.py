@@ -248,5 +248,3 @@ def test_case_metrics_as_dict_and_plain_types() -> None:
     assert type(m.dice) is float and type(m.hd95) is float and type(m.pred_empty) is bool
     with pytest.raises(AttributeError):
         m.dice = 1.0  # type: ignore[misc]
-
-

@@ -146,11 +146,13 @@ def segment_command(args: argparse.Namespace) -> int:
     """Segment each input; exit 0, or the first error's code with nothing partial written."""
     from tqdm import tqdm
 
-    from fbanet.infer.files import RegionOfInterest, output_paths, segment_file
+    from fbanet.infer.files import RegionOfInterest, check_inputs, output_paths, segment_file
 
     if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
         raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
     outputs = output_paths(args.images, args.out, args.format)
+    # Every input and output location is checked before the model loads.
+    check_inputs(args.images, [*outputs, *([args.preview] if args.preview else [])])
     segmenter = _segmenter(args)
     roi = None
     if args.roi or args.roi_mm:
@@ -243,13 +245,17 @@ def _score_saved(args: argparse.Namespace) -> Any:
 def evaluate_command(args: argparse.Namespace) -> int:
     """Print (and save) Dice, Jaccard, 95HD and ASD per case with mean and std."""
     from fbanet.infer.evaluation import evaluate
+    from fbanet.io.atomic import check_output_folder
 
     if (args.pred is None) != (args.ref is None):
         raise ValueError("--pred and --ref go together")
+    if args.csv is not None:
+        check_output_folder(args.csv)
     if args.pred is not None:
         table = _score_saved(args)
     else:
-        table = evaluate(_segmenter(args), _evaluation_cases(args))
+        cases = _evaluation_cases(args)  # read and checked before the model loads
+        table = evaluate(_segmenter(args), cases)
     print(table.format())
     if args.csv is not None:
         table.to_csv(args.csv)

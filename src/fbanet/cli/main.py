@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Bad input (a value, a missing file) is the user's to fix: exit 2. A failure of the
     # machine or the environment (disk, permissions, device): exit 1. Anything else, a
     # TypeError included, is a bug and keeps its traceback.
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         return _report(args, error, EXIT_USAGE)
     except (OSError, RuntimeError) as error:
         return _report(args, error, EXIT_ERROR)
