@@ -218,25 +218,22 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 def _train(args: argparse.Namespace) -> int:
     from fbanet.train.progress import StopRequest
+    from fbanet.train.runlog import RunLog
     from fbanet.train.runs import build_configs, load_training_data
     from fbanet.train.trainer import Trainer
 
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
-    data = load_training_data(
-        _data_spec(args),
-        normalization=args.normalization,
-        num_classes=model_config.num_classes,
-        h5_spacing=args.h5_spacing,
-        spacing=args.spacing,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_file = logging.FileHandler(args.out / "train.log", encoding="utf-8")
-    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(log_file)
     stop = StopRequest(args.stop_file)
-    stop.install_signal_handlers()
-    try:
+    # The run folder and its train.log appear only once the run can start.
+    with RunLog(args.out) as run_log:
+        data = load_training_data(
+            _data_spec(args),
+            normalization=args.normalization,
+            num_classes=model_config.num_classes,
+            h5_spacing=args.h5_spacing,
+            spacing=args.spacing,
+        )
         trainer = Trainer(
             model_config,
             train_config,
@@ -248,11 +245,12 @@ def _train(args: argparse.Namespace) -> int:
             show_progress=not args.json,
             init_model=args.init_model if not args.resume else None,
         )
-        result = trainer.run()
-    finally:
-        stop.restore_signal_handlers()
-        logging.getLogger().removeHandler(log_file)
-        log_file.close()
+        run_log.start()
+        stop.install_signal_handlers()
+        try:
+            result = trainer.run()
+        finally:
+            stop.restore_signal_handlers()
     if result.stopped:
         logger.warning("stopped at iteration %d; resume with --resume", result.iterations)
         return EXIT_STOPPED

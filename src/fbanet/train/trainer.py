@@ -43,9 +43,14 @@ from fbanet.metrics import dice as dice_score
 from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
 from fbanet.model.losses import fba_loss
 from fbanet.model.network import FBANet
-from fbanet.train.checkpoints import load_checkpoint, save_checkpoint, state_dict_to_cpu
+from fbanet.train.checkpoints import (
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_dict_to_cpu,
+)
 from fbanet.train.curves import plot_training_curves
-from fbanet.train.progress import ProgressReporter, StopRequest
+from fbanet.train.progress import ProgressReporter, StopRequest, truncate_progress
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,10 @@ class TrainingData:
             "spacing": list(self.spacing) if self.spacing else None,
             "normalization": self.normalization.value,
         }
+
+
+class TrainingDivergedError(FloatingPointError, RuntimeError):
+    """The loss became NaN or infinite; the message says which checkpoint, if any, is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +186,7 @@ class Trainer:
             seed=train_config.seed,
         )
         self.iteration = 0
+        self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
         self.last_dice: float | None = None
 
@@ -258,16 +268,24 @@ class Trainer:
             out = self.model(x)
         terms = fba_loss(out.logits, out.fg, out.bg, y, self.iteration + 1, self.config)
         if not torch.isfinite(terms.total):
-            raise FloatingPointError(
-                f"the loss became {float(terms.total.detach())} at iteration "
-                f"{self.iteration + 1}; lower "
-                f"the learning rate or use --precision fp32 (the last checkpoint is kept)"
-            )
+            raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()
         self.iteration += 1
         return terms.as_floats()
+
+    def _diverged(self, loss: float) -> TrainingDivergedError:
+        """The error for a non-finite loss, saying truthfully what is kept."""
+        saved = self._saved_iteration
+        kept = (
+            f"the checkpoint of iteration {saved} is kept: resume it with --resume and a "
+            "lower --lr, or --precision fp32"
+            if saved is not None
+            else "no checkpoint was written yet: start again with a lower --lr, or --precision fp32"
+        )
+        iteration = self.iteration + 1
+        return TrainingDivergedError(f"the loss became {loss} at iteration {iteration}; {kept}")
 
     def validate(self) -> float:
         """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
@@ -307,6 +325,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
+        self._saved_iteration = self.iteration
         save_model_file(self.model_path, self.model, self.metadata())
         try:
             plot_training_curves(self.run_dir / "progress.jsonl", self.run_dir / "curves.png")
@@ -334,8 +353,11 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until the configured iterations or a stop request; always checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.run_dir)
         if self.resume and self.checkpoint_path.exists():
             self.load_state(load_checkpoint(self.checkpoint_path))
+            self._saved_iteration = self.iteration
+            truncate_progress(self.run_dir / "progress.jsonl", self.iteration)
             logger.info("resuming %s at iteration %d", self.run_dir, self.iteration)
         elif self.checkpoint_path.exists():
             raise FileExistsError(
