@@ -385,7 +385,8 @@ class Trainer:
                 self._maybe_validate(reporter)
                 if self.iteration % self.config.checkpoint_every == 0:
                     self._checkpoint()
-            self._checkpoint()
+            if self._saved_iteration != self.iteration:  # not twice for the same state
+                self._checkpoint()
             seconds = time.monotonic() - started
             reporter.emit(
                 {"event": "stopped" if stopped else "finished", "iteration": self.iteration,
