@@ -356,6 +356,26 @@ def test_import_refuses_foreign_checkpoints(
     assert not (tmp_path / "m.safetensors").exists()
 
 
+class _Payload:
+    """An object a pickle may carry: loading it would run its class's code."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("this ran while loading",))
+
+
+def test_a_pickled_checkpoint_is_refused_without_inviting_unsafe_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "pickled.pth"
+    torch.save({"model": _Payload()}, checkpoint)
+    code = main(["import-checkpoint", str(checkpoint), "-o", str(tmp_path / "m.safetensors")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "this ran while loading" not in captured.out  # never executed
+    assert "refuses to load it" in captured.err
+    assert "weights_only" not in captured.err and "False" not in captured.err
+
+
 # -- the installed commands -------------------------------------------------------------------
 
 
@@ -374,3 +394,11 @@ def test_console_script_version() -> None:
     result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"fbanet {__version__}"
+
+
+def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "calls the library" not in text and "``" not in text
+    assert "'fbanet demo'" in text and "left-atrium segmentation" in text

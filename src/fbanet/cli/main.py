@@ -16,6 +16,13 @@ from fbanet.cli.rank import add_parser as add_rank_parser
 
 logger = logging.getLogger("fbanet")
 
+DESCRIPTION = (
+    "FBA-Net left-atrium segmentation in 3D MRI: train on a few labeled and many unlabeled "
+    "scans, segment, evaluate and rank scans for annotation. New here? 'fbanet demo' trains "
+    "and segments synthetic phantoms without any data; 'fbanet COMMAND --help' describes "
+    "each command."
+)
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -161,7 +168,7 @@ def _export_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="fbanet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fbanet", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fbanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
