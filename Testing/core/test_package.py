@@ -130,3 +130,21 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     labelmap, segments = fbanet.read_segmentation(tmp_path / "scan.seg.nrrd")
     assert labelmap.array.shape == (48, 48, 32)
     assert [s.name for s in segments] == ["Left atrium"]
+
+
+def test_pyproject_builds_without_deprecation_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The licence as a TOML table and licence classifiers made pip print ~150 lines of
+    # setuptools warnings on every install.
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), "pyproject.toml")
+        dist._finalize_license_expression()
+    messages = [str(w.message).splitlines()[0] for w in caught]
+    assert [m for m in messages if "icense" in m or "deprecat" in m.lower()] == []
+    assert dist.metadata.license_expression == "Apache-2.0"
