@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -213,8 +214,9 @@ def test_a_run_refused_at_start_leaves_no_folder(
 
 
 def test_train_log_holds_the_run_from_its_first_line(
-    manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)  # what the command sets up outside pytest
     out = tmp_path / "run"
     assert main(["train", "--manifest", str(manifest), "-o", str(out), "--iterations", "1",
                  *TINY_FLAGS]) == 0  # fmt: skip

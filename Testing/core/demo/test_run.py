@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +55,14 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     out = tmp_path_factory.mktemp("demo")
-    with _one_thread():
-        return run_demo(out, quick=True, device="cpu", progress=False)
+    package = logging.getLogger("fbanet")
+    level = package.level
+    package.setLevel(logging.INFO)  # as the command line logs
+    try:
+        with _one_thread():
+            return run_demo(out, quick=True, device="cpu", progress=False)
+    finally:
+        package.setLevel(level)
 
 
 def _assert_demo_files(out: Path) -> None:

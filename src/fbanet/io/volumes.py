@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -206,7 +207,7 @@ def _h5_dataset_names(handle: h5py.File) -> list[str]:
 
 def _hdf5_spacing(
     path: Path, handle: h5py.File, node: h5py.Dataset, h5_spacing: Sequence[float] | None
-) -> object:
+) -> Any:
     """The dataset's ``spacing`` attribute, else the file's, else ``h5_spacing``; never a guess."""
     for attrs in (node.attrs, handle.attrs):
         if "spacing" in attrs:
@@ -242,7 +243,7 @@ def _read_hdf5(path: Path, dataset: str, h5_spacing: Sequence[float] | None) -> 
         spacing = _hdf5_spacing(path, handle, node, h5_spacing)
         try:
             geometry = Geometry(
-                spacing,  # type: ignore[arg-type]
+                spacing,
                 attrs.get("origin", (0.0, 0.0, 0.0)),
                 attrs.get("direction", Geometry().direction),
             )

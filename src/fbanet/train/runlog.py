@@ -38,15 +38,9 @@ class RunLog:
         self.path = Path(run_dir) / LOG_NAME
         self._buffer = _Buffer()
         self._file: logging.FileHandler | None = None
-        self._level: int | None = None
 
     def __enter__(self) -> RunLog:
-        # The log records the run at INFO whatever the console shows (the library's own
-        # logger only: other libraries' chatter stays out).
-        package = logging.getLogger("fbanet")
-        if package.getEffectiveLevel() > logging.INFO:
-            self._level = package.level
-            package.setLevel(logging.INFO)
+        # Records pass the loggers' levels as configured (the command line logs INFO).
         logging.getLogger().addHandler(self._buffer)
         return self
 
@@ -73,8 +67,6 @@ class RunLog:
         root = logging.getLogger()
         root.removeHandler(self._buffer)
         self._buffer.records.clear()
-        if self._level is not None:
-            logging.getLogger("fbanet").setLevel(self._level)
         if self._file is not None:
             root.removeHandler(self._file)
             if error is not None:
