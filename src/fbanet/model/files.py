@@ -129,8 +129,8 @@ def safe_torch_load(path: str | Path, what: str, advice: str) -> Any:
         # repeat that advice.
         raise ValueError(
             f"{str(path)!r} holds pickled Python objects, not only tensors; fbanet refuses to "
-            f"load it because unpickling can run code hidden in the file. Use a {what} that "
-            f"holds tensors only (a state dict); {advice}"
+            f"load it because unpickling can run code hidden in the file. Only tensors (a "
+            f"state dict) are read as a {what}; {advice}"
         ) from error
     except Exception as error:  # torch raises many types for corrupt or foreign files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
