@@ -33,9 +33,9 @@ from pathlib import Path
 from fbanet.config import ModelConfig, TrainConfig, TrainingMode
 from fbanet.data.manifest import spec_from_h5_list
 from fbanet.infer.evaluation import LabeledVolume, evaluate
+from fbanet.infer.report import MetricsTable
 from fbanet.infer.segmenter import Segmenter, paper_config
 from fbanet.io.volumes import Geometry, read_volume
-from fbanet.metrics import MetricsTable
 from fbanet.train.runs import load_training_data
 from fbanet.train.trainer import Trainer, TrainingData
 

@@ -67,3 +67,25 @@ def test_forced_bf16_with_wrong_gradients_is_an_error(
 def test_probe_agrees_with_a_direct_comparison() -> None:
     # The probe's verdict at a healthy size: bfloat16 gradients within rounding of float32.
     assert device.bf16_conv_gradients_ok((4, 4, 3))
+
+
+@pytest.mark.parametrize(
+    ("native", "precision", "expected"),
+    [
+        (False, "auto", "float32 because this CPU lacks native bfloat16 (AVX-512 BF16 or AMX)"),
+        (True, "auto", "bfloat16 because this CPU has native bfloat16 (AVX-512 BF16 or AMX)"),
+        (True, "fp32", "float32 as requested (--precision fp32)"),
+    ],
+)
+def test_the_start_up_log_says_why_bf16_is_or_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    native: bool,
+    precision: str,
+    expected: str,
+) -> None:
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: native)
+    with caplog.at_level(logging.INFO, logger="fbanet.device"):
+        setup = device.compute_setup("cpu", precision)
+    assert (setup.autocast_dtype is not None) == (native and precision == "auto")
+    assert "compute: cpu" in caplog.text and expected in caplog.text

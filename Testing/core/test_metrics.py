@@ -1,11 +1,9 @@
 """Tests for fbanet.metrics: agreement with medpy (test-only dependency), hand-computed cases,
-empty-mask conventions, input validation and the MetricsTable summary/CSV/format."""
+empty-mask conventions and input validation (the tables are in infer/test_report.py)."""
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import medpy.metric.binary as medpy_binary
 import numpy as np
@@ -13,9 +11,7 @@ import pytest
 from scipy import ndimage
 
 from fbanet.metrics import (
-    CSV_HEADER,
     CaseMetrics,
-    MetricsTable,
     asd,
     compute_metrics,
     dice,
@@ -252,70 +248,3 @@ def test_case_metrics_as_dict_and_plain_types() -> None:
     assert type(m.dice) is float and type(m.hd95) is float and type(m.pred_empty) is bool
     with pytest.raises(AttributeError):
         m.dice = 1.0  # type: ignore[misc]
-
-
-def _table() -> MetricsTable:
-    table = MetricsTable()
-    table.add("case_a", CaseMetrics(0.8, 0.6, 2.0, 1.0, False, False))
-    table.add("case_b", CaseMetrics(0.9, 0.7, 4.0, 3.0, False, False))
-    table.add("case_c", CaseMetrics(0.0, 0.0, math.inf, math.inf, True, False))
-    return table
-
-
-def test_table_summary_by_hand() -> None:
-    summary = _table().summary()
-    # Dice is finite everywhere: mean of (0.8, 0.9, 0.0) = 0.5668 ...; population std.
-    assert summary["dice"][0] == pytest.approx(1.7 / 3)
-    assert summary["dice"][1] == pytest.approx(
-        math.sqrt((0.8**2 + 0.9**2 + 0.0) / 3 - (1.7 / 3) ** 2)
-    )
-    assert summary["jaccard"] == pytest.approx((1.3 / 3, np.std([0.6, 0.7, 0.0])))
-    # The empty prediction's inf distances are left out, not averaged in.
-    assert summary["hd95"] == pytest.approx((3.0, 1.0))
-    assert summary["asd"] == pytest.approx((2.0, 1.0))
-    assert summary["pred_empty"] == (1.0, 3.0)
-
-
-def test_empty_table_summary_is_nan() -> None:
-    summary = MetricsTable().summary()
-    assert all(math.isnan(v) for name in ("dice", "hd95") for v in summary[name])
-    assert summary["pred_empty"] == (0.0, 0.0)
-
-
-def test_table_rejects_duplicate_and_reserved_names() -> None:
-    table = _table()
-    with pytest.raises(ValueError, match="already"):
-        table.add("case_a", CaseMetrics(1.0, 1.0, 0.0, 0.0, False, False))
-    with pytest.raises(ValueError, match="reserved"):
-        table.add("mean", CaseMetrics(1.0, 1.0, 0.0, 0.0, False, False))
-
-
-def test_csv_round_trip_is_atomic(tmp_path: Path) -> None:
-    table = _table()
-    target = tmp_path / "out" / "metrics.csv"
-    assert table.to_csv(target) == target
-    assert [p.name for p in target.parent.iterdir()] == ["metrics.csv"]  # no temp file left
-    with target.open(newline="", encoding="utf-8") as stream:
-        rows = list(csv.reader(stream))
-    assert tuple(rows[0]) == CSV_HEADER
-    assert [row[0] for row in rows[1:]] == ["case_a", "case_b", "case_c", "mean", "std"]
-    for row, (name, metrics) in zip(rows[1:4], table.rows, strict=True):
-        read_back = CaseMetrics(*map(float, row[1:5]), row[5] == "1", row[6] == "1")
-        assert row[0] == name and read_back == metrics
-    summary = table.summary()
-    assert float(rows[4][3]) == summary["hd95"][0] and float(rows[5][4]) == summary["asd"][1]
-    assert rows[4][5:] == ["1", "0"] and rows[5][5:] == ["", ""]
-    # Overwriting an existing file also goes through a rename and leaves nothing behind.
-    MetricsTable().to_csv(target)
-    assert [p.name for p in target.parent.iterdir()] == ["metrics.csv"]
-    assert len(target.read_text(encoding="utf-8").splitlines()) == 3
-
-
-def test_format_is_a_fixed_width_table() -> None:
-    text = _table().format()
-    lines = text.splitlines()
-    assert lines[0].split()[:5] == ["case", "dice", "jaccard", "hd95_mm", "asd_mm"]
-    assert "case_b" in text and "0.9000" in text and "inf" in text
-    assert "mean ± std" in text and "3.00 ± 1.00" in text
-    assert len({len(line) for line in lines[:5]}) == 1  # header, rule and rows line up
-    assert lines[-1] == "empty predictions: 1 of 3 cases"

@@ -145,3 +145,21 @@ def test_the_core_never_imports_slicer() -> None:
             )  # fmt: skip
             found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in slicer_names]
     assert found == []
+
+
+def test_pyproject_builds_without_deprecation_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The licence as a TOML table and licence classifiers made pip print ~150 lines of
+    # setuptools warnings on every install.
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), "pyproject.toml")
+        dist._finalize_license_expression()
+    messages = [str(w.message).splitlines()[0] for w in caught]
+    assert [m for m in messages if "icense" in m or "deprecat" in m.lower()] == []
+    assert dist.metadata.license_expression == "Apache-2.0"

@@ -72,6 +72,27 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> torch
     return torch.bfloat16 if supported else None
 
 
+def precision_reason(
+    precision: Precision | str, device: torch.device, dtype: torch.dtype | None
+) -> str:
+    """Why a run computes in ``dtype`` (None: float32) on ``device``, for the start-up log."""
+    precision = parse_enum(Precision, precision)
+    if precision is Precision.FP32:
+        return "float32 as requested (--precision fp32)"
+    if device.type == "cpu":
+        if dtype is not None:
+            return "bfloat16 because this CPU has native bfloat16 (AVX-512 BF16 or AMX)"
+        return (
+            "float32 because this CPU lacks native bfloat16 (AVX-512 BF16 or AMX), where "
+            "bfloat16 would be emulated and slower"
+        )
+    if device.type == "cuda":
+        if dtype is not None:
+            return "bfloat16 because this GPU supports it"
+        return "float32 because this GPU has no bfloat16 support"
+    return f"float32: bfloat16 autocast is not used on {device.type}"
+
+
 @dataclass(frozen=True)
 class ComputeSetup:
     """Device, autocast dtype (None = float32) and memory layout of a run."""
@@ -127,6 +148,7 @@ def compute_setup(
     precision = parse_enum(Precision, precision)
     torch_device = select_device(device)
     dtype = resolve_precision(precision, torch_device)
+    why = precision_reason(precision, torch_device, dtype)
     if dtype is not None and torch_device.type == "cpu" and training_sizes:
         bad = [s for s in training_sizes if not bf16_conv_gradients_ok(s, channels_last)]
         if bad:
@@ -140,8 +162,9 @@ def compute_setup(
                 )
             logger.warning("%straining in float32 instead", reason)
             dtype = None
+            why = "float32 because this CPU's bfloat16 convolution gradients are wrong here"
     setup = ComputeSetup(torch_device, dtype, channels_last)
-    logger.info("compute: %s", setup.describe())
+    logger.info("compute: %s (%s)", setup.describe(), why)
     return setup
 
 

@@ -15,29 +15,23 @@ which mask was empty.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-# The metrics that MetricsTable summarises, in column order.
+# The metrics of a case, in column order (fbanet.infer.report tabulates them).
 METRIC_NAMES: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
-CSV_HEADER = ("case", "dice", "jaccard", "hd95_mm", "asd_mm", "pred_empty", "ref_empty")
 # Erosion with border_value=0 already treats everything outside the crop as background, which
 # is what lies there (the crop holds both masks), so margin 0 would be exact too; one voxel of
 # real background around the masks just keeps that argument independent of scipy's border rule.
 _CROP_MARGIN = 1
-_RESERVED_CASE_NAMES = frozenset({"mean", "std"})
 
 
 @dataclass(frozen=True)
@@ -281,134 +275,3 @@ def compute_metrics(
     return CaseMetrics(
         dice_value, jaccard_value, hd95_mm, asd_mm, not pred_mask.any(), not ref_mask.any()
     )
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std of the finite values; (nan, nan) when there are none."""
-    array = np.asarray(values, dtype=np.float64)
-    finite = array[np.isfinite(array)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    return float(finite.mean()), float(finite.std())
-
-
-@dataclass
-class MetricsTable:
-    """Per-case metrics of an evaluation run, with summary statistics and CSV export.
-
-    Attributes:
-        rows: (case name, metrics) pairs in the order they were added.
-    """
-
-    rows: list[tuple[str, CaseMetrics]] = field(default_factory=list)
-
-    def add(self, name: str, metrics: CaseMetrics) -> None:
-        """Appends one case.
-
-        Args:
-            name: Unique case name; ``mean`` and ``std`` are reserved for the summary rows.
-            metrics: The case's metrics.
-
-        Raises:
-            ValueError: If the name is already in the table or reserved.
-        """
-        if name in _RESERVED_CASE_NAMES:
-            raise ValueError(f"case name {name!r} is reserved for the summary rows")
-        if any(existing == name for existing, _ in self.rows):
-            raise ValueError(f"case {name!r} is already in the table")
-        self.rows.append((name, metrics))
-
-    @property
-    def n_pred_empty(self) -> int:
-        """Number of cases whose prediction is empty."""
-        return sum(metrics.pred_empty for _, metrics in self.rows)
-
-    def summary(self) -> dict[str, tuple[float, float]]:
-        """Mean and population standard deviation of each metric over its finite values.
-
-        Empty masks are thus left out of the distance statistics (not counted as 0); their
-        number is reported instead.
-
-        Returns:
-            ``{"dice": (mean, std), "jaccard": ..., "hd95": ..., "asd": ...}`` with distances
-            in mm, ``(nan, nan)`` for a metric with no finite value, plus
-            ``"pred_empty": (number of empty predictions, number of cases)``.
-        """
-        result = {
-            name: _mean_std([getattr(metrics, name) for _, metrics in self.rows])
-            for name in METRIC_NAMES
-        }
-        result["pred_empty"] = (float(self.n_pred_empty), float(len(self.rows)))
-        return result
-
-    def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the table as CSV, atomically (a temporary file in the same folder, renamed).
-
-        Columns are ``case,dice,jaccard,hd95_mm,asd_mm,pred_empty,ref_empty``; floats are
-        written at full precision (``inf``/``nan`` as such) and flags as 1/0. The last two
-        rows are ``mean`` and ``std`` of the finite values; in the ``mean`` row the flag
-        columns hold the number of flagged cases and in the ``std`` row they are blank.
-
-        Args:
-            path: Destination file; missing parent folders are created.
-
-        Returns:
-            The path written.
-        """
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-                csv.writer(stream).writerows(self._csv_rows())
-            os.replace(temp_name, target)
-        except BaseException:
-            # Never leave a half-written temporary file behind, whatever interrupted us.
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        logger.info("wrote metrics of %d cases to %s", len(self.rows), target)
-        return target
-
-    def _csv_rows(self) -> list[list[str]]:
-        """The header, one row per case and the mean/std rows, as strings."""
-        rows = [list(CSV_HEADER)]
-        for name, metrics in self.rows:
-            values = [repr(getattr(metrics, metric)) for metric in METRIC_NAMES]
-            rows.append([name, *values, str(int(metrics.pred_empty)), str(int(metrics.ref_empty))])
-        stats = self.summary()
-        n_ref_empty = sum(metrics.ref_empty for _, metrics in self.rows)
-        means = [repr(stats[metric][0]) for metric in METRIC_NAMES]
-        stds = [repr(stats[metric][1]) for metric in METRIC_NAMES]
-        rows.append(["mean", *means, str(self.n_pred_empty), str(n_ref_empty)])
-        rows.append(["std", *stds, "", ""])
-        return rows
-
-    def format(self) -> str:
-        """A fixed-width table for the terminal: one line per case, then mean ± std.
-
-        Returns:
-            The table as a multi-line string (no trailing newline).
-        """
-        name_width = max([len("mean ± std"), *(len(name) for name, _ in self.rows)])
-        header = (
-            f"{'case':<{name_width}}  {'dice':>17}  {'jaccard':>17}  {'hd95_mm':>17}  "
-            f"{'asd_mm':>17}  {'pred_empty':>10}  {'ref_empty':>9}"
-        )
-        lines = [header, "-" * len(header)]
-        for name, m in self.rows:
-            lines.append(
-                f"{name:<{name_width}}  {m.dice:>17.4f}  {m.jaccard:>17.4f}  {m.hd95:>17.2f}  "
-                f"{m.asd:>17.2f}  {'yes' if m.pred_empty else 'no':>10}  "
-                f"{'yes' if m.ref_empty else 'no':>9}"
-            )
-        stats = self.summary()
-        cells = [
-            f"{stats[metric][0]:.{digits}f} ± {stats[metric][1]:.{digits}f}"
-            for metric, digits in zip(METRIC_NAMES, (4, 4, 2, 2), strict=True)
-        ]
-        lines.append("-" * len(header))
-        lines.append(f"{'mean ± std':<{name_width}}  " + "  ".join(f"{c:>17}" for c in cells))
-        lines.append(f"empty predictions: {self.n_pred_empty} of {len(self.rows)} cases")
-        return "\n".join(lines)

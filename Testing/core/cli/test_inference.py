@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import slicerio
 from builders import trained_looking_model
 from PIL import Image
 
+import fbanet.cli.inference
+import fbanet.io.atomic
 import fbanet.model.bundled
 from fbanet.cli.main import main
 from fbanet.config import InferenceConfig, ModelConfig
@@ -263,7 +266,7 @@ def test_evaluate_manifest_prints_and_saves_the_table(
     assert all(f"c{i}" in printed for i in (1, 2, 3)) and "c0 " not in printed
 
     rows = read_csv(table)
-    assert list(rows) == ["c1", "c2", "c3", "mean", "std"]
+    assert list(rows) == ["c1", "c2", "c3", "mean", "std", "left_out"]
     cases = [rows[f"c{i}"] for i in (1, 2, 3)]
     for column in ("dice", "jaccard", "hd95_mm", "asd_mm"):
         values = np.array([float(row[column]) for row in cases])
@@ -321,7 +324,7 @@ def test_evaluate_with_the_paper_protocol(
     assert code == 0
     assert "c1" in capsys.readouterr().out
     rows = read_csv(table)
-    assert list(rows) == ["c1", "mean", "std"]
+    assert list(rows) == ["c1", "mean", "std", "left_out"]
     assert 0.0 <= float(rows["c1"]["dice"]) <= 1.0
 
 
@@ -358,3 +361,120 @@ def test_segment_devices_without_gpus_is_refused(
                  "--devices", "0,1"])  # fmt: skip
     assert code == 2
     assert "has 0 CUDA GPU(s)" in capsys.readouterr().err
+
+
+def _no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading a model fail loudly: the checks must come before it."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(fbanet.cli.inference, "load_segmenter", refuse)
+
+
+def test_missing_input_is_reported_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_model(monkeypatch)
+    good = write_scan(tmp_path / "good.nrrd")
+    code = main(["segment", str(good), str(tmp_path / "gone.nrrd"), "-o", str(tmp_path / "o")])
+    assert code == 2
+    assert "gone.nrrd does not exist" in capsys.readouterr().err
+    assert main(["rank", str(tmp_path / "gone.nrrd")]) == 2
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"labeled": [{"image": "gone.nrrd", "label": "gone.nrrd"}]}))
+    assert main(["evaluate", "--manifest", str(manifest)]) == 2
+    assert "gone.nrrd" in capsys.readouterr().err
+
+
+def test_output_under_a_file_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_model(monkeypatch)
+    image = write_scan(tmp_path / "scan.nrrd")
+    (tmp_path / "afile").write_text("x")
+    code = main(["segment", str(image), "-o", str(tmp_path / "afile" / "out.seg.nrrd")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "afile is a file, not a folder" in err and "Errno 17" not in err
+
+
+def test_hdf5_without_spacing_is_refused(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import h5py
+
+    scan = tmp_path / "case.h5"
+    with h5py.File(scan, "w") as handle:
+        handle["image"] = np.zeros((36, 30, 14), np.float32)
+        handle["label"] = np.ones((36, 30, 14), np.uint8)
+    out = tmp_path / "out"
+    code = main(["segment", str(scan), "-m", str(model_file), "-o", str(out), "--fp32"])
+    assert code == 2 and "--h5-spacing" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+    (tmp_path / "list").write_text("case\n")
+    code = main([
+        "evaluate", "--h5-dir", str(tmp_path), "--h5-list", str(tmp_path / "list"),
+        "-m", str(model_file), "--fp32",
+    ])  # fmt: skip
+    assert code == 2 and "--h5-spacing" in capsys.readouterr().err
+    code = main(["rank", str(scan), "-m", str(model_file), "--fp32"])
+    assert code == 2 and "--h5-spacing" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_reference_on_another_grid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shape = (20, 20, 10)
+    mask = sphere(shape, (10.0, 10.0, 5.0), 4.0).astype(np.uint8)
+    segments = segments_from_model(CONFIG.class_names, CONFIG.class_colors)
+    pred = write_segmentation(Volume(mask, GEOMETRY), tmp_path / "pred.seg.nrrd", segments)
+    far = Geometry(SPACING, (500.0, 500.0, 500.0), GEOMETRY.direction)
+    ref = write_volume(Volume(mask, far), tmp_path / "ref.nrrd")
+    code = main(["evaluate", "--pred", str(pred), "--ref", str(ref)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "different voxel grids" in err and "origin (12.5, -30.0, 44.0) vs (500.0" in err
+
+
+def test_evaluate_aligns_image_and_label_as_training_does(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A label that lies nowhere near its image: training refuses the pair, so must evaluate.
+    image = write_scan(tmp_path / "img.nrrd")
+    far = Geometry(SPACING, (900.0, 900.0, 900.0), GEOMETRY.direction)
+    label = write_volume(Volume(np.ones(SHAPE, np.uint8), far), tmp_path / "lab.nrrd")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"labeled": [{"image": image.name, "label": label.name}]}))
+    code = main(["evaluate", "--manifest", str(manifest), "-m", str(model_file), "--fp32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "do not overlap in physical space" in err and "origin" in err
+
+
+def test_disk_full_leaves_no_output_and_says_so(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    image = write_scan(tmp_path / "scan.nrrd")
+    real_write = sitk.WriteImage
+
+    def full_disk(img: sitk.Image, name: str, **options: bool) -> None:
+        # ITK's own words for a full disk while writing the probability map.
+        Path(name).write_bytes(b"NRRD0004\n")
+        raise RuntimeError("[nrrd] _nrrdEncodingRaw_write: fwrite wrote only 262070 things")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(sitk, "WriteImage", full_disk)
+    monkeypatch.setattr(
+        fbanet.io.atomic.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 10, 0)
+    )
+    code = main([
+        "segment", str(image), "-m", str(model_file), "-o", str(out / "scan.seg.nrrd"),
+        "--probability", "--fp32",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no space left on the disk holding" in err and "_nrrdEncoding" not in err
+    assert list(out.iterdir()) == []  # the .seg.nrrd written first is not left behind
+    monkeypatch.setattr(sitk, "WriteImage", real_write)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -188,6 +190,62 @@ def test_bad_input_gives_exit_code_2_and_one_line(
     assert not (out / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("case", ["no unlabeled", "cuda", "init model"])
+def test_a_run_refused_at_start_leaves_no_folder(
+    case: str, manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    flags = ["--iterations", "1", *TINY_FLAGS]
+    if case == "no unlabeled":
+        entries = json.loads(manifest.read_text(encoding="utf-8"))
+        entries["unlabeled"] = []
+        flags += ["--manifest", str(_bad_manifest(tmp_path, manifest, entries))]
+    else:
+        flags += ["--manifest", str(manifest)]
+    if case == "cuda":
+        flags += ["--device", "cuda"]  # the last --device wins; there is no GPU here
+    if case == "init model":
+        (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+        flags += ["--init-model", str(tmp_path / "bad.safetensors")]
+    code = main(["train", "-o", str(out), *flags])
+    assert code != 0
+    _error_line(capsys.readouterr().err)
+    assert not out.exists()  # no run folder with an empty train.log
+
+
+def test_train_log_holds_the_run_from_its_first_line(
+    manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # what the command sets up outside pytest
+    out = tmp_path / "run"
+    assert main(["train", "--manifest", str(manifest), "-o", str(out), "--iterations", "1",
+                 *TINY_FLAGS]) == 0  # fmt: skip
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "loaded 2 case(s)" in log and "compute: cpu, float32" in log and "finished" in log
+
+
+def test_nan_loss_is_one_error_line_without_traceback(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import fbanet.train.trainer as training
+
+    real_loss = training.fba_loss
+
+    def nan_loss(*args: Any, **kwargs: Any) -> Any:
+        terms = real_loss(*args, **kwargs)
+        return dataclasses.replace(terms, total=terms.total * float("nan"))
+
+    monkeypatch.setattr(training, "fba_loss", nan_loss)
+    out = tmp_path / "run"
+    code = main(["train", "--manifest", str(manifest), "-o", str(out), "--iterations", "2",
+                 *TINY_FLAGS])  # fmt: skip
+    assert code == 1
+    line = _error_line(capsys.readouterr().err)
+    assert "no checkpoint was written yet" in line and "is kept" not in line
+    assert "run failed: the loss became nan" in (out / "train.log").read_text(encoding="utf-8")
+
+
 def test_a_type_error_from_a_bug_is_not_reported_as_bad_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -300,6 +358,26 @@ def test_import_refuses_foreign_checkpoints(
     assert not (tmp_path / "m.safetensors").exists()
 
 
+class _Payload:
+    """An object a pickle may carry: loading it would run its class's code."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("this ran while loading",))
+
+
+def test_a_pickled_checkpoint_is_refused_without_inviting_unsafe_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "pickled.pth"
+    torch.save({"model": _Payload()}, checkpoint)
+    code = main(["import-checkpoint", str(checkpoint), "-o", str(tmp_path / "m.safetensors")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "this ran while loading" not in captured.out  # never executed
+    assert "refuses to load it" in captured.err
+    assert "weights_only" not in captured.err and "False" not in captured.err
+
+
 # -- the installed commands -------------------------------------------------------------------
 
 
@@ -318,3 +396,11 @@ def test_console_script_version() -> None:
     result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"fbanet {__version__}"
+
+
+def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "calls the library" not in text and "``" not in text
+    assert "'fbanet demo'" in text and "left-atrium segmentation" in text

@@ -97,6 +97,9 @@ def test_bad_case_rejected(tmp_path: Path, mutate, message: str) -> None:
         load_case(image_path, label_path, normalization=ZSCORE)
 
 
+LA = (0.625, 0.625, 0.625)
+
+
 def test_label_shape_mismatch_in_h5(tmp_path: Path) -> None:
     path = tmp_path / "case.h5"
     with h5py.File(path, "w") as handle:
@@ -105,7 +108,7 @@ def test_label_shape_mismatch_in_h5(tmp_path: Path) -> None:
     with h5py.File(label_path, "w") as handle:
         handle["label"] = np.ones((8, 10, 5), np.uint8)
     with pytest.raises(ValueError, match=r"different shapes \(\(8, 10, 6\) vs \(8, 10, 5\)\)"):
-        load_case(path, label_path, normalization=ZSCORE)
+        load_case(path, label_path, normalization=ZSCORE, h5_spacing=LA)
 
 
 def test_h5_case_and_require_label(tmp_path: Path) -> None:
@@ -117,13 +120,26 @@ def test_h5_case_and_require_label(tmp_path: Path) -> None:
     case = load_case(path, normalization="as-stored", h5_spacing=(0.625, 0.625, 0.625))
     assert case.name == "case01" and case.spacing == (0.625, 0.625, 0.625)
     assert case.label is not None and int(case.label.sum()) == 8
-    unlabeled = load_case(path, normalization=ZSCORE, read_label=False)
+    unlabeled = load_case(path, normalization=ZSCORE, read_label=False, h5_spacing=LA)
     assert unlabeled.label is None
     bare = tmp_path / "bare.h5"
     with h5py.File(bare, "w") as handle:
         handle["image"] = image
     with pytest.raises(ValueError, match=r"no label for image .*bare\.h5"):
-        load_case(bare, normalization=ZSCORE, require_label=True)
+        load_case(bare, normalization=ZSCORE, require_label=True, h5_spacing=LA)
+
+
+def test_h5_spacing_is_never_assumed(tmp_path: Path) -> None:
+    # HDF5 stores no geometry: without --h5-spacing (or a 'spacing' attribute) the LA data
+    # was silently taken as 1 mm and scored far worse; now it is refused.
+    path = tmp_path / "case.h5"
+    with h5py.File(path, "w") as handle:
+        handle["image"] = _image()
+    with pytest.raises(ValueError, match=r"stores no voxel spacing.*--h5-spacing X Y Z"):
+        load_case(path, normalization=ZSCORE)
+    with h5py.File(path, "a") as handle:
+        handle.attrs["spacing"] = (0.5, 0.5, 2.0)  # a file-level attribute is used
+    assert load_case(path, normalization=ZSCORE).spacing == (0.5, 0.5, 2.0)
 
 
 def test_load_cases_order(tmp_path: Path) -> None:
@@ -134,7 +150,7 @@ def test_load_cases_order(tmp_path: Path) -> None:
             handle["image"] = _image(seed=i)
             handle["label"] = _box_label((8, 10, 6), (slice(i, i + 2),) * 3)
         refs.append(CaseRef(path, None, f"case{i}"))
-    cases = load_cases(refs, normalization=ZSCORE, require_label=True)
+    cases = load_cases(refs, normalization=ZSCORE, require_label=True, h5_spacing=LA)
     assert [c.name for c in cases] == ["case0", "case1"]
     assert cases[1].label is not None and cases[1].label[1, 1, 1] == 1
 
@@ -142,5 +158,7 @@ def test_load_cases_order(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (LA_DIR / "train.list").is_file(), reason="shared LA data absent")
 def test_load_a_real_la_case() -> None:
     spec = spec_from_h5_list(LA_DIR / "train", LA_DIR / "train.list", labeled=8, validation=8)
-    case = load_case(spec.labeled[0].image, normalization="as-stored", require_label=True)
+    case = load_case(
+        spec.labeled[0].image, normalization="as-stored", require_label=True, h5_spacing=LA
+    )
     assert case.image.ndim == 3 and case.label is not None and case.label.max() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from fbanet.cli.main import build_parser, main
 from fbanet.demo.run import (
     DEFAULT_ITERATIONS,
+    DEFAULT_TIME_BUDGET,
     QUICK_ITERATIONS,
     DemoResult,
     demo_configs,
@@ -53,8 +55,14 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     out = tmp_path_factory.mktemp("demo")
-    with _one_thread():
-        return run_demo(out, quick=True, device="cpu", progress=False)
+    package = logging.getLogger("fbanet")
+    level = package.level
+    package.setLevel(logging.INFO)  # as the command line logs
+    try:
+        with _one_thread():
+            return run_demo(out, quick=True, device="cpu", progress=False)
+    finally:
+        package.setLevel(level)
 
 
 def _assert_demo_files(out: Path) -> None:
@@ -104,6 +112,40 @@ def test_quick_demo_dice_is_a_valid_score_of_the_files(quick: DemoResult) -> Non
     assert quick.dice == pytest.approx(dice(predicted.array == 1, reference.array == 1))
     assert quick.validation_dice is not None and 0.0 <= quick.validation_dice <= 1.0
     assert quick.iterations >= 1 and quick.seconds >= quick.train_seconds > 0
+
+
+def test_quick_demo_run_has_a_log_and_draws_each_curve_once(quick: DemoResult) -> None:
+    log = (quick.run_dir / "train.log").read_text(encoding="utf-8")
+    assert "compute: cpu" in log and "finished at iteration" in log
+    assert log.count("wrote training curves") == 1  # drawn once, at the end
+    assert (quick.out_dir / "curves.png").read_bytes() == (
+        quick.run_dir / "curves.png"
+    ).read_bytes()
+
+
+def test_quick_demo_preview_is_large_enough_to_inspect(quick: DemoResult) -> None:
+    from PIL import Image
+
+    with Image.open(quick.preview_path) as png:
+        assert png.width >= 800
+
+
+def test_the_time_budget_bounds_training_on_any_cpu(tmp_path: Path) -> None:
+    # A slow CPU, simulated: every look at the clock finds 10 s more gone.
+    ticks = iter(range(0, 10_000, 10))
+    with _one_thread():
+        result = run_demo(
+            tmp_path / "demo", quick=True, iterations=30, device="cpu", progress=False,
+            time_budget=35.0, clock=lambda: float(next(ticks)),
+        )  # fmt: skip
+    assert result.planned_iterations == 30 and 1 <= result.iterations <= 4
+    assert result.stopped_early and math.isfinite(result.dice)
+    assert result.segmentation_path.is_file()
+    # The default leaves room within two minutes for everything around training.
+    assert DEFAULT_TIME_BUDGET <= 90.0
+    from fbanet.cli.demo import _summary
+
+    assert "the time budget stopped training; of 30 planned" in _summary(result)
 
 
 def test_a_folder_holding_a_demo_run_is_refused(quick: DemoResult) -> None:

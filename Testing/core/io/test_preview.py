@@ -85,10 +85,14 @@ def test_anisotropic_spacing_changes_aspect(tmp_path: Path) -> None:
     image, labels = _scan((1.0, 1.0, 3.0))
     save_preview(image, labels, tmp_path / "a.png", colors=[RED, RED])
     aniso = _outline_boxes(_pixels(tmp_path / "a.png"))
-    assert iso == [(15, 14), (15, 12), (14, 12)]
-    # Z voxels are 3 mm: coronal and sagittal outlines get 3x taller, axial is unchanged.
-    assert aniso[0] == iso[0]
-    assert aniso[1] == (15, 36) and aniso[2] == (14, 36)
+    # Outlines keep the box's millimetre proportions at each preview's own scale: 15 x 14 x 12
+    # mm, and with 3 mm Z voxels 15 x 14 x 36 mm (coronal and sagittal 3x taller).
+    for boxes, mm in ((iso, (15, 14, 12)), (aniso, (15, 14, 36))):
+        px_per_mm = boxes[0][0] / mm[0]
+        expected = [(mm[0], mm[1]), (mm[0], mm[2]), (mm[1], mm[2])]
+        for (width, height), (w_mm, h_mm) in zip(boxes, expected, strict=True):
+            assert width == pytest.approx(w_mm * px_per_mm, abs=2)
+            assert height == pytest.approx(h_mm * px_per_mm, abs=2)
 
 
 def test_rejects_bad_inputs(tmp_path: Path) -> None:
@@ -107,3 +111,25 @@ def test_constant_image_and_nan(tmp_path: Path) -> None:
     image = Volume(np.full((8, 8, 8), np.nan, dtype=np.float32), Geometry())
     path = save_preview(image, None, tmp_path / "p.png")
     assert _pixels(path).shape[2] == 3
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing"),
+    [((64, 64, 48), (1.25, 1.25, 1.25)), ((200, 60, 40), (1.0, 1.0, 1.0)),
+     ((400, 400, 120), (0.6, 0.6, 2.5))],
+)  # fmt: skip
+def test_previews_are_large_enough_to_inspect(
+    tmp_path: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> None:
+    # The demo's 64x64x48 phantom used to give a 216x104 thumbnail.
+    array = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[tuple(slice(n // 4, 3 * n // 4) for n in shape)] = 1
+    geometry = Geometry(spacing)
+    path = save_preview(
+        Volume(array, geometry), Volume(labels, geometry), tmp_path / "p.png", colors=[RED, RED]
+    )
+    with Image.open(path) as png:
+        assert 800 <= png.width <= 1300 and png.height >= 60
+        rgb = np.asarray(png.convert("RGB"))
+    assert len(_outline_boxes(rgb)) == 3  # three outlined slices

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import shutil
 from pathlib import Path
 
 import h5py
@@ -10,6 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import fbanet.io.atomic
+from fbanet.io.atomic import check_output_folder, staged_writes
+from fbanet.io.integrity import check_complete
 from fbanet.io.volumes import (
     Geometry,
     Volume,
@@ -229,3 +234,102 @@ def test_write_volume_failure_leaves_nothing(tmp_path: Path) -> None:
         write_volume(Volume(np.zeros((2, 2, 2), complex), GEOMETRY), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["vol.nrrd"]
+
+
+@pytest.mark.parametrize("name", ["scan.nii.gz", "scan.nii"])
+def test_truncated_nifti_is_refused(tmp_path: Path, name: str) -> None:
+    # SimpleITK reads the missing half of a cut-short NIfTI as zeros and reports nothing.
+    path = write_volume(_volume(np.float32), tmp_path / name)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated"):
+        read_volume(path)
+
+
+def test_complete_nifti_passes_the_check(tmp_path: Path) -> None:
+    for name in ("a.nii", "a.nii.gz"):
+        path = write_volume(_volume(np.float32), tmp_path / name)
+        check_complete(path)
+        assert read_volume(path).array.shape == _volume().array.shape
+
+
+def test_staged_writes_appear_together_or_not_at_all(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.seg.nrrd", tmp_path / "a-probability.nrrd"
+    with staged_writes():
+        atomic_write(first, lambda tmp: tmp.write_text("seg"))
+        assert not first.exists()  # held back until the block succeeds
+        atomic_write(second, lambda tmp: tmp.write_text("prob"))
+    assert first.read_text() == "seg" and second.read_text() == "prob"
+
+    def full(tmp: Path) -> None:
+        tmp.write_text("part")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with (
+        pytest.raises(OSError, match=r"no space left on the disk holding") as info,
+        staged_writes(),
+    ):
+        atomic_write(first, lambda tmp: tmp.write_text("new seg"))
+        atomic_write(second, full)
+    assert info.value.errno == errno.ENOSPC and ".tmp-" not in str(info.value)
+    assert first.read_text() == "seg" and second.read_text() == "prob"  # old files kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-probability.nrrd", "a.seg.nrrd"]
+
+
+def test_silent_nifti_disk_full_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ITK's NIfTI writer returns normally when the disk fills up, leaving a cut-short file.
+    real_write = sitk.WriteImage
+
+    def short_write(image: sitk.Image, name: str, **options: bool) -> None:
+        real_write(image, name, **options)
+        data = Path(name).read_bytes()
+        Path(name).write_bytes(data[: len(data) // 3])
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    monkeypatch.setattr(
+        fbanet.io.atomic.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 10, 0)
+    )
+    for name in ("out.nii", "out.nii.gz"):
+        with pytest.raises(OSError, match=rf"no space left on the disk holding .*{name}"):
+            write_volume(_volume(np.float32), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_itk_write_errors_name_the_path_not_itk_internals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(image: sitk.Image, name: str, **options: bool) -> None:
+        Path(name).write_bytes(b"x")
+        raise RuntimeError(
+            "Exception thrown in SimpleITK ImageFileWriter_Execute: /src/...\n"
+            "[nrrd] _nrrdEncodingRaw_write: fwrite wrote only 10 things"
+        )
+
+    monkeypatch.setattr(sitk, "WriteImage", failing)
+    monkeypatch.setattr(
+        fbanet.io.atomic.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 10, 0)
+    )
+    with pytest.raises(OSError, match=r"^\[Errno 28\] no space left on the disk holding"):
+        write_volume(_volume(), tmp_path / "p.nrrd")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_under_a_file_says_the_parent_is_not_a_folder(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
+        write_volume(_volume(), afile / "out.nrrd")
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
+        check_output_folder(afile / "deeper" / "out.nrrd")
+
+
+def test_permission_error_names_the_users_path(tmp_path: Path) -> None:
+    # (Run as root, a read-only folder does not refuse writes: the writer's error is simulated.)
+    target = tmp_path / "seg.nrrd"
+
+    def refused(tmp: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+
+    with pytest.raises(PermissionError) as info:
+        atomic_write(target, refused)
+    assert str(target) in str(info.value) and ".tmp-" not in str(info.value)

@@ -275,3 +275,16 @@ def test_missing_files_raise_file_not_found(tmp_path: Path) -> None:
         read_model_header(missing)
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         load_checkpoint(tmp_path / "nothing_here.pt")
+
+
+def test_a_bare_fbanet_header_gets_a_sentence_not_a_key_error(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(1)}, str(bare), metadata={"format": "fbanet-model"})
+    with pytest.raises(ValueError, match=r"lacks the 'fbanet' entry.*write it again") as info:
+        read_model_header(bare)
+    assert not str(info.value).endswith("'fbanet'")
+    partial = tmp_path / "partial.safetensors"
+    header = {"format": "fbanet-model", "fbanet": json.dumps({"spacing": None})}
+    save_file({"w": torch.zeros(1)}, str(partial), metadata=header)
+    with pytest.raises(ValueError, match=r"incomplete fbanet metadata \(no 'model' setting\)"):
+        read_model_header(partial)

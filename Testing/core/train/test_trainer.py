@@ -273,3 +273,47 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(
     assert [e["iteration"] for e in _events(tmp_path)] == [1, 2]
     leftovers = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
+
+
+def test_nan_loss_is_a_runtime_error_that_tells_the_truth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss = training.fba_loss
+
+    def nan_from(start: int) -> Any:
+        def loss(*args: Any, **kwargs: Any) -> Any:
+            terms = real_loss(*args, **kwargs)
+            if args[4] < start:
+                return terms
+            return dataclasses.replace(terms, total=terms.total * float("nan"))
+
+        return loss
+
+    # Before any checkpoint: the message must not claim that one is kept.
+    monkeypatch.setattr(training, "fba_loss", nan_from(2))
+    with pytest.raises(RuntimeError, match="iteration 2; no checkpoint was written yet") as info:
+        _trainer(tmp_path / "a", _settings(iterations=4, checkpoint_every=3)).run()
+    assert "is kept" not in str(info.value)
+    assert not (tmp_path / "a" / "checkpoints" / "last.pt").exists()
+    monkeypatch.setattr(training, "fba_loss", nan_from(4))
+    with pytest.raises(RuntimeError, match="the checkpoint of iteration 3 is kept"):
+        _trainer(tmp_path / "b", _settings(iterations=5, checkpoint_every=3)).run()
+
+
+def test_resume_after_a_kill_cleans_up_and_logs_each_iteration_once(tmp_path: Path) -> None:
+    _trainer(tmp_path, _settings(iterations=2)).run()
+    # What SIGKILL during iteration 4 leaves: logged iterations 3-4 beyond the checkpoint
+    # (iteration 2), a torn last line and a half-written checkpoint under a temporary name.
+    progress = tmp_path / "progress.jsonl"
+    with progress.open("a", encoding="utf-8") as stream:
+        for i in (3, 4):
+            stream.write(json.dumps({"event": "iteration", "iteration": i, "loss": 9.0}) + "\n")
+        stream.write('{"event": "itera')
+    stale = tmp_path / "checkpoints" / ".last.tmp-0badc0de.pt"
+    stale.write_bytes(b"partial")
+    (tmp_path / ".model.tmp-12345678.safetensors").write_bytes(b"partial")
+    result = _trainer(tmp_path, _settings(iterations=4), resume=True).run()
+    assert result.iterations == 4
+    assert [e["iteration"] for e in _events(tmp_path)] == [1, 2, 3, 4]
+    assert all(e["loss"] != 9.0 for e in _events(tmp_path))
+    assert [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []

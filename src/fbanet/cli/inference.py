@@ -49,9 +49,9 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
         "--h5-spacing",
         type=float,
         nargs=3,
-        default=(1.0, 1.0, 1.0),
         metavar=("X", "Y", "Z"),
-        help="voxel spacing (mm) of HDF5 inputs",
+        help="voxel spacing (mm) of HDF5 inputs without a 'spacing' attribute (required for "
+        "those; the LA data: 0.625 0.625 0.625)",
     )
 
 
@@ -156,11 +156,13 @@ def segment_command(args: argparse.Namespace) -> int:
     a failed one is reported and the others go on.
     """
     from fbanet.infer.cohort import CaseJob, failure_summary, segment_cohort
-    from fbanet.infer.files import RegionOfInterest, output_paths
+    from fbanet.infer.files import RegionOfInterest, check_inputs, output_paths
 
     if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
         raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
     outputs = output_paths(args.images, args.out, args.format)
+    # Every input and output location is checked before the model loads.
+    check_inputs(args.images, [*outputs, *([args.preview] if args.preview else [])])
     config = _inference_config(args)
     devices = _worker_devices(args, config)
     roi = None
@@ -279,36 +281,45 @@ def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
 
 
 def _score_saved(args: argparse.Namespace) -> Any:
-    from fbanet.infer.files import read_labeled
+    from fbanet.infer.report import MetricsTable
     from fbanet.io.segmentation import read_segmentation
-    from fbanet.metrics import MetricsTable, compute_metrics
+    from fbanet.io.volumes import grid_difference, is_hdf5, read_volume
+    from fbanet.metrics import compute_metrics
 
     prediction, _ = read_segmentation(args.pred)
-    if args.ref.suffix in (".h5", ".hdf5"):
-        reference = read_labeled(args.ref, None, args.h5_spacing, args.ref.stem).label
+    if is_hdf5(args.ref):
+        reference = read_volume(args.ref, dataset="label", h5_spacing=args.h5_spacing)
     else:
-        reference = read_segmentation(args.ref)[0].array
-    if prediction.array.shape != reference.shape:
+        reference = read_segmentation(args.ref)[0]
+    difference = grid_difference(
+        prediction.array.shape, prediction.geometry, reference.array.shape, reference.geometry
+    )
+    if difference:
         raise ValueError(
-            f"prediction shape {prediction.array.shape} differs from reference shape "
-            f"{reference.shape}; resample one onto the other first"
+            f"prediction {str(args.pred)!r} and reference {str(args.ref)!r} lie on different "
+            f"voxel grids (prediction vs reference: {difference}); scores would compare "
+            "unrelated voxels: resample one onto the other first"
         )
     table = MetricsTable()
     spacing = prediction.geometry.spacing
-    table.add(args.pred.name, compute_metrics(prediction.array == 1, reference == 1, spacing))
+    table.add(args.pred.name, compute_metrics(prediction.array == 1, reference.array == 1, spacing))
     return table
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """Print (and save) Dice, Jaccard, 95HD and ASD per case with mean and std."""
     from fbanet.infer.evaluation import evaluate
+    from fbanet.io.atomic import check_output_folder
 
     if (args.pred is None) != (args.ref is None):
         raise ValueError("--pred and --ref go together")
+    if args.csv is not None:
+        check_output_folder(args.csv)
     if args.pred is not None:
         table = _score_saved(args)
     else:
-        table = evaluate(_segmenter(args), _evaluation_cases(args))
+        cases = _evaluation_cases(args)  # read and checked before the model loads
+        table = evaluate(_segmenter(args), cases)
     print(table.format())
     if args.csv is not None:
         table.to_csv(args.csv)

@@ -17,6 +17,13 @@ from fbanet.protocol import ExitCode, error_line
 
 logger = logging.getLogger("fbanet")
 
+DESCRIPTION = (
+    "FBA-Net left-atrium segmentation in 3D MRI: train on a few labeled and many unlabeled "
+    "scans, segment, evaluate and rank scans for annotation. New here? 'fbanet demo' trains "
+    "and segments synthetic phantoms without any data; 'fbanet COMMAND --help' describes "
+    "each command."
+)
+
 # The exit codes are part of the worker contract (fbanet.protocol).
 EXIT_OK = ExitCode.OK
 EXIT_ERROR = ExitCode.ERROR
@@ -64,9 +71,9 @@ def _add_train_parser(commands: Any) -> None:
         "--h5-spacing",
         type=float,
         nargs=3,
-        default=(1.0, 1.0, 1.0),
         metavar=("X", "Y", "Z"),
-        help="voxel spacing (mm) of HDF5 files",
+        help="voxel spacing (mm) of HDF5 files without a 'spacing' attribute (required for "
+        "those; the LA data: 0.625 0.625 0.625)",
     )
     data.add_argument(
         "--spacing",
@@ -177,7 +184,7 @@ def _export_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="fbanet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fbanet", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fbanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,30 +243,22 @@ def _train(args: argparse.Namespace) -> int:
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
     from fbanet.train.progress import StopRequest
+    from fbanet.train.runlog import RunLog
     from fbanet.train.runs import build_configs, load_training_data
 
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
-    data = load_training_data(
-        _data_spec(args),
-        normalization=args.normalization,
-        num_classes=model_config.num_classes,
-        h5_spacing=args.h5_spacing,
-        spacing=args.spacing,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
-    # Under torchrun only rank 0 writes the run's files, train.log included.
-    log_file: logging.Handler = (
-        logging.FileHandler(args.out / "train.log", encoding="utf-8")
-        if env is None or env.is_main
-        else logging.NullHandler()
-    )
-    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(log_file)
     stop = StopRequest(args.stop_file)
-    stop.install_signal_handlers()
-    try:
+    # The run folder and its train.log appear only once the run can start.
+    with RunLog(args.out) as run_log:
+        data = load_training_data(
+            _data_spec(args),
+            normalization=args.normalization,
+            num_classes=model_config.num_classes,
+            h5_spacing=args.h5_spacing,
+            spacing=args.spacing,
+        )
+        env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
         trainer = make_trainer(
             model_config,
             train_config,
@@ -272,11 +271,16 @@ def _train(args: argparse.Namespace) -> int:
             show_progress=not args.json,
             init_model=args.init_model if not args.resume else None,
         )
-        result = trainer.run()
-    finally:
-        stop.restore_signal_handlers()
-        logging.getLogger().removeHandler(log_file)
-        log_file.close()
+        # Under torchrun only rank 0 writes the run's files, train.log included.
+        if env is None or env.is_main:
+            run_log.start()
+        else:
+            run_log.discard()
+        stop.install_signal_handlers()
+        try:
+            result = trainer.run()
+        finally:
+            stop.restore_signal_handlers()
     close_process_group()  # after success only (see its docstring)
     if result.stopped:
         logger.warning("stopped at iteration %d; resume with --resume", result.iterations)
@@ -308,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Bad input (a value, a missing file) is the user's to fix: exit 2. A failure of the
     # machine or the environment (disk, permissions, device): exit 1. Anything else, a
     # TypeError included, is a bug and keeps its traceback.
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         return _report(args, error, EXIT_USAGE)
     except (OSError, RuntimeError) as error:
         return _report(args, error, EXIT_ERROR)

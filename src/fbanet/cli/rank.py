@@ -66,7 +66,10 @@ def _table(ranking: list[Any]) -> str:
 
 def rank_command(args: argparse.Namespace) -> int:
     """Score every scan, then print the ranking (a table, or JSON lines with --json)."""
+    from fbanet.infer.files import check_inputs
     from fbanet.infer.ranking import rank_files
+
+    check_inputs(args.images)  # before the model loads
 
     def scored(index: int, result: Any) -> None:
         if args.json:

@@ -19,7 +19,14 @@ import SimpleITK as sitk
 from fbanet.config import IntensityNormalization, check_int, parse_enum
 from fbanet.data.manifest import CaseRef
 from fbanet.data.preprocess import normalize
-from fbanet.io.volumes import Geometry, Volume, is_hdf5, read_volume, split_extension
+from fbanet.io.volumes import (
+    Geometry,
+    Volume,
+    grid_difference,
+    is_hdf5,
+    read_volume,
+    split_extension,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +56,12 @@ def _h5_has_dataset(path: Path, dataset: str) -> bool:
         return isinstance(handle.get(dataset), h5py.Dataset)
 
 
-def _has_geometry(path: Path, dataset: str) -> bool:
+def has_geometry(path: Path, dataset: str) -> bool:
     """Whether ``path`` stores its own geometry (HDF5 only with a ``spacing`` attribute)."""
     if not is_hdf5(path):
         return True
     with h5py.File(path, "r") as handle:
-        return "spacing" in handle[dataset].attrs
+        return "spacing" in handle[dataset].attrs or "spacing" in handle.attrs
 
 
 def _check_label_values(label: np.ndarray, num_classes: int, source: Path) -> np.ndarray:
@@ -92,9 +99,9 @@ def _resample_label(
     coverage = resampler.Execute(_blank(label.array.shape, label.geometry, 1))
     covered = float(sitk.GetArrayViewFromImage(coverage).mean())
     if covered == 0.0:
+        difference = grid_difference(image_shape, image_geom, label.array.shape, label.geometry)
         raise ValueError(
-            f"{names} do not overlap in physical space (image shape {image_shape}, "
-            f"{image_geom}; label shape {label.array.shape}, {label.geometry}); "
+            f"{names} do not overlap in physical space (image vs label: {difference}); "
             "is the label for this image?"
         )
     if covered < 1.0:
@@ -103,9 +110,24 @@ def _resample_label(
     return np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
 
 
-def _align_label(
+def align_label(
     image: Volume, label: Volume, image_path: Path, label_path: Path, geometry_known: bool
 ) -> np.ndarray:
+    """``label``'s array on ``image``'s grid: as is, or resampled (nearest) when it differs.
+
+    Training and evaluation both align their pairs with this, so they accept the same ones.
+
+    Args:
+        image: The scan.
+        label: Its label, on any grid that overlaps the scan.
+        image_path: For messages.
+        label_path: For messages.
+        geometry_known: False when a file stores no geometry (HDF5 without ``spacing``):
+            the grids must then have the same size.
+
+    Raises:
+        ValueError: The grids do not overlap, or differ in size without known geometry.
+    """
     names = f"image {image_path} and label {label_path}"
     same_shape = label.array.shape == image.array.shape
     if not geometry_known:
@@ -127,7 +149,7 @@ def _load_label(
     label_path: Path | None,
     *,
     num_classes: int,
-    h5_spacing: Sequence[float],
+    h5_spacing: Sequence[float] | None,
     require_label: bool,
 ) -> np.ndarray | None:
     """The validated uint8 label on the image grid, or None."""
@@ -142,8 +164,8 @@ def _load_label(
         return None
     label_vol = read_volume(label_path, dataset="label", h5_spacing=h5_spacing)
     values = _check_label_values(label_vol.array, num_classes, label_path)
-    geometry_known = _has_geometry(image_path, "image") and _has_geometry(label_path, "label")
-    label = _align_label(
+    geometry_known = has_geometry(image_path, "image") and has_geometry(label_path, "label")
+    label = align_label(
         image, Volume(values, label_vol.geometry), image_path, label_path, geometry_known
     )
     if not label.any():
@@ -160,7 +182,7 @@ def load_case(
     *,
     normalization: IntensityNormalization | str,
     num_classes: int = 2,
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
     name: str | None = None,
     require_label: bool = False,
     read_label: bool = True,
@@ -223,7 +245,7 @@ def load_cases(
     *,
     normalization: IntensityNormalization | str,
     num_classes: int = 2,
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
     require_label: bool = False,
     read_label: bool = True,
 ) -> list[Case]:

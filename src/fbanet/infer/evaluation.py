@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fbanet.infer.report import MetricsTable
 from fbanet.infer.segmenter import Segmenter
 from fbanet.io.volumes import Volume
-from fbanet.metrics import MetricsTable, compute_metrics
+from fbanet.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
 

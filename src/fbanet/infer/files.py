@@ -7,11 +7,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from fbanet.data.preprocess import IndexBox, physical_roi, resample_onto, voxel_roi
+from fbanet.data.cases import align_label, has_geometry
+from fbanet.data.preprocess import IndexBox, physical_roi, voxel_roi
 from fbanet.infer.evaluation import LabeledVolume
-from fbanet.infer.segmenter import Progress, Segmenter
+from fbanet.infer.segmenter import Progress, SegmentationResult, Segmenter
+from fbanet.io.atomic import check_output_folder, staged_writes
 from fbanet.io.preview import save_preview
 from fbanet.io.segmentation import (
     SEG_NRRD_EXTENSION,
@@ -19,7 +19,14 @@ from fbanet.io.segmentation import (
     write_scalar_volume,
     write_segmentation,
 )
-from fbanet.io.volumes import Volume, is_hdf5, read_volume, split_extension
+from fbanet.io.volumes import (
+    HDF5_EXTENSIONS,
+    SITK_READ_EXTENSIONS,
+    Volume,
+    is_hdf5,
+    read_volume,
+    split_extension,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +57,7 @@ class RegionOfInterest:
         return voxel_roi(volume, [int(v) for v in self.start], [int(v) for v in self.stop])
 
 
-def read_scan(
-    path: str | Path, h5_spacing: Sequence[float] = (1.0, 1.0, 1.0)
-) -> tuple[Volume, bool]:
+def read_scan(path: str | Path, h5_spacing: Sequence[float] | None = None) -> tuple[Volume, bool]:
     """Read a scan; returns it and whether it is already normalized (the LA HDF5 layout)."""
     path = Path(path)
     return read_volume(path, h5_spacing=h5_spacing), is_hdf5(path)
@@ -92,6 +97,31 @@ def output_paths(
     return [out / f"{name}{extension}" for name in names]
 
 
+def check_inputs(inputs: Sequence[Path], outputs: Sequence[Path] = ()) -> None:
+    """Check every input and output location before any work (the model is not loaded yet).
+
+    Raises:
+        FileNotFoundError: An input does not exist (all missing ones are named).
+        ValueError: An input has an extension no reader supports.
+        NotADirectoryError: An output's folder is a file.
+    """
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"input{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"{'do' if len(missing) > 1 else 'does'} not exist; check the path"
+        )
+    for path in inputs:
+        ext = split_extension(path)[1]
+        if Path(path).is_file() and ext not in (*SITK_READ_EXTENSIONS, *HDF5_EXTENSIONS):
+            raise ValueError(
+                f"{path} has an unsupported extension {ext!r}; give NRRD, NIfTI, MHA, HDF5 "
+                "or a DICOM folder"
+            )
+    for path in outputs:
+        check_output_folder(Path(path))
+
+
 def _sibling(path: Path, suffix: str) -> Path:
     name = path.name
     stem = (
@@ -111,16 +141,21 @@ def segment_file(
     probability: bool = False,
     uncertainty: bool = False,
     preview: Path | None = None,
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
     progress: Progress | None = None,
 ) -> SegmentOutputs:
     """Segment one scan file and write the results next to ``output_path``.
 
     Writes the segmentation (``.seg.nrrd`` with named, colored segments, or a labelmap),
     optionally ``<name>-probability.nrrd``, ``<name>-uncertainty.nrrd`` and a PNG preview.
-    Every file is written atomically; nothing is written when the input is bad.
+    The files appear together once all are complete (:func:`fbanet.io.atomic.staged_writes`):
+    nothing is written when the input is bad, and a failed write (a full disk: "no space
+    left on ...") leaves neither temporary nor partial files.
     """
     output_path = Path(output_path)
+    check_output_folder(output_path)
+    if preview is not None:
+        check_output_folder(Path(preview))
     volume, normalized = read_scan(image_path, h5_spacing)
     box = roi.box(volume) if roi is not None else None
     result = segmenter.segment(
@@ -128,6 +163,22 @@ def segment_file(
         uncertainty=uncertainty, progress=progress,
     )  # fmt: skip
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    if preview is not None:
+        Path(preview).parent.mkdir(parents=True, exist_ok=True)
+    with staged_writes():
+        return _write_outputs(
+            segmenter, result, volume, output_path, preview, Path(image_path).name
+        )
+
+
+def _write_outputs(
+    segmenter: Segmenter,
+    result: SegmentationResult,
+    volume: Volume,
+    output_path: Path,
+    preview: Path | None,
+    title: str,
+) -> SegmentOutputs:
     segments = segmenter.segments
     write_segmentation(result.labelmap, output_path, segments)
     outputs = SegmentOutputs(output_path, seconds=result.seconds)
@@ -140,37 +191,28 @@ def segment_file(
         write_scalar_volume(result.uncertainty, path)
         outputs = dataclasses.replace(outputs, uncertainty=path)
     if preview is not None:
-        Path(preview).parent.mkdir(parents=True, exist_ok=True)
         colors = {s.label_value: s.color for s in segments}
-        save_preview(volume, result.labelmap, preview, colors=colors, title=Path(image_path).name)
+        save_preview(volume, result.labelmap, preview, colors=colors, title=title)
         outputs = dataclasses.replace(outputs, preview=preview)
     return outputs
 
 
 def read_labeled(
-    image: Path, label: Path | None, h5_spacing: Sequence[float], name: str
+    image: Path, label: Path | None, h5_spacing: Sequence[float] | None, name: str
 ) -> LabeledVolume:
     """A scan and its reference labelmap, the label brought onto the scan's grid.
 
-    HDF5 files hold both (``image``, ``label``); otherwise a label file that lies on another
-    grid is resampled onto the scan (nearest neighbour).
+    HDF5 files hold both (``image``, ``label``); otherwise the label is aligned with the scan
+    as training aligns it (:func:`fbanet.data.cases.align_label`): resampled (nearest
+    neighbour) when it lies on another grid that overlaps the scan, refused when it does not.
     """
+    image, label = Path(image), None if label is None else Path(label)
     volume, normalized = read_scan(image, h5_spacing)
     if label is None:
         if not is_hdf5(image):
             raise ValueError(f"case {name!r} has no label file; labeled cases need one")
-        reference = read_volume(image, dataset="label", h5_spacing=h5_spacing)
-    else:
-        reference = read_volume(label, h5_spacing=h5_spacing)
-    if (
-        not reference.geometry.matches(volume.geometry)
-        or reference.array.shape != volume.array.shape
-    ):
-        reference = resample_onto(
-            reference,
-            volume.geometry,
-            volume.array.shape,
-            sitk.sitkNearestNeighbor,
-            extrapolate=False,
-        )
-    return LabeledVolume(name, volume, reference.array, normalized)
+        label = image
+    reference = read_volume(label, dataset="label", h5_spacing=h5_spacing)
+    known = has_geometry(image, "image") and has_geometry(label, "label")
+    aligned = align_label(volume, reference, image, label, known)
+    return LabeledVolume(name, volume, aligned, normalized)

@@ -155,7 +155,7 @@ def rank_files(
     segmenter: DecoderPredictor,
     paths: Sequence[Path],
     *,
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
     margin: int = DEFAULT_MARGIN,
     on_scored: Callable[[int, Disagreement], None] | None = None,
 ) -> list[Disagreement]:

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 Color = tuple[float, float, float]
 ColorsArg = Mapping[int, Sequence[float]] | Sequence[Sequence[float]] | None
 
-MAX_PANEL_PIXELS = 384  # longest side of one panel; keeps the PNG small
+PANEL_PIXELS = 384  # longest side of the largest panel
+MIN_WIDTH = 800  # the three panels together, at least: large enough to inspect
 GAP = 6  # pixels between panels
 CAPTION_HEIGHT = 14
 # Percentiles are computed on at most about this many voxels: plenty for a display window.
@@ -89,6 +90,22 @@ def _panel_size(
     width = max(1, round(cols * spacing[0] / mm_per_px))
     height = max(1, round(rows * spacing[1] / mm_per_px))
     return width, height
+
+
+def _scale(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Millimetres per pixel: the largest panel side is PANEL_PIXELS, the row >= MIN_WIDTH.
+
+    Small volumes are enlarged (a 64-voxel crop would otherwise be a thumbnail) and large
+    ones reduced, so that every preview can be inspected and stays a modest file.
+    """
+    extents = [n * s for n, s in zip(shape, spacing, strict=True)]
+    mm_per_px = max(extents) / PANEL_PIXELS
+    # Panel widths: axial and coronal span X, sagittal spans Y.
+    row_mm = 2 * extents[0] + extents[1]
+    row_px = row_mm / mm_per_px + GAP * 4
+    if row_px < MIN_WIDTH:
+        mm_per_px = row_mm / (MIN_WIDTH - GAP * 4)
+    return mm_per_px
 
 
 def _outline(labels: np.ndarray) -> np.ndarray:
@@ -187,10 +204,7 @@ def save_preview(
     lookup.pop(0, None)
 
     spacing = image.geometry.spacing
-    mm_per_px = min(spacing)
-    extent_mm = max(n * s for n, s in zip(array.shape, spacing, strict=True))
-    # Never finer than the finest voxel, and no panel longer than MAX_PANEL_PIXELS.
-    mm_per_px = max(mm_per_px, extent_mm / MAX_PANEL_PIXELS)
+    mm_per_px = _scale(array.shape, spacing)
 
     rendered: list[tuple[str, Image.Image]] = []
     for caption, index, h_axis, v_axis, flip in _panels(_center(labels, array.shape)):

@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import SimpleITK as sitk
+
+from fbanet.io.atomic import atomic_write, disk_is_full, no_space_error
+from fbanet.io.integrity import check_complete
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,28 @@ class Geometry:
         )
 
 
+def _rounded(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in values)
+
+
+def grid_difference(
+    shape: Sequence[int], geometry: Geometry, other_shape: Sequence[int], other: Geometry
+) -> str:
+    """What differs between two voxel grids, e.g. "size (8, 8, 8) vs (9, 8, 8)"; '' if none.
+
+    Every check of whether two volumes lie on the same grid (training pairs, evaluation,
+    scoring saved files) uses this, so they agree and their messages say what differs.
+    """
+    parts = []
+    if tuple(shape) != tuple(other_shape):
+        parts.append(f"size {tuple(int(s) for s in shape)} vs {tuple(int(s) for s in other_shape)}")
+    for name in ("spacing", "origin", "direction"):
+        mine, theirs = getattr(geometry, name), getattr(other, name)
+        if not np.allclose(mine, theirs, rtol=0.0, atol=1e-4):
+            parts.append(f"{name} {_rounded(mine)} vs {_rounded(theirs)}")
+    return "; ".join(parts)
+
+
 def _describe_sitk(image: sitk.Image) -> str:
     size = tuple(image.GetSize())
     comps = image.GetNumberOfComponentsPerPixel()
@@ -180,7 +205,23 @@ def _h5_dataset_names(handle: h5py.File) -> list[str]:
     return names
 
 
-def _read_hdf5(path: Path, dataset: str, h5_spacing: Sequence[float]) -> Volume:
+def _hdf5_spacing(
+    path: Path, handle: h5py.File, node: h5py.Dataset, h5_spacing: Sequence[float] | None
+) -> Any:
+    """The dataset's ``spacing`` attribute, else the file's, else ``h5_spacing``; never a guess."""
+    for attrs in (node.attrs, handle.attrs):
+        if "spacing" in attrs:
+            return attrs["spacing"]
+    if h5_spacing is None:
+        raise ValueError(
+            f"{path} is HDF5, which stores no voxel spacing here (no 'spacing' attribute): give "
+            "it with --h5-spacing X Y Z in mm (h5_spacing= in Python); the LA data set's is "
+            "0.625 0.625 0.625"
+        )
+    return h5_spacing
+
+
+def _read_hdf5(path: Path, dataset: str, h5_spacing: Sequence[float] | None) -> Volume:
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -199,9 +240,10 @@ def _read_hdf5(path: Path, dataset: str, h5_spacing: Sequence[float]) -> Volume:
             )
         array = np.asarray(node[()])
         attrs = node.attrs
+        spacing = _hdf5_spacing(path, handle, node, h5_spacing)
         try:
             geometry = Geometry(
-                attrs.get("spacing", h5_spacing),
+                spacing,
                 attrs.get("origin", (0.0, 0.0, 0.0)),
                 attrs.get("direction", Geometry().direction),
             )
@@ -245,7 +287,7 @@ def read_volume(
     path: str | os.PathLike[str],
     *,
     dataset: str = "image",
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
 ) -> Volume:
     """Read a 3D scalar volume.
 
@@ -253,16 +295,19 @@ def read_volume(
         path: An ``.h5``/``.hdf5`` file, an NRRD (``.nrrd``, ``.nhdr``), NIfTI (``.nii``,
             ``.nii.gz``) or MetaImage (``.mha``, ``.mhd``) file, or a DICOM series folder.
         dataset: HDF5 only: the dataset to read.
-        h5_spacing: HDF5 only: spacing (mm, X, Y, Z) when the dataset has no ``spacing``
-            attribute. Origin defaults to 0 and direction to identity likewise.
+        h5_spacing: HDF5 only: spacing (mm, X, Y, Z) when neither the dataset nor the file
+            has a ``spacing`` attribute; required then (HDF5 has no standard geometry, and a
+            wrong spacing gives plausible but wrong results). Origin defaults to 0 and
+            direction to identity.
 
     Returns:
         The volume, array (X, Y, Z) with the dtype as stored.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: Unsupported extension, unreadable file, not a scalar 3D image, or an
-            HDF5 file without ``dataset``.
+        ValueError: Unsupported extension, unreadable or truncated file, not a scalar 3D
+            image, an HDF5 file without ``dataset``, or HDF5 without spacing and no
+            ``h5_spacing``.
     """
     path = Path(path)
     if not path.exists():
@@ -277,6 +322,7 @@ def read_volume(
             raise ValueError(
                 f"{path} has an unsupported extension {ext!r}; supported: {_SUPPORTED_READ}"
             )
+        check_complete(path)  # ITK reads a truncated NIfTI as zeros without a word
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -285,66 +331,6 @@ def read_volume(
             ) from exc
     _check_sitk_3d(image, str(path))
     return Volume.from_sitk(image)
-
-
-def _temporary_sibling(path: Path) -> Path:
-    stem, ext = path.name, ""
-    # Keep every suffix ("a.seg.nrrd" -> ".a.tmp-xx.seg.nrrd") so writers chosen by
-    # extension (SimpleITK, h5py users) still recognize the file.
-    body = stem.lstrip(".")
-    if "." in body:
-        cut = len(stem) - len(body) + body.index(".")
-        stem, ext = stem[:cut], stem[cut:]
-    for _ in range(100):
-        candidate = path.with_name(f".{stem.lstrip('.')}.tmp-{secrets.token_hex(4)}{ext}")
-        if not candidate.exists():
-            return candidate
-    raise FileExistsError(f"could not find a free temporary name next to {path}")
-
-
-def _default_mode(path: Path) -> int:
-    """The mode an existing ``path`` has, else what a new file gets under the umask."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> Path:
-    """Write a file so readers see either the old file or the complete new one.
-
-    ``write_fn`` writes to a temporary file in the same folder, whose name ends with the
-    same suffixes as ``path``; it then replaces ``path`` in one ``os.replace``. If
-    ``write_fn`` raises, the temporary file is removed and ``path`` is left untouched.
-
-    Args:
-        path: The final file.
-        write_fn: Called with the temporary path; must create that file.
-
-    Returns:
-        ``path`` as a Path.
-
-    Raises:
-        FileNotFoundError: The folder of ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
-    tmp = _temporary_sibling(path)
-    try:
-        write_fn(tmp)
-        if not tmp.is_file():
-            raise RuntimeError(f"the writer did not create {tmp}")
-        with open(tmp, "r+b") as handle:
-            os.fsync(handle.fileno())
-        # Some writers (safetensors) create owner-only files; give the usual permissions.
-        os.chmod(tmp, _default_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
@@ -372,7 +358,18 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
     image = volume.to_sitk()
 
     def write(tmp: Path) -> None:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:
+            if disk_is_full(path.parent):
+                raise no_space_error(path) from exc
+            raise OSError(f"cannot write {path}: {_first_line(exc)}") from exc
+        try:
+            check_complete(tmp)  # ITK's NIfTI writer says nothing when the disk fills up
+        except ValueError as exc:
+            if disk_is_full(path.parent):
+                raise no_space_error(path) from exc
+            raise OSError(f"cannot write {path}: the file came out incomplete") from exc
 
     atomic_write(path, write)
     logger.debug("wrote %s (%s, %s)", path, volume.array.shape, volume.array.dtype)

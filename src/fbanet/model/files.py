@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,17 @@ def safe_torch_load(path: str | Path, what: str, advice: str) -> Any:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # PyTorch's own text suggests weights_only=False, i.e. running the file's code: never
+        # repeat that advice.
+        raise ValueError(
+            f"{str(path)!r} holds pickled Python objects, not only tensors; fbanet refuses to "
+            f"load it because unpickling can run code hidden in the file. Only tensors (a "
+            f"state dict) are read as a {what}; {advice}"
+        ) from error
     except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise ValueError(f"{str(path)!r} is not a readable {what} ({error}); {advice}") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{str(path)!r} is not a readable {what} ({reason}); {advice}") from error
 
 
 def export_model_file(

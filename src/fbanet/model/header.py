@@ -99,7 +99,23 @@ def read_model_header(path: str | Path) -> ModelMetadata:
             f"{str(path)!r} was written by a newer fbanet (format {meta['format_version']}); "
             f"upgrade fbanet to read it"
         )
+    rewrite = (
+        "the file is damaged or was not written by fbanet; write it again with 'fbanet train', "
+        "'fbanet export-model' or 'fbanet import-checkpoint'"
+    )
+    if "fbanet" not in meta:
+        raise ValueError(
+            f"{str(path)!r} is marked as an fbanet model but its header lacks the 'fbanet' "
+            f"entry (architecture and preprocessing); {rewrite}"
+        )
     try:
         return ModelMetadata.from_json(meta["fbanet"])
-    except (KeyError, ValueError, TypeError) as error:
-        raise ValueError(f"{str(path)!r} has damaged fbanet metadata: {error}") from error
+    except KeyError as error:
+        raise ValueError(
+            f"{str(path)!r} has incomplete fbanet metadata (no {error.args[0]!r} setting); "
+            f"{rewrite}"
+        ) from error
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{str(path)!r} has damaged fbanet metadata ({error}); {rewrite}"
+        ) from error

@@ -6,6 +6,7 @@ streams, counters) and is read with ``torch.load(weights_only=True)``: never arb
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from fbanet.io.volumes import atomic_write
 from fbanet.model.files import safe_torch_load
 
 CHECKPOINT_FORMAT = "fbanet-checkpoint"
+
+logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -41,3 +44,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def state_dict_to_cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Detached CPU copies, so a checkpoint does not pin device memory."""
     return {k: v.detach().to("cpu") for k, v in state.items()}
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the hidden temporary files that a killed run left in its folder.
+
+    :func:`fbanet.io.volumes.atomic_write` names them ``.<name>.tmp-<hex><suffixes>``; a run
+    killed (SIGKILL, power loss) while writing leaves one behind. Only the run folder and its
+    ``checkpoints`` folder are searched.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp-*"):
+                if path.is_file():
+                    path.unlink()
+                    removed.append(path)
+    if removed:
+        logger.info("removed %d unfinished file(s) of the interrupted run", len(removed))
+    return removed

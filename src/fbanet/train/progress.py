@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from fbanet.io.volumes import atomic_write
 from fbanet.protocol import Event, make_event
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,36 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def truncate_progress(path: str | Path, iteration: int) -> int:
+    """Drop the events after ``iteration`` (and torn lines) from a ``progress.jsonl``.
+
+    A resumed run continues from its checkpoint; the iterations a killed run logged after
+    that checkpoint are done again, so their old lines must go, or they would appear twice.
+
+    Returns:
+        The number of lines removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+            keep = isinstance(event, dict) and int(event.get("iteration", 0)) <= iteration
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        text = "".join(f"{line}\n" for line in kept)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        logger.info("progress log cut back to iteration %d (%d lines after it)", iteration, dropped)
+    return dropped
 
 
 class ProgressReporter:

@@ -105,7 +105,7 @@ def load_training_data(
     *,
     normalization: str = AUTO,
     num_classes: int = 2,
-    h5_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    h5_spacing: Sequence[float] | None = None,
     spacing: Sequence[float] | None = None,
 ) -> TrainingData:
     """Read every case of ``spec`` into memory, validated and normalized.
@@ -115,7 +115,8 @@ def load_training_data(
         normalization: 'auto' (HDF5 as stored, other formats z-scored over the whole scan),
             'zscore' or 'as-stored'.
         num_classes: Label values must lie in 0..num_classes-1.
-        h5_spacing: Voxel spacing (mm) of HDF5 files, which do not store it.
+        h5_spacing: Voxel spacing (mm) of HDF5 files without a ``spacing`` attribute
+            (required for those).
         spacing: Resample every case to this spacing (mm); the model file records it and
             inference resamples scans to it. None keeps the data's own spacing.
 
@@ -125,7 +126,10 @@ def load_training_data(
     """
     if normalization != AUTO:
         normalization = parse_enum(IntensityNormalization, normalization).value
-    options = {"num_classes": num_classes, "h5_spacing": tuple(h5_spacing)}
+    options = {
+        "num_classes": num_classes,
+        "h5_spacing": None if h5_spacing is None else tuple(h5_spacing),
+    }
     labeled = _load(spec.labeled, normalization, True, **options)
     unlabeled = _load(spec.unlabeled, normalization, False, **options)
     validation = _load(spec.validation, normalization, True, **options)

@@ -44,9 +44,14 @@ from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
 from fbanet.model.losses import LossTerms, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
-from fbanet.train.checkpoints import load_checkpoint, save_checkpoint, state_dict_to_cpu
+from fbanet.train.checkpoints import (
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_dict_to_cpu,
+)
 from fbanet.train.curves import plot_training_curves
-from fbanet.train.progress import ProgressReporter, StopRequest
+from fbanet.train.progress import ProgressReporter, StopRequest, truncate_progress
 from fbanet.train.schedule import learning_rate_at
 
 logger = logging.getLogger(__name__)
@@ -79,6 +84,10 @@ class TrainingData:
             "spacing": list(self.spacing) if self.spacing else None,
             "normalization": self.normalization.value,
         }
+
+
+class TrainingDivergedError(FloatingPointError, RuntimeError):
+    """The loss became NaN or infinite; the message says which checkpoint, if any, is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +193,7 @@ class Trainer:
             seed=train_config.seed,
         )
         self.iteration = 0
+        self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
         self.last_dice: float | None = None
 
@@ -278,11 +288,7 @@ class Trainer:
             out = self.network(x)
         terms = self._loss(out, y)
         if not torch.isfinite(terms.total):
-            raise FloatingPointError(
-                f"the loss became {float(terms.total.detach())} at iteration "
-                f"{self.iteration + 1}; lower "
-                f"the learning rate or use --precision fp32 (the last checkpoint is kept)"
-            )
+            raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         contrast_grad = contrastive_gradient_norm(
             terms, out.contrast_inputs, self.config.contrastive_weight
@@ -305,6 +311,18 @@ class Trainer:
 
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
         return fba_loss(out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config)
+
+    def _diverged(self, loss: float) -> TrainingDivergedError:
+        """The error for a non-finite loss, saying truthfully what is kept."""
+        saved = self._saved_iteration
+        kept = (
+            f"the checkpoint of iteration {saved} is kept: resume it with --resume and a "
+            "lower --lr, or --precision fp32"
+            if saved is not None
+            else "no checkpoint was written yet: start again with a lower --lr, or --precision fp32"
+        )
+        iteration = self.iteration + 1
+        return TrainingDivergedError(f"the loss became {loss} at iteration {iteration}; {kept}")
 
     def validate(self) -> float:
         """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
@@ -344,6 +362,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
+        self._saved_iteration = self.iteration
         save_model_file(self.model_path, self.model, self.metadata())
         try:
             plot_training_curves(self.run_dir / "progress.jsonl", self.run_dir / "curves.png")
@@ -371,8 +390,14 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until the configured iterations or a stop request; always checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        writes = self.progress_path is not None  # under torchrun, rank 0 alone
+        if writes:
+            remove_stale_temporaries(self.run_dir)
         if self.resume and self.checkpoint_path.exists():
             self.load_state(load_checkpoint(self.checkpoint_path))
+            self._saved_iteration = self.iteration
+            if writes:
+                truncate_progress(self.run_dir / "progress.jsonl", self.iteration)
             logger.info("resuming %s at iteration %d", self.run_dir, self.iteration)
         elif self.checkpoint_path.exists():
             raise FileExistsError(
@@ -401,7 +426,8 @@ class Trainer:
                 self._maybe_validate(reporter)
                 if self.iteration % self.config.checkpoint_every == 0:
                     self._checkpoint()
-            self._checkpoint()
+            if self._saved_iteration != self.iteration:  # not twice for the same state
+                self._checkpoint()
             seconds = time.monotonic() - started
             reporter.emit(
                 make_event(Event.STOPPED if stopped else Event.FINISHED, iteration=self.iteration,
