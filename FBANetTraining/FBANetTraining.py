@@ -12,6 +12,7 @@ from typing import Annotated
 
 import qt
 import slicer
+from FBANetTrainingLib import jobexport
 from FBANetTrainingLib import logic as trainingLogic
 from FBANetTrainingLib.runner import LogFollower
 from FBANetTrainingLib.settings import StartChoice, applyParameters, defaultModelsFolder, pathText
@@ -83,6 +84,9 @@ class FBANetTrainingParameterNode:
     device: DeviceChoice = DeviceChoice.AUTO
     modelName: str = "LeftAtriumFineTuned"
     modelsFolder: pathlib.Path
+    jobFolder: pathlib.Path  # another machine: where the exported job goes
+    jobGpusPerNode: Annotated[int, WithinRange(1, 1024)] = 1
+    jobNodes: Annotated[int, WithinRange(1, 1024)] = 1
 
 
 class FBANetTrainingLogic(trainingLogic.FBANetTrainingLogic, ScriptedLoadableModuleLogic):
@@ -145,6 +149,9 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.showChartButton, self.onShowChart),
             (self.ui.segmentUnlabeledButton, self.onSegmentUnlabeled),
             (self.ui.rankButton, self.onRank),
+            (self.ui.exportJobButton, self.onExportJob),
+            (self.ui.copyCommandButton, self.onCopyCommand),
+            (self.ui.importModelButton, self.onImportModel),
         ):
             button.connect("clicked(bool)", lambda _checked, h=handler: h())
         self.ui.rankingList.connect(
@@ -252,15 +259,17 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         listWidget.blockSignals(wasBlocked)
 
     # -- running -----------------------------------------------------------------------------
-    def onStart(self):
+    def confirmReplace(self):
+        """Copy the panel's settings; False when the user keeps an existing model of the name."""
         applyParameters(self.logic.settings, self._parameterNode)
-        self.logic.settings.replaceExisting = False
-        if self.logic.modelPath().exists():
-            if not slicer.util.confirmYesNoDisplay(
-                _("Replace the model {path}?").format(path=self.logic.modelPath())
-            ):
-                return
-            self.logic.settings.replaceExisting = True
+        target = self.logic.modelPath()
+        self.logic.settings.replaceExisting = target.exists()
+        ask = _("Replace the model {path}?").format(path=target)
+        return not target.exists() or slicer.util.confirmYesNoDisplay(ask)
+
+    def onStart(self):
+        if not self.confirmReplace():
+            return
         # Installing and exporting let Qt process clicks: starting() refuses a second Start.
         failing = user_error_display(_("Cannot start training."), wait_cursor=True)
         with failing, self.logic.starting():
@@ -340,6 +349,31 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self):
         for name, enabled in self.logic.buttonStates().items():
             getattr(self.ui, name).enabled = enabled
+
+    # -- another machine -------------------------------------------------------------------
+    def onExportJob(self):
+        applyParameters(self.logic.settings, self._parameterNode)
+        folder = pathText(self._parameterNode.jobFolder)
+        gpus, nodes = self._parameterNode.jobGpusPerNode, self._parameterNode.jobNodes
+        with user_error_display(_("Cannot export the training job."), wait_cursor=True):
+            job = jobexport.exportTrainingJob(self.logic, folder, gpus, nodes)
+            self.ui.jobCommandTextEdit.setPlainText(jobexport.commandText(job))
+            self.ui.jobNoteLabel.text = jobexport.exportNote(job)
+        self.updateButtons()
+
+    def onCopyCommand(self):
+        qt.QApplication.clipboard().setText(self.ui.jobCommandTextEdit.toPlainText())
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, _("Import trained model"), "", jobexport.MODEL_FILE_FILTER
+        )
+        if not path or not self.confirmReplace():
+            return
+        with user_error_display(_("Cannot import the model.")):
+            target, header = jobexport.importTrainedModel(self.logic, path)
+            self.ui.importSummaryLabel.text = jobexport.importSummary(target, header)
+            refreshSegmentationModels()  # an open FBANet Segmentation lists it at once
 
     # -- review ------------------------------------------------------------------------------
     def onSegmentUnlabeled(self):

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the logic imports nothing of this module; the type is for t
 JOB_FORMAT = "fbanet-training-job"
 RUN_FOLDER = "run"
 INIT_MODEL = "init_model.safetensors"
+MODEL_FILE_FILTER = "fbanet models (*.safetensors)"  # the import dialog's file filter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ExportedJob:
             ``folder``.
         torchrunCommand: The same training over ``gpus`` GPUs on each of ``nodes`` nodes.
         modelFile: Where the trained model lands, relative to ``folder``.
+        processes: GPU processes in all (GPUs per node x nodes): more than one runs
+            ``torchrunCommand``, one runs ``trainCommand``.
     """
 
     folder: Path
@@ -58,6 +61,7 @@ class ExportedJob:
     trainCommand: tuple[str, ...]
     torchrunCommand: tuple[str, ...]
     modelFile: str
+    processes: int = 1
 
 
 def jobSettings(settings: TrainingSettings) -> dict[str, dict[str, Any]]:
@@ -132,6 +136,8 @@ def exportTrainingJob(
         _checkSplit(logic.settings, int(gpus), int(nodes))
     except InputError as error:
         problems.append(str(error))
+    if not str(folder).strip():  # Path("") would be the current folder
+        raise InputError("Choose a job folder (a new or empty folder) to export to")
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         problems.append(f"The job folder {folder} is not empty: choose a new or empty folder")
@@ -150,26 +156,50 @@ def exportTrainingJob(
     train = ("fbanet", "train", *flags)
     torchrun = (*_torchrun(int(gpus), int(nodes)), *flags)
     modelFile = f"{RUN_FOLDER}/{'best_model' if s.validationCases else 'model'}.safetensors"
-    job = ExportedJob(folder, written, config, train, torchrun, modelFile)
-    _writeInstructions(job, s.modelName, int(gpus) * int(nodes))
+    job = ExportedJob(folder, written, config, train, torchrun, modelFile, int(gpus) * int(nodes))
+    _writeInstructions(job, s.modelName)
+    logic.exportedJob = job
     return job
 
 
-def _writeInstructions(job: ExportedJob, modelName: str, processes: int) -> None:
+def commandText(job: ExportedJob) -> str:
+    """The one command to run in the job folder: torchrun for several GPUs, else fbanet."""
+    return shlex.join(job.torchrunCommand if job.processes > 1 else job.trainCommand)
+
+
+def exportNote(job: ExportedJob) -> str:
+    """What to do with an exported job, for the panel."""
+    return (
+        f"Copy the folder {job.folder} to the GPU machine, run 'bash run.sh' in it (it runs "
+        f"the command above; fbanet must be installed there), then bring back "
+        f"{job.modelFile} and import it with 'Import trained model...'."
+    )
+
+
+def importSummary(target: Path, header: ModelMetadata) -> str:
+    """What an imported model is, for the panel: where it is, how long it trained, its Dice."""
+    dice = header.validation_dice
+    return "\n".join([
+        f"Model: {target}",
+        f"Iterations: {header.iterations}",
+        f"Validation Dice: {dice:.3f}" if dice is not None else "Validation Dice: not measured",
+    ])  # fmt: skip
+
+
+def _writeInstructions(job: ExportedJob, modelName: str) -> None:
     document = {
         "format": JOB_FORMAT, "model_name": modelName, "train": list(job.trainCommand),
         "torchrun": list(job.torchrunCommand), "model_file": job.modelFile,
     }  # fmt: skip
     (job.folder / "job.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
-    chosen = job.torchrunCommand if processes > 1 else job.trainCommand
     script = "\n".join([
         "#!/usr/bin/env bash",
         "# FBANet training job: run from this folder on the training machine.",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         f"# one process (one GPU or the CPU):  {shlex.join(job.trainCommand)}",
-        f"# {processes} GPU process(es) with torchrun:  {shlex.join(job.torchrunCommand)}",
-        shlex.join(chosen),
+        f"# {job.processes} GPU process(es) with torchrun:  {shlex.join(job.torchrunCommand)}",
+        commandText(job),
         "",
     ])  # fmt: skip
     (job.folder / "run.sh").write_text(script, encoding="utf-8")

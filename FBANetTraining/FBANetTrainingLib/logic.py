@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fbanet.cli.environment import (
     TORCH_REQUIREMENT,
@@ -38,6 +38,9 @@ from FBANetTrainingLib.settings import (
     TrainingSettings,
     defaultModelsFolder,
 )
+
+if TYPE_CHECKING:  # jobexport imports this module's logic only for the checker too
+    from FBANetTrainingLib.jobexport import ExportedJob
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
 
@@ -69,6 +72,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         self.chart: TrainingChart | None = None
         self.registeredModelPath: Path | None = None
         self.registrationError = ""
+        self.exportedJob: ExportedJob | None = None  # the job last exported for another machine
         self.segmentJob: SegmentJob | ModuleSegmentQueue | None = None  # review: segmenting
         self.rankJob: RankJob | None = None  # review: ranking the unlabeled for annotation
         self.ranking: list[RankedVolume] = []
@@ -383,4 +387,8 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
             "segmentUnlabeledButton": trained,
             "rankButton": trained,
             "copyLogButton": run is not None,
+            # Another machine: an import while a run is busy could race its registration.
+            "exportJobButton": not busy,
+            "importModelButton": not busy,
+            "copyCommandButton": self.exportedJob is not None,
         }

@@ -99,3 +99,37 @@ def test_importing_what_is_not_a_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(dataset.InputError, match="does not exist"):
         jobexport.importTrainedModel(logic, tmp_path / "nowhere.safetensors")
     assert not (tmp_path / "models").exists()
+
+
+def test_the_panel_shows_the_command_to_run_and_what_an_import_brought(tmp_path: Path) -> None:
+    from fbanet.config import ModelConfig
+    from fbanet.model.header import ModelMetadata
+    from fbanet.protocol import JobState
+
+    logic = _panel(tmp_path)
+    with pytest.raises(dataset.InputError, match="Choose a job folder"):
+        jobexport.exportTrainingJob(logic, "  ")
+    assert logic.exportedJob is None and not logic.buttonStates()["copyCommandButton"]
+    single = jobexport.exportTrainingJob(logic, tmp_path / "one")
+    assert logic.exportedJob is single and logic.buttonStates()["copyCommandButton"]
+    assert jobexport.commandText(single).startswith("fbanet train --config config.json")
+    assert jobexport.commandText(single) in (tmp_path / "one" / "run.sh").read_text()
+    spread = jobexport.exportTrainingJob(logic, tmp_path / "two", gpus=1, nodes=2)
+    assert spread.processes == 2 and jobexport.commandText(spread).startswith(
+        "torchrun --nproc-per-node 1 --nnodes 2"
+    )
+    note = jobexport.exportNote(spread)
+    assert str(tmp_path / "two") in note and "bash run.sh" in note and "run/model" in note
+    logic.run = support.runner.TrainingRun(tmp_path / "run", [])
+    logic.run.state = JobState.RUNNING
+    states = logic.buttonStates()
+    assert not states["exportJobButton"] and not states["importModelButton"]
+    target = tmp_path / "models" / "FromGPU.safetensors"
+    measured = ModelMetadata(ModelConfig(), iterations=300, validation_dice=0.91234)
+    assert jobexport.importSummary(target, measured).splitlines() == [
+        f"Model: {target}",
+        "Iterations: 300",
+        "Validation Dice: 0.912",
+    ]
+    unmeasured = jobexport.importSummary(target, ModelMetadata(ModelConfig(), iterations=5))
+    assert unmeasured.splitlines()[-1] == "Validation Dice: not measured"

@@ -128,6 +128,7 @@ def test_a_failed_review_job_is_reported_once_and_buttons_follow_the_run(
     assert panel.buttonStates() == {
         "startButton": True, "stopButton": False, "resumeButton": False,
         "segmentUnlabeledButton": False, "rankButton": False, "copyLogButton": False,
+        "exportJobButton": True, "importModelButton": True, "copyCommandButton": False,
     }  # fmt: skip
     job = review.RankJob([], tmp_path / "model.safetensors")
     job.state, job.error_message = JobState.FAILED, "no such model"

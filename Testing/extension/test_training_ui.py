@@ -23,12 +23,16 @@ USED_WIDGETS = {
     "statusLabel": "QLabel",
     "summaryLabel": "QLabel",
     "logTextEdit": "QPlainTextEdit",
+    "jobCommandTextEdit": "QPlainTextEdit",
+    "jobNoteLabel": "QLabel",
+    "importSummaryLabel": "QLabel",
     **{
         name: "QPushButton"
         for name in (
             "addLabeledButton", "removeLabeledButton", "checkLabeledButton", "takeUnusedButton",
             "startButton", "stopButton", "resumeButton", "copyLogButton", "showChartButton",
-            "segmentUnlabeledButton", "rankButton",
+            "segmentUnlabeledButton", "rankButton", "exportJobButton", "copyCommandButton",
+            "importModelButton",
         )
     },
 }  # fmt: skip
