@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.dataset import InputError
+from FBANetTrainingLib.logic import copyModelFile
 from FBANetTrainingLib.settings import TrainingSettings
 
 if TYPE_CHECKING:  # the logic imports nothing of this module; the type is for the checker
@@ -237,7 +237,7 @@ def importTrainedModel(logic: FBANetTrainingLogic, path: str | Path) -> tuple[Pa
     """Copy a model trained elsewhere into the models folder under the panel's model name.
 
     ``path`` is a model file, or the run (or job) folder that holds it. The copy is
-    atomic (a hidden partial file, then a rename), so a panel listing the folder never
+    atomic (a hidden temporary file, then a rename), so a panel listing the folder never
     sees half a model.
 
     Raises:
@@ -257,15 +257,7 @@ def importTrainedModel(logic: FBANetTrainingLogic, path: str | Path) -> tuple[Pa
             f"A model named '{logic.settings.modelName}' already exists in "
             f"{logic.modelsFolder()}; choose another name or allow replacing it"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        shutil.copyfile(source, partial)
-        with open(partial, "r+b") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    copyModelFile(source, target)
     logic.registeredModelPath = target
     logic.registrationError = ""
     return target, header

@@ -7,7 +7,6 @@ here runs under pytest with the MRML library of the slicer-core wheel.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from fbanet.cli.environment import (
     missing_requirements,
     torch_problem,
 )
+from fbanet.io.atomic import atomic_write
 from fbanet.protocol import JobState
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.charts import TrainingChart
@@ -43,6 +43,12 @@ if TYPE_CHECKING:  # jobexport imports this module's logic only for the checker 
     from FBANetTrainingLib.jobexport import ExportedJob
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+
+
+def copyModelFile(source: Path, target: Path) -> Path:
+    """Copy a model file into the models folder atomically (a hidden temporary, renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(target, lambda temporary: shutil.copyfile(source, temporary))
 
 
 class FBANetTrainingLogic(JobLifecycle, ReviewActions):
@@ -345,22 +351,13 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
     def registerModel(self) -> Path:
         """Copy the run's best model to ``<models folder>/<name>.safetensors`` atomically.
 
-        The copy is written as a hidden ``.<name>.safetensors.partial`` file first, so a
-        panel listing ``*.safetensors`` never sees a half-written model.
+        The copy is written to a hidden temporary name first (``fbanet.io.atomic``), so a
+        panel listing the models never sees a half-written one.
         """
         source = self.run.bestModelPath() if self.run is not None else None
         if source is None:
             raise InputError("The run has written no model yet")
-        target = self.modelPath()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        try:
-            shutil.copyfile(source, partial)
-            with open(partial, "r+b") as handle:
-                os.fsync(handle.fileno())
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        target = copyModelFile(source, self.modelPath())
         self.registeredModelPath = target
         return target
 
