@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from fbanet.config import ModelConfig
+from fbanet.data.cases import Case
 from fbanet.model.network import FBANet
 
 
@@ -34,3 +35,18 @@ def trained_looking_model(config: ModelConfig, seed: int = 0, with_contrast: boo
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0.0, 0.3)
     return model.eval()
+
+
+def blob_case(
+    name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (24, 22, 20)
+) -> Case:
+    """A bright ellipsoid in Gaussian noise, z-scored; its label is the ellipsoid."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
+    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
+    image = ((image - image.mean()) / image.std()).astype(np.float32)
+    label = inside.astype(np.uint8) if labeled else None
+    return Case(name, image, label, (1.0, 1.0, 1.0))

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import builders
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -61,16 +62,9 @@ def settings(**changes: Any) -> TrainConfig:
     return TrainConfig(**{**base, **debug, **changes})
 
 
-def blob_case(name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (20, 18, 18)):
-    """A bright ellipsoid in noise, z-scored; its label is the ellipsoid."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
-    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
-    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
-    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
-    image = ((image - image.mean()) / image.std()).astype(np.float32)
-    return Case(name, image, inside.astype(np.uint8) if labeled else None, (1.0, 1.0, 1.0))
+def blob_case(name: str, seed: int, labeled: bool) -> Case:
+    """builders.blob_case at the smaller size these processes train on."""
+    return builders.blob_case(name, seed, labeled, (20, 18, 18))
 
 
 def data() -> TrainingData:

@@ -7,27 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from builders import blob_case
 
 from fbanet.config import ModelConfig, TrainConfig
-from fbanet.data.cases import Case
 from fbanet.train.schedule import learning_rate_at
 from fbanet.train.trainer import Trainer, TrainingData
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def _case(name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (24, 22, 20)) -> Case:
-    """A bright ellipsoid in noise, z-scored; its label is the ellipsoid."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
-    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
-    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
-    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
-    image = ((image - image.mean()) / image.std()).astype(np.float32)
-    return Case(name, image, inside.astype(np.uint8) if labeled else None, (1.0, 1.0, 1.0))
 
 
 def _run(tmp_path: Path, contrast: str, **train: Any) -> list[dict[str, Any]]:
@@ -42,8 +29,8 @@ def _run(tmp_path: Path, contrast: str, **train: Any) -> list[dict[str, Any]]:
         }
     )  # fmt: skip
     data = TrainingData(
-        labeled=[_case(f"lab{i}", i, True) for i in range(2)],
-        unlabeled=[_case(f"unl{i}", 100 + i, False) for i in range(2)],
+        labeled=[blob_case(f"lab{i}", i, True) for i in range(2)],
+        unlabeled=[blob_case(f"unl{i}", 100 + i, False) for i in range(2)],
         validation=[],
         spacing=(1.0, 1.0, 1.0),
     )

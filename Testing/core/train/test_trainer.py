@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from builders import blob_case
 from paths import SHARED_LA
 from PIL import Image
 
@@ -47,26 +48,11 @@ def _settings(**changes: Any) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-def _blob_case(
-    name: str, seed: int, labeled: bool, shape: tuple[int, int, int] = (24, 22, 20)
-) -> Case:
-    """A bright ellipsoid in Gaussian noise, z-scored; its label is the ellipsoid."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
-    radii = [rng.uniform(0.2 * s, 0.3 * s) for s in shape]
-    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
-    image = inside * 2.0 + rng.normal(0.0, 0.7, shape)
-    image = ((image - image.mean()) / image.std()).astype(np.float32)
-    label = inside.astype(np.uint8) if labeled else None
-    return Case(name, image, label, (1.0, 1.0, 1.0))
-
-
 def _data(num_labeled: int = 2, num_unlabeled: int = 2, num_validation: int = 0) -> TrainingData:
     return TrainingData(
-        labeled=[_blob_case(f"lab{i}", i, True) for i in range(num_labeled)],
-        unlabeled=[_blob_case(f"unl{i}", 100 + i, False) for i in range(num_unlabeled)],
-        validation=[_blob_case(f"val{i}", 200 + i, True) for i in range(num_validation)],
+        labeled=[blob_case(f"lab{i}", i, True) for i in range(num_labeled)],
+        unlabeled=[blob_case(f"unl{i}", 100 + i, False) for i in range(num_unlabeled)],
+        validation=[blob_case(f"val{i}", 200 + i, True) for i in range(num_validation)],
         spacing=(1.0, 1.0, 1.0),
     )
 
@@ -186,7 +172,7 @@ def test_no_labeled_case_is_refused(tmp_path: Path) -> None:
 
 def test_labeled_case_without_label_is_refused(tmp_path: Path) -> None:
     data = _data()
-    data = dataclasses.replace(data, labeled=[*data.labeled, _blob_case("bare", 9, False)])
+    data = dataclasses.replace(data, labeled=[*data.labeled, blob_case("bare", 9, False)])
     with pytest.raises(ValueError, match="'bare' is used as labeled but has no label"):
         _trainer(tmp_path, _settings(), data)
 
