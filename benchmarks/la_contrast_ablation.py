@@ -36,14 +36,12 @@ import statistics
 from pathlib import Path
 
 import torch
-from la_semi_supervised import LA_SPACING, validation_volumes
+from la_semi_supervised import load_la_split, validation_volumes
 from scipy.stats import wilcoxon
 
 from fbanet.config import ContrastiveKind, ModelConfig, TrainConfig, TrainingMode
-from fbanet.data.manifest import spec_from_h5_list
 from fbanet.infer.evaluation import evaluate
 from fbanet.infer.segmenter import Segmenter
-from fbanet.train.runs import load_training_data
 from fbanet.train.trainer import Trainer, TrainingData
 
 logger = logging.getLogger("la_contrast_ablation")
@@ -177,12 +175,7 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(known))
     if unknown:
         parser.error(f"unknown arms {unknown}; valid arms: {sorted(known)}")
-    names = [n for n in (args.data / "train.list").read_text().split() if n]
-    spec = spec_from_h5_list(
-        args.data / "train", args.data / "train.list", len(names) - args.validation, args.validation
-    )
-    args.names = [ref.name for ref in spec.validation]
-    data = load_training_data(spec, h5_spacing=LA_SPACING, spacing=(args.spacing,) * 3)
+    data, args.names = load_la_split(args.data, args.validation, args.spacing)
     records = [run_one(known[a], seed, data, args) for a in chosen for seed in args.seeds]
     text = report(records)
     folder = args.out / f"labeled-{args.labeled}"

@@ -156,6 +156,21 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def load_la_split(
+    data_dir: Path, validation: int, spacing: float
+) -> tuple[TrainingData, list[str]]:
+    """Every training case of train.list with its label, resampled to ``spacing`` mm, and the
+    names of the last ``validation`` cases (held out; each arm decides what it may see)."""
+    names = [n for n in (data_dir / "train.list").read_text().split() if n]
+    spec = spec_from_h5_list(
+        data_dir / "train", data_dir / "train.list", len(names) - validation, validation
+    )
+    started = time.monotonic()
+    data = load_training_data(spec, h5_spacing=LA_SPACING, spacing=(spacing,) * 3)
+    logger.info("loaded and resampled the data in %.0f s", time.monotonic() - started)
+    return data, [ref.name for ref in spec.validation]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/la"))
@@ -183,15 +198,7 @@ def main() -> None:
         args.arms, args.labeled, args.iterations = ["b"], 16, 15000
         args.patch, args.spacing = (112, 112, 80), LA_SPACING[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    # Load every training case with its label; each arm decides what it may see.
-    names = [n for n in (args.data / "train.list").read_text().split() if n]
-    spec = spec_from_h5_list(
-        args.data / "train", args.data / "train.list", len(names) - args.validation, args.validation
-    )
-    args.validation_names = [ref.name for ref in spec.validation]
-    started = time.monotonic()
-    data = load_training_data(spec, h5_spacing=LA_SPACING, spacing=(args.spacing,) * 3)
-    logger.info("loaded and resampled the data in %.0f s", time.monotonic() - started)
+    data, args.validation_names = load_la_split(args.data, args.validation, args.spacing)
     records = [run_arm(arm, data, args) for arm in args.arms]
     table = markdown(records)
     (args.out / "results.md").write_text(table + "\n")
