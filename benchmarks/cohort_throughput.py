@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from fbanet.config import InferenceConfig
 from fbanet.infer.cohort import CaseJob, parse_devices, segment_cohort, use_device
+from fbanet.infer.config import InferenceConfig
 from fbanet.infer.files import segment_file
 from fbanet.infer.segmenter import Segmenter
 from fbanet.model.bundled import default_model_path

@@ -199,8 +199,8 @@ def peak_rss_gb() -> float:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """Time one path on one volume in this process; returns the JSON record."""
-    from fbanet.config import InferenceConfig
     from fbanet.device import select_device
+    from fbanet.infer.config import InferenceConfig
     from fbanet.infer.segmenter import Segmenter
 
     volume, source = benchmark_volume(args.size, args.data, args.case)

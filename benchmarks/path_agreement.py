@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fbanet.config import InferenceConfig
+from fbanet.infer.config import InferenceConfig
 from fbanet.infer.segmenter import Segmenter, paper_config
 from fbanet.io.volumes import read_volume
 from fbanet.metrics import dice

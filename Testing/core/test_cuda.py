@@ -13,8 +13,9 @@ import pytest
 import torch
 from builders import trained_looking_model
 
-from fbanet.config import InferenceConfig, ModelConfig, TrainConfig
+from fbanet.config import ModelConfig, TrainConfig
 from fbanet.device import compute_setup
+from fbanet.infer.config import InferenceConfig
 from fbanet.infer.segmenter import Segmenter
 from fbanet.io.volumes import Geometry, Volume
 from fbanet.metrics import dice

@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _API = {
     "ModelConfig": "fbanet.config",
     "TrainConfig": "fbanet.config",
-    "InferenceConfig": "fbanet.config",
+    "InferenceConfig": "fbanet.infer.config",
     "Volume": "fbanet.io.volumes",
     "Geometry": "fbanet.io.volumes",
     "read_volume": "fbanet.io.volumes",
@@ -80,8 +80,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from fbanet.config import InferenceConfig, ModelConfig, TrainConfig
+    from fbanet.config import ModelConfig, TrainConfig
     from fbanet.data.manifest import read_manifest
+    from fbanet.infer.config import InferenceConfig
     from fbanet.infer.files import segment_file
     from fbanet.infer.ranking import rank_files
     from fbanet.infer.segmenter import SegmentationResult, Segmenter

@@ -1,5 +1,7 @@
 """Typed, frozen configuration objects: one per concern (model, training).
 
+Inference has its own, :class:`fbanet.infer.config.InferenceConfig`.
+
 Each is saved inside every model file and run folder, so a run can be reproduced and a
 model file rebuilt without guessing. Options with a fixed set of values are enums, parsed
 through :func:`parse_enum`, the one lookup that names the valid values on a bad input.
@@ -89,20 +91,6 @@ class IntensityNormalization(str, Enum):
 
     ZSCORE = "zscore"  # z-score over the whole scan, before any crop
     AS_STORED = "as-stored"  # already normalized (the LA HDF5 files): use as stored
-
-
-class Blend(str, Enum):
-    """How overlapping sliding windows are combined."""
-
-    GAUSSIAN = "gaussian"  # weight each window by a Gaussian centred on it (default)
-    CONSTANT = "constant"  # plain mean of the overlapping windows (the authors' protocol)
-
-
-class Protocol(str, Enum):
-    """Sliding-window protocol of inference."""
-
-    DEFAULT = "default"  # fbanet's fast path (overlap, Gaussian blending, batched windows)
-    PAPER = "paper"  # the authors' evaluation: stride 18/18/4, mean of softmax, one window
 
 
 def parse_enum(enum_type: type[E], value: Any) -> E:
@@ -381,56 +369,3 @@ def from_dict(config_type: type, data: Mapping[str, Any]) -> Any:
             f"unknown {config_type.__name__} setting(s) {unknown}; valid: {sorted(names)}"
         )
     return config_type(**{k: _as_tuple(v) for k, v in data.items()})
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceConfig:
-    """How a volume is segmented.
-
-    Attributes:
-        protocol: ``DEFAULT`` (fast) or ``PAPER`` (the authors' evaluation protocol).
-        overlap: Fraction of a window shared with its neighbour (default protocol).
-        blend: Gaussian or constant (mean) blending of overlapping windows.
-        windows_per_batch: Windows per forward pass.
-        paper_stride: Window stride (X, Y, Z) of the paper protocol.
-        decoders: Decoders whose softmax outputs are averaged; (0,) is the authors' choice.
-        device: Where to compute.
-        precision: bfloat16 autocast where supported, or fp32.
-        channels_last: Channels-last 3D memory layout.
-        largest_component: Keep only the largest connected component of each class; None
-            takes the model file's default.
-        flips: Test-time augmentation: average over mirrored inputs along X and Y.
-    """
-
-    protocol: Protocol = Protocol.DEFAULT
-    overlap: float = 0.25
-    blend: Blend = Blend.GAUSSIAN
-    windows_per_batch: int = 4
-    paper_stride: tuple[int, int, int] = (18, 18, 4)
-    decoders: tuple[int, ...] = (0,)
-    device: DeviceKind = DeviceKind.AUTO
-    precision: Precision = Precision.AUTO
-    channels_last: bool = True
-    largest_component: bool | None = None
-    flips: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "protocol", parse_enum(Protocol, self.protocol))
-        object.__setattr__(self, "blend", parse_enum(Blend, self.blend))
-        object.__setattr__(self, "device", parse_enum(DeviceKind, self.device))
-        object.__setattr__(self, "precision", parse_enum(Precision, self.precision))
-        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)):
-            raise TypeError(f"overlap must be a number, got {self.overlap!r}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
-        check_int("windows_per_batch", self.windows_per_batch)
-        stride = tuple(self.paper_stride)
-        if len(stride) != 3:
-            raise ValueError(f"paper_stride needs 3 values, got {self.paper_stride!r}")
-        for side in stride:
-            check_int("paper_stride", side)
-        object.__setattr__(self, "paper_stride", stride)
-        decoders = tuple(self.decoders)
-        if not decoders or len(set(decoders)) != len(decoders) or not set(decoders) <= {0, 1, 2}:
-            raise ValueError(f"decoders must be distinct values of 0, 1, 2, got {self.decoders!r}")
-        object.__setattr__(self, "decoders", decoders)

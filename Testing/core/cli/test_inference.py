@@ -25,7 +25,8 @@ import fbanet.cli.inference
 import fbanet.io.atomic
 import fbanet.model.bundled
 from fbanet.cli.main import main
-from fbanet.config import InferenceConfig, ModelConfig
+from fbanet.config import ModelConfig
+from fbanet.infer.config import InferenceConfig
 from fbanet.infer.segmenter import Segmenter
 from fbanet.io.segmentation import read_segmentation, write_segmentation
 from fbanet.io.segments import segments_from_model
@@ -478,3 +479,34 @@ def test_disk_full_leaves_no_output_and_says_so(
     assert "no space left on the disk holding" in err and "_nrrdEncoding" not in err
     assert list(out.iterdir()) == []  # the .seg.nrrd written first is not left behind
     monkeypatch.setattr(sitk, "WriteImage", real_write)
+
+
+@pytest.mark.parametrize(
+    ("flags", "flips", "window"),
+    [
+        ([], "axes", "volume"),  # the defaults
+        (["--flips"], "all", "volume"),  # the old on/off flag still means all four
+        (["--flips", "none", "--window", "patch"], "none", "patch"),
+        (["--protocol", "paper"], "none", "patch"),  # the authors' protocol as published
+        (["--protocol", "paper", "--flips", "axes"], "axes", "patch"),
+    ],
+)
+def test_mirroring_and_window_flags(flags: list[str], flips: str, window: str) -> None:
+    from fbanet.cli.main import build_parser
+
+    args = build_parser().parse_args(["segment", "scan.nrrd", "-o", "out.seg.nrrd", *flags])
+    config = fbanet.cli.inference._inference_config(args)
+    assert (config.flips.value, config.window.value) == (flips, window)
+
+
+def test_a_bad_mirroring_name_is_refused_with_the_valid_ones(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan = write_scan(tmp_path / "scan.nrrd")
+    code = main(["segment", str(scan), "-o", str(tmp_path / "out.seg.nrrd"),
+                 "-m", str(model_file), "--flips", "diagonal"])  # fmt: skip
+    assert code == 2
+    assert "'diagonal' is not a valid Mirroring; valid values: 'none', 'axes', 'all'" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out.seg.nrrd").exists()

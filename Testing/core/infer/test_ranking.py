@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fbanet.cli.main import main
-from fbanet.config import InferenceConfig, ModelConfig
+from fbanet.config import ModelConfig
+from fbanet.infer.config import InferenceConfig
 from fbanet.infer.ranking import (
     Disagreement,
     disagreement,

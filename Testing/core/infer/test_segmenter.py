@@ -21,9 +21,9 @@ from builders import rotation, trained_looking_model
 from safetensors.torch import save_file
 
 from fbanet.cli.main import main
-from fbanet.config import InferenceConfig as Config
 from fbanet.config import IntensityNormalization, ModelConfig
 from fbanet.data.preprocess import IndexBox, zscore
+from fbanet.infer.config import InferenceConfig as Config
 from fbanet.infer.segmenter import Segmenter, largest_component, paper_config, with_flips
 from fbanet.io.volumes import Geometry, Volume
 from fbanet.model.files import ModelMetadata, save_model_file
@@ -196,6 +196,58 @@ def test_with_flips_averages_the_mirrored_predictions() -> None:
     x = torch.randn(1, 1, 9, 8, 7, generator=torch.Generator().manual_seed(1))
     along_x = x * (ramp + ramp.flip(0)) / 2  # mirroring X changes the ramp; Y does not
     torch.testing.assert_close(with_flips(position_dependent)(x), along_x, atol=1e-6, rtol=0)
+
+
+def recorded_windows(config: Config, shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
+    """The input shapes the network sees when a volume of ``shape`` is segmented."""
+    segmenter = Segmenter(randomized_model(seed=4), ModelMetadata(TINY), config)
+    seen: list[tuple[int, ...]] = []
+    decode = segmenter.model.decode
+
+    def recording(x: torch.Tensor, decoders: Sequence[int]) -> list[torch.Tensor]:
+        seen.append(tuple(x.shape))
+        return decode(x, decoders)
+
+    segmenter.model.decode = recording  # type: ignore[method-assign]
+    volume = Volume(np.random.default_rng(4).normal(size=shape).astype(np.float32), Geometry())
+    segmenter.segment(volume, normalized=True)
+    return seen
+
+
+def test_by_default_the_network_sees_the_whole_region_once_per_mirroring() -> None:
+    # 40 x 20 x 9 voxels round up to one 48 x 32 x 16 window; as is, mirrored X, mirrored Y.
+    assert recorded_windows(FP32_CPU, (40, 20, 9)) == [(1, 1, 48, 32, 16)] * 3
+
+
+def test_patch_windows_and_no_mirroring_slide_the_training_patch() -> None:
+    config = dataclasses.replace(FP32_CPU, window="patch", flips="none", windows_per_batch=1)
+    # Overlap 0.25 (step 12): 3 windows along X (40 voxels), 2 along Y (20), 1 along Z (9,
+    # padded to 16).
+    assert recorded_windows(config, (40, 20, 9)) == [(1, 1, 16, 16, 16)] * 6
+
+
+def test_a_region_past_the_voxel_bound_falls_back_to_patch_windows() -> None:
+    config = dataclasses.replace(FP32_CPU, max_window_voxels=48 * 32 * 16 - 1, flips="none")
+    assert {shape[2:] for shape in recorded_windows(config, (40, 20, 9))} == {(16, 16, 16)}
+
+
+def test_whole_region_and_patch_windows_give_the_same_voxelwise_prediction() -> None:
+    image = np.random.default_rng(6).normal(size=(40, 20, 9)).astype(np.float32)
+
+    def voxelwise(x: torch.Tensor) -> torch.Tensor:
+        # Each output voxel depends on its own input voxel only, so any placement, padding
+        # and blending of windows must give it back unchanged.
+        return torch.softmax(torch.cat([-x, x * x], dim=1), dim=1)
+
+    results = []
+    for window in ("volume", "patch"):
+        config = dataclasses.replace(FP32_CPU, window=window, flips="none")
+        segmenter = Segmenter(randomized_model(), ModelMetadata(TINY), config)
+        segmenter.predictor = lambda decoders: voxelwise  # type: ignore[method-assign]
+        results.append(segmenter.predict(image, (0,)))
+    expected = voxelwise(torch.from_numpy(image)[None, None])[0].numpy()
+    np.testing.assert_allclose(results[0][0], expected, atol=1e-6)
+    np.testing.assert_allclose(results[1][0], expected, atol=1e-6)
 
 
 def authors_loop(

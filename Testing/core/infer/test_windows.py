@@ -20,6 +20,21 @@ def _coverage(shape: tuple[int, int, int], patch: tuple[int, int, int], starts) 
 # --- window placement -----------------------------------------------------------------------
 
 
+def test_whole_window_rounds_each_side_up_to_the_multiple() -> None:
+    # An LA volume at 1.25 mm against the bundled model's 64x64x48 patch.
+    assert windows.whole_window((97, 71, 44), (64, 64, 48), 16, 2**21) == (112, 80, 48)
+    assert windows.whole_window((96, 65, 48), (64, 64, 48), 16, 2**21) == (96, 80, 48)
+
+
+def test_whole_window_is_never_smaller_than_the_patch() -> None:
+    assert windows.whole_window((9, 20, 7), (16, 16, 16), 16, 10**6) == (16, 32, 16)
+
+
+def test_whole_window_is_none_past_the_voxel_bound() -> None:
+    assert windows.whole_window((97, 71, 44), (64, 64, 48), 16, 112 * 80 * 48) == (112, 80, 48)
+    assert windows.whole_window((97, 71, 44), (64, 64, 48), 16, 112 * 80 * 48 - 1) is None
+
+
 def test_patch_starts_known_values() -> None:
     assert windows.patch_starts((10, 4, 5), (4, 4, 5), 0.5) == [(x, 0, 0) for x in (0, 2, 4, 6)]
     # LA-sized x axis: step 56, n = ceil(63 / 56) + 1 = 3, linspace(0, 63, 3) rounded.

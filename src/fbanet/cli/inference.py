@@ -25,7 +25,18 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, help="window overlap of the default protocol (0.25)")
     p.add_argument("--windows-per-batch", type=int, help="windows per forward pass (4)")
     p.add_argument("--decoders", type=int, nargs="+", help="decoders to average (default: 0)")
-    p.add_argument("--flips", action="store_true", help="test-time mirroring (4x slower)")
+    p.add_argument(
+        "--flips",
+        nargs="?",
+        const="all",
+        help="test-time mirroring: axes (X, Y: 3 passes, default), all (also XY: 4) or none; "
+        "alone: all",
+    )
+    p.add_argument(
+        "--window",
+        help="volume (one window over the whole region where it fits, default) or patch "
+        "(sliding windows of the training patch)",
+    )
     lcc = p.add_mutually_exclusive_group()
     lcc.add_argument(
         "--largest-component",
@@ -115,7 +126,8 @@ def add_parsers(commands: Any) -> None:
 def _inference_config(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from fbanet.config import InferenceConfig, Protocol, parse_enum
+    from fbanet.config import parse_enum
+    from fbanet.infer.config import InferenceConfig, Protocol
     from fbanet.infer.segmenter import paper_config
 
     protocol = parse_enum(Protocol, args.protocol)
@@ -124,13 +136,11 @@ def _inference_config(args: argparse.Namespace) -> Any:
         "device": args.device,
         "precision": "fp32" if args.fp32 else args.precision,
     }
-    for name in ("overlap", "windows_per_batch", "largest_component"):
+    for name in ("overlap", "windows_per_batch", "largest_component", "flips", "window"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.decoders:
         changes["decoders"] = tuple(args.decoders)
-    if args.flips:
-        changes["flips"] = True
     return dataclasses.replace(base, **changes)
 
 

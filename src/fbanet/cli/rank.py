@@ -38,7 +38,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _segmenter(args: argparse.Namespace) -> Any:
-    from fbanet.config import InferenceConfig
+    from fbanet.infer.config import InferenceConfig
 
     settings: dict[str, Any] = {
         "device": args.device,

@@ -32,7 +32,6 @@ import numpy as np
 
 from fbanet.config import (
     DeviceKind,
-    InferenceConfig,
     ModelConfig,
     Precision,
     TrainConfig,
@@ -40,6 +39,7 @@ from fbanet.config import (
     parse_enum,
 )
 from fbanet.demo.phantoms import DEFAULT_SPACING, as_case, make_cohort
+from fbanet.infer.config import InferenceConfig
 from fbanet.infer.files import segment_file
 from fbanet.infer.segmenter import Segmenter
 from fbanet.io.segmentation import read_segmentation, write_segmentation

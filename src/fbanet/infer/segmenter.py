@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from fbanet.config import Blend, InferenceConfig, Protocol
+from fbanet.config import PATCH_MULTIPLE
 from fbanet.data.preprocess import IndexBox, prepare_input, resample_channels
 from fbanet.device import ComputeSetup, compute_setup
+from fbanet.infer.config import MIRROR_AXES, Blend, InferenceConfig, Mirroring, Protocol, Window
 from fbanet.infer.sliding_window import paper_protocol_inference, sliding_window_inference
+from fbanet.infer.windows import Triple, whole_window
 from fbanet.io.segments import SegmentInfo, segments_from_model
 from fbanet.io.volumes import Volume
 from fbanet.model.files import ModelMetadata, load_model_file
@@ -142,7 +144,19 @@ class Segmenter:
                 logits = self.model.decode(x, decoders)
             return torch.cat([torch.softmax(out.float(), dim=1) for out in logits], dim=1)
 
-        return with_flips(run) if self.config.flips else run
+        if self.config.flips is Mirroring.NONE:
+            return run
+        return with_flips(run, MIRROR_AXES[self.config.flips])
+
+    def window_size(self, image_shape: Sequence[int]) -> Triple:
+        """The window of the default protocol for an image of ``image_shape`` (X, Y, Z)."""
+        if self.config.window is Window.VOLUME:
+            whole = whole_window(
+                image_shape, self.patch_size, PATCH_MULTIPLE, self.config.max_window_voxels
+            )
+            if whole is not None:
+                return whole
+        return self.patch_size
 
     def predict(
         self, image: np.ndarray, decoders: Sequence[int], progress: Progress | None = None
@@ -168,7 +182,7 @@ class Segmenter:
                 )  # fmt: skip
             else:
                 probs = sliding_window_inference(
-                    tensor, predictor, self.patch_size,
+                    tensor, predictor, self.window_size(image.shape),
                     overlap=self.config.overlap, blend=self.config.blend.value,
                     windows_per_batch=self.config.windows_per_batch,
                     device=self.setup.device, output_device=torch.device("cpu"),
@@ -265,6 +279,9 @@ class Segmenter:
 
 
 def paper_config(**overrides: object) -> InferenceConfig:
-    """The authors' evaluation protocol: stride 18/18/4, mean blending, one window, decoder 1."""
-    base = InferenceConfig(protocol=Protocol.PAPER, blend=Blend.CONSTANT, windows_per_batch=1)
+    """The authors' evaluation protocol: stride 18/18/4, mean, one window a pass, no mirroring."""
+    base = InferenceConfig(
+        protocol=Protocol.PAPER, blend=Blend.CONSTANT, windows_per_batch=1,
+        flips=Mirroring.NONE, window=Window.PATCH,
+    )  # fmt: skip
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]

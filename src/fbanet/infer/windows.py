@@ -1,8 +1,9 @@
 """Where sliding windows go and how much each voxel of a window counts.
 
-Pure functions, testable alone: window corners (:func:`patch_starts`, or the FBA-Net
-authors' :func:`paper_starts`) and blending weights (:func:`gaussian_importance_map`,
-:func:`constant_importance_map`). :mod:`fbanet.infer.sliding_window` drives them.
+Pure functions, testable alone: the window size (:func:`whole_window`), window corners
+(:func:`patch_starts`, or the FBA-Net authors' :func:`paper_starts`) and blending weights
+(:func:`gaussian_importance_map`, :func:`constant_importance_map`).
+:mod:`fbanet.infer.sliding_window` drives them.
 """
 
 from __future__ import annotations
@@ -70,6 +71,29 @@ def patch_starts(
         # between kept starts never exceeds step <= p, so coverage holds.
         per_axis.append(sorted({int(v) for v in np.rint(np.linspace(0, s - p, n))}))
     return [tuple(c) for c in itertools.product(*per_axis)]  # type: ignore[misc]
+
+
+def whole_window(
+    image_shape: Sequence[int], patch_size: Sequence[int], multiple: int, max_voxels: int
+) -> Triple | None:
+    """One window over the whole image, or None where it would be too large.
+
+    Each side is the larger of the image's and the patch's, rounded up to ``multiple`` (the
+    network's downsampling factor), so the image is seen in one pass with all its context.
+
+    Args:
+        image_shape: Spatial shape ``(X, Y, Z)``.
+        patch_size: The training patch ``(px, py, pz)``: the smallest window.
+        multiple: Every side of the window is a multiple of this.
+        max_voxels: The largest window allowed (memory bound).
+
+    Returns:
+        The window ``(wx, wy, wz)``, or None when it holds more than ``max_voxels`` voxels.
+    """
+    shape = as_triple(image_shape, "image_shape")
+    patch = as_triple(patch_size, "patch_size")
+    window = tuple(-(-max(s, p) // multiple) * multiple for s, p in zip(shape, patch, strict=True))
+    return window if math.prod(window) <= max_voxels else None  # type: ignore[return-value]
 
 
 def paper_starts(
