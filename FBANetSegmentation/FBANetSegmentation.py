@@ -76,6 +76,7 @@ class FBANetSegmentationParameterNode:
     modelFile: Path
     device: DeviceChoice = DeviceChoice.AUTO
     largestComponent: bool = True
+    mirroring: bool = True
     probabilityMap: bool = False
     uncertaintyMap: bool = False
     showInSegmentEditor: bool = False
@@ -353,6 +354,7 @@ class FBANetSegmentationLogic(ScriptedLoadableModuleLogic):
             self.modelPath(params),
             device=params.device.value,
             largestComponent=params.largestComponent,
+            mirroring=params.mirroring,
             probabilityMap=params.probabilityMap,
             uncertaintyMap=params.uncertaintyMap,
         )

@@ -37,6 +37,8 @@ class SegmentationOptions:
         modelPath: The fbanet model file.
         device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
         largestComponent: Keep only the largest connected component; None: the model's default.
+        mirroring: Average over in-plane mirrored passes (``--flips axes``) or run one pass
+            (``--flips none``); None: fbanet's default.
         probabilityMap: Also load the foreground probability as a volume.
         uncertaintyMap: Also load the decoders' disagreement as a volume.
     """
@@ -44,6 +46,7 @@ class SegmentationOptions:
     modelPath: Path
     device: str = "auto"
     largestComponent: bool | None = None
+    mirroring: bool | None = None
     probabilityMap: bool = False
     uncertaintyMap: bool = False
 
@@ -86,6 +89,8 @@ def segmentArguments(
     args += ["--device", options.device, "--json"]
     if options.largestComponent is not None:
         args.append("--largest-component" if options.largestComponent else "--no-largest-component")
+    if options.mirroring is not None:
+        args += ["--flips", "axes" if options.mirroring else "none"]
     if options.probabilityMap:
         args.append("--probability")
     if options.uncertaintyMap:

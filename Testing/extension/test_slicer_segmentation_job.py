@@ -162,6 +162,10 @@ def test_command_line_and_environment(tmp_path: Path) -> None:
     assert {"--no-largest-component", "--probability", "--uncertainty"} <= set(args)
     assert args[args.index("--roi") + 1 :] == ["1", "2", "3", "4", "5", "6"]
     assert "--largest-component" not in segmentArguments("a", "b", SegmentationOptions(Path("m")))
+    assert "--flips" not in segmentArguments("a", "b", SegmentationOptions(Path("m")))
+    for mirroring, value in ((True, "axes"), (False, "none")):
+        mirrored = segmentArguments("a", "b", SegmentationOptions(Path("m"), mirroring=mirroring))
+        assert mirrored[mirrored.index("--flips") + 1] == value
     fbanet_parent = environment.ensureFbanetImportable(environment.__file__)
     assert (fbanet_parent / "fbanet" / "cli" / "worker.py").is_file()
     path = workers.worker_environment()["PYTHONPATH"].split(os.pathsep)
