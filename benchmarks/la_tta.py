@@ -83,14 +83,14 @@ def table(found: dict, cpu: str) -> str:
     lines = [
         f"CPU: {cpu}",
         "",
-        "| window | flips | Dice % (mean ± std) | min Dice % | median s / volume | time ratio |",
+        "| window | flips | Dice % (mean ± std over cases) | min Dice % | median s / volume | time ratio |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for (window, flips), values in found.items():
         dice = [100 * d for d in values["dice"]]
         ratio = statistics.median(a / b for a, b in zip(values["seconds"], reference, strict=True))
         lines.append(
-            f"| {window} | {flips} | {statistics.fmean(dice):.2f} ± {statistics.stdev(dice):.2f} "
+            f"| {window} | {flips} | {statistics.fmean(dice):.2f} ± {statistics.pstdev(dice):.2f} "
             f"| {min(dice):.2f} | {statistics.median(values['seconds']):.2f} | {ratio:.2f} |"
         )
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 # One constant, read by the build (pyproject) and by copies of the package that were not
 # pip-installed (the Slicer extension ships the source folder), so model files always record
 # the real version.
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public name -> module that defines it.
 _API = {
