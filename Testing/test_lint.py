@@ -23,12 +23,24 @@ def _ruff() -> list[str]:
 
 
 def test_ruff_check() -> None:
-    result = subprocess.run([*_ruff(), "check", *TARGETS], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [*_ruff(), "check", *TARGETS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
     result = subprocess.run(
-        [*_ruff(), "format", "--check", *TARGETS], cwd=ROOT, capture_output=True, text=True
+        [*_ruff(), "format", "--check", *TARGETS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert result.returncode == 0, result.stdout + result.stderr

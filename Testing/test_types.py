@@ -16,5 +16,13 @@ def test_mypy() -> None:
     if not mypy.exists():
         pytest.fail("mypy is not installed: run scripts/setup.sh (it installs the dev extras)")
     # What is checked, and how strictly, is in pyproject.toml ([tool.mypy]).
-    result = subprocess.run([str(mypy)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(mypy)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -83,7 +83,8 @@ def table(found: dict, cpu: str) -> str:
     lines = [
         f"CPU: {cpu}",
         "",
-        "| window | flips | Dice % (mean ± std over cases) | min Dice % | median s / volume | time ratio |",
+        "| window | flips | Dice % (mean ± std over cases) | min Dice % | median s / volume "
+        "| time ratio |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for (window, flips), values in found.items():

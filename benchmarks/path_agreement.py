@@ -4,8 +4,9 @@
 labeled validation cases of the LA data, the Dice between the labelmap of the authors'
 evaluation protocol (a: stride 18/18/4, plain mean, no post-processing) and fbanet's default
 path (b), plus two variants of (b) that isolate where they differ: without the
-largest-component step, and with constant blending of patch windows at overlap 0.5. It also scores (a) and (b)
-against the reference labels. The agreement depends on the model: pass the one to examine.
+largest-component step, and with constant blending of patch windows at overlap 0.5. It also
+scores (a) and (b) against the reference labels. The agreement depends on the model: pass
+the one to examine.
 
 Usage:
     python benchmarks/path_agreement.py --model runs/default-model/model.safetensors
