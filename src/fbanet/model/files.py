@@ -166,3 +166,22 @@ def export_model_file(
     if description is not None:
         changes["description"] = description
     return save_model_file(destination, model, dataclasses.replace(metadata, **changes), half=half)
+
+
+def initialize_from_model_file(model: FBANet, path: str | Path) -> None:
+    """Copy encoder and decoder weights of a model file into ``model`` (fine-tuning).
+
+    Raises:
+        ValueError: The file's architecture differs from ``model``'s, saying which setting.
+    """
+    source, metadata = load_model_file(path)
+    ours, theirs = model.config, metadata.model
+    for field in ("in_channels", "num_classes", "base_filters"):
+        if getattr(ours, field) != getattr(theirs, field):
+            raise ValueError(
+                f"cannot start from {str(path)!r}: its {field} is {getattr(theirs, field)}, "
+                f"this run's is {getattr(ours, field)}; use the same architecture"
+            )
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("contrast.") for k in missing), (missing, unexpected)
+    logger.info("initialized from %s (%d iterations)", path, metadata.iterations)

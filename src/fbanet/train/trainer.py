@@ -18,29 +18,23 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 from fbanet import __version__
 from fbanet.config import (
-    IntensityNormalization,
     ModelConfig,
     TrainConfig,
     from_dict,
     level_sizes,
     to_dict,
 )
-from fbanet.data.cases import Case
 from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
-from fbanet.infer.sliding_window import sliding_window_inference
 from fbanet.io.volumes import atomic_write
-from fbanet.metrics import dice as dice_score
-from fbanet.model.files import ModelMetadata, load_model_file, save_model_file
+from fbanet.model.files import ModelMetadata, initialize_from_model_file, save_model_file
 from fbanet.model.losses import LossTerms, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
@@ -51,39 +45,12 @@ from fbanet.train.checkpoints import (
     state_dict_to_cpu,
 )
 from fbanet.train.curves import plot_training_curves
+from fbanet.train.data import TrainingData, check_training_data
 from fbanet.train.progress import ProgressReporter, StopRequest, truncate_progress
 from fbanet.train.schedule import learning_rate_at
+from fbanet.train.scoring import validation_dice
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """The cases of a run.
-
-    Attributes:
-        labeled: Cases with labels, drawn for the Dice loss.
-        unlabeled: Cases used without labels.
-        validation: Held-out labeled cases, scored every ``validate_every`` iterations.
-        spacing: Voxel spacing (mm) of the training volumes, recorded in the model file.
-        normalization: How the images were normalized, recorded in the model file.
-    """
-
-    labeled: Sequence[Case]
-    unlabeled: Sequence[Case] = ()
-    validation: Sequence[Case] = ()
-    spacing: tuple[float, float, float] | None = None
-    normalization: IntensityNormalization = IntensityNormalization.ZSCORE
-
-    def summary(self) -> dict[str, Any]:
-        """Counts and names, for config.json."""
-        return {
-            "labeled": [c.name for c in self.labeled],
-            "unlabeled": [c.name for c in self.unlabeled],
-            "validation": [c.name for c in self.validation],
-            "spacing": list(self.spacing) if self.spacing else None,
-            "normalization": self.normalization.value,
-        }
 
 
 class TrainingDivergedError(FloatingPointError, RuntimeError):
@@ -101,26 +68,6 @@ class TrainResult:
     best_model_path: Path | None
     best_validation_dice: float | None
     seconds: float
-
-
-def check_training_data(data: TrainingData, train: TrainConfig) -> None:
-    """Refuse data that cannot train this configuration, with advice."""
-    if not data.labeled:
-        raise ValueError("no labeled case: FBA-Net needs at least one labeled volume")
-    for case in (*data.labeled, *data.validation):
-        if case.label is None:
-            raise ValueError(f"case {case.name!r} is used as labeled but has no label")
-    if train.unlabeled_batch_size > 0 and not data.unlabeled:
-        raise ValueError(
-            f"no unlabeled case, but the batch reserves {train.unlabeled_batch_size} places for "
-            f"unlabeled patches: add unlabeled volumes or set labeled_batch_size = batch_size "
-            f"({train.batch_size}) for supervised training"
-        )
-    if train.batch_size < 2:
-        raise ValueError("batch_size must be >= 2: the contrastive loss compares patches")
-    for case in (*data.labeled, *data.unlabeled, *data.validation):
-        if case.image.ndim != 3:
-            raise ValueError(f"case {case.name!r}: image must be 3-D, got {case.image.shape}")
 
 
 class Trainer:
@@ -326,28 +273,9 @@ class Trainer:
 
     def validate(self) -> float:
         """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
-        self.model.eval()
-        fmt = self.setup.memory_format
-
-        def predictor(x: torch.Tensor) -> torch.Tensor:
-            with self.setup.autocast():
-                return self.model.segment(x.contiguous(memory_format=fmt))
-
-        scores = []
-        for case in self.data.validation:
-            image = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))[None]
-            probs = sliding_window_inference(
-                image.to(self.setup.device),
-                predictor,
-                self.model_config.patch_size,
-                overlap=0.25,
-                windows_per_batch=2,
-            )
-            prediction = probs.argmax(0).cpu().numpy() == 1
-            assert case.label is not None  # validation cases are labeled (checked at start)
-            scores.append(dice_score(prediction, case.label == 1))
-        self.model.train()
-        return float(np.mean(scores))
+        return validation_dice(
+            self.model, self.data.validation, self.model_config.patch_size, self.setup
+        )
 
     def _write_config(self) -> None:
         document = {
@@ -444,18 +372,3 @@ class Trainer:
         return TrainResult(
             self.run_dir, self.iteration, stopped, self.model_path, best, self.best_dice, seconds
         )
-
-
-def initialize_from_model_file(model: FBANet, path: str | Path) -> None:
-    """Copy encoder and decoder weights of a model file into ``model`` (fine-tuning)."""
-    source, metadata = load_model_file(path)
-    ours, theirs = model.config, metadata.model
-    for field in ("in_channels", "num_classes", "base_filters"):
-        if getattr(ours, field) != getattr(theirs, field):
-            raise ValueError(
-                f"cannot start from {str(path)!r}: its {field} is {getattr(theirs, field)}, "
-                f"this run's is {getattr(ours, field)}; use the same architecture"
-            )
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("contrast.") for k in missing), (missing, unexpected)
-    logger.info("initialized from %s (%d iterations)", path, metadata.iterations)

@@ -1,0 +1,59 @@
+"""The cases of a training run, and the checks they must pass before it starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from fbanet.config import IntensityNormalization, TrainConfig
+from fbanet.data.cases import Case
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The cases of a run.
+
+    Attributes:
+        labeled: Cases with labels, drawn for the Dice loss.
+        unlabeled: Cases used without labels.
+        validation: Held-out labeled cases, scored every ``validate_every`` iterations.
+        spacing: Voxel spacing (mm) of the training volumes, recorded in the model file.
+        normalization: How the images were normalized, recorded in the model file.
+    """
+
+    labeled: Sequence[Case]
+    unlabeled: Sequence[Case] = ()
+    validation: Sequence[Case] = ()
+    spacing: tuple[float, float, float] | None = None
+    normalization: IntensityNormalization = IntensityNormalization.ZSCORE
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and names, for config.json."""
+        return {
+            "labeled": [c.name for c in self.labeled],
+            "unlabeled": [c.name for c in self.unlabeled],
+            "validation": [c.name for c in self.validation],
+            "spacing": list(self.spacing) if self.spacing else None,
+            "normalization": self.normalization.value,
+        }
+
+
+def check_training_data(data: TrainingData, train: TrainConfig) -> None:
+    """Refuse data that cannot train this configuration, with advice."""
+    if not data.labeled:
+        raise ValueError("no labeled case: FBA-Net needs at least one labeled volume")
+    for case in (*data.labeled, *data.validation):
+        if case.label is None:
+            raise ValueError(f"case {case.name!r} is used as labeled but has no label")
+    if train.unlabeled_batch_size > 0 and not data.unlabeled:
+        raise ValueError(
+            f"no unlabeled case, but the batch reserves {train.unlabeled_batch_size} places for "
+            f"unlabeled patches: add unlabeled volumes or set labeled_batch_size = batch_size "
+            f"({train.batch_size}) for supervised training"
+        )
+    if train.batch_size < 2:
+        raise ValueError("batch_size must be >= 2: the contrastive loss compares patches")
+    for case in (*data.labeled, *data.unlabeled, *data.validation):
+        if case.image.ndim != 3:
+            raise ValueError(f"case {case.name!r}: image must be 3-D, got {case.image.shape}")
