@@ -65,7 +65,7 @@ def largest_component(labelmap: np.ndarray, classes: Sequence[int]) -> np.ndarra
 
 
 def with_flips(
-    predictor: Predictor, axes: Sequence[Sequence[int]] = ((), (2,), (3,), (2, 3))
+    predictor: Predictor, axes: Sequence[Sequence[int]] = MIRROR_AXES[Mirroring.ALL]
 ) -> Predictor:
     """Test-time augmentation: average ``predictor`` over inputs mirrored along ``axes``."""
     if not axes:
