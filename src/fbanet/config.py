@@ -89,8 +89,13 @@ class SyncBatchNorm(str, Enum):
 class IntensityNormalization(str, Enum):
     """How image intensities are normalized before the network sees them."""
 
-    ZSCORE = "zscore"  # z-score over the whole scan, before any crop
-    AS_STORED = "as-stored"  # already normalized (the LA HDF5 files): use as stored
+    # Z-score over the region the network is given (the file, or its region of interest);
+    # training z-scores each patch over random regions around the structure to match.
+    ZSCORE = "zscore"
+    # The LA HDF5 layout as stored (z-scored over the whole original scan before cropping):
+    # only for reproducing the paper and the authors' checkpoints. HDF5 files are used as
+    # stored; other files are z-scored over the whole file, before any crop.
+    AS_STORED = "as-stored"
 
 
 def parse_enum(enum_type: type[E], value: Any) -> E:
@@ -262,6 +267,11 @@ class TrainConfig:
         log_every: Write a JSON progress line every this many iterations.
         sync_batchnorm: Batch norm statistics over all processes of a ``torchrun`` run
             (no effect in one process).
+        region_margin_mm: Each training patch is z-scored over a random region around the
+            labeled structure, its margins drawn from 0 to this many mm a side (so the network
+            learns every crop a user may give; z-scored data only).
+        intensity_scale: Then multiplied by a factor in [1 - this, 1 + this].
+        intensity_shift: Then shifted by an offset in [-this, this].
     """
 
     iterations: int = 15000
@@ -290,6 +300,9 @@ class TrainConfig:
     validate_every: int = 200
     log_every: int = 1
     sync_batchnorm: SyncBatchNorm = SyncBatchNorm.AUTO
+    region_margin_mm: float = 30.0
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
 
     def __post_init__(self) -> None:
         for name in (
@@ -318,8 +331,13 @@ class TrainConfig:
             "rampup_length",
             "positive_alpha",
             "negative_alpha",
+            "region_margin_mm",
+            "intensity_shift",
         ):
             _check_positive_number(name, getattr(self, name), allow_zero=True)
+        _check_positive_number("intensity_scale", self.intensity_scale, allow_zero=True)
+        if self.intensity_scale >= 1:
+            raise ValueError(f"intensity_scale must be < 1, got {self.intensity_scale!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         object.__setattr__(self, "mode", parse_enum(TrainingMode, self.mode))

@@ -21,7 +21,7 @@ from paths import REFERENCE
 
 from fbanet import __version__
 from fbanet.cli.main import main
-from fbanet.config import ModelConfig
+from fbanet.config import IntensityNormalization, ModelConfig
 from fbanet.model.authors import convert_key
 from fbanet.model.files import load_model_file, read_model_header
 from fbanet.model.network import FBANet
@@ -81,7 +81,7 @@ def test_train_end_to_end_and_resume(
 ) -> None:
     out = tmp_path / "run"
     code = main(["train", "--manifest", str(manifest), "-o", str(out), "--iterations", "2",
-                 *TINY_FLAGS])  # fmt: skip
+                 "--region-margin-mm", "12", "--intensity-scale", "0.2", *TINY_FLAGS])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
     events = _json_lines(captured.out)  # every stdout line is JSON
@@ -95,7 +95,10 @@ def test_train_end_to_end_and_resume(
     assert config["model"]["patch_size"] == [16, 16, 16]
     assert config["model"]["base_filters"] == 4
     assert config["train"]["precision"] == "fp32" and config["train"]["iterations"] == 2
+    assert config["train"]["region_margin_mm"] == 12.0
+    assert config["train"]["intensity_scale"] == 0.2
     assert config["data"]["labeled"] == ["case0", "case1"]
+    assert config["data"]["normalization"] == "zscore"
     header = read_model_header(out / "model.safetensors")
     assert header.iterations == 2
     assert header.spacing == pytest.approx((0.8, 0.8, 1.0))
@@ -338,6 +341,8 @@ def test_import_checkpoint_gives_the_same_outputs(
     loaded, metadata = load_model_file(out)
     assert metadata.model == config  # patch size recovered from the projection heads
     assert metadata.spacing == (0.625, 0.625, 0.625)
+    # The authors trained on the LA HDF5 files as stored: so must their model see them.
+    assert metadata.normalization is IntensityNormalization.AS_STORED
     x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = original.decode(x)[0]

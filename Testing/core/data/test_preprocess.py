@@ -236,22 +236,44 @@ def test_zscore_by_hand() -> None:
         zscore(np.full((2, 2, 2), 7.0))
 
 
-def test_prepare_input_normalizes_the_whole_scan_then_crops_and_resamples() -> None:
+def test_prepare_input_zscores_the_region_it_is_given_then_resamples() -> None:
     array = np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4)
     volume = Volume(array, Geometry((1.0, 1.0, 2.0), (5.0, 0.0, 0.0)))
     box = IndexBox((2, 0, 0), (6, 6, 4))
     prepared = prepare_input(
         volume, normalization=IntensityNormalization.ZSCORE, spacing=(2.0, 2.0, 2.0), roi=box
     )
-    whole = zscore(array)
-    # The statistics are those of the whole scan, not of the crop.
-    np.testing.assert_allclose(prepared.region.array, whole[2:6], rtol=1e-6)
+    # The statistics are those of the region, not of what lies around it: the same voxels
+    # given as a file of their own come out the same.
+    np.testing.assert_allclose(prepared.region.array, zscore(array[2:6]), rtol=1e-6)
+    alone = prepare_input(
+        Volume(array[2:6].copy(), prepared.region.geometry),
+        normalization=IntensityNormalization.ZSCORE, spacing=(2.0, 2.0, 2.0),
+    )  # fmt: skip
+    np.testing.assert_array_equal(alone.network.array, prepared.network.array)
     assert prepared.region.geometry.origin == (7.0, 0.0, 0.0)
     assert prepared.network.array.shape == (2, 3, 4)
     assert prepared.network.geometry.spacing == (2.0, 2.0, 2.0)
+    # A z-scored model z-scores even an image marked as normalized: scale and shift go.
+    marked = prepare_input(
+        Volume(array * 3 + 5, volume.geometry), normalization=IntensityNormalization.ZSCORE,
+        spacing=None, normalized=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(marked.region.array, zscore(array), rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_input_as_stored_keeps_the_hdf5_layout_and_zscores_other_files_whole() -> None:
+    array = np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4)
+    volume = Volume(array, Geometry((1.0, 1.0, 2.0), (5.0, 0.0, 0.0)))
+    box = IndexBox((2, 0, 0), (6, 6, 4))
     stored = prepare_input(
-        volume, normalization=IntensityNormalization.ZSCORE, spacing=None, normalized=True
+        volume, normalization=IntensityNormalization.AS_STORED, spacing=None, normalized=True
     )
     assert stored.network is stored.region
     np.testing.assert_array_equal(stored.region.array, array)
+    other = prepare_input(
+        volume, normalization=IntensityNormalization.AS_STORED, spacing=None, roi=box
+    )
+    # As the LA HDF5 files were made: z-scored over the whole scan, then cropped.
+    np.testing.assert_allclose(other.region.array, zscore(array)[2:6], rtol=1e-6)
     assert normalize(array, IntensityNormalization.AS_STORED).dtype == np.float32

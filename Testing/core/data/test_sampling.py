@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from fbanet.data.cases import Case
+from fbanet.data.intensity import RegionNormalization
+from fbanet.data.preprocess import zscore
 from fbanet.data.sampling import PatchBatcher, TwoStreamSampler, crop_views, rot_flip_views
 
 
@@ -166,3 +168,47 @@ def test_batcher_state_round_trip() -> None:
         np.testing.assert_array_equal(images, want_images)
         np.testing.assert_array_equal(labels, want_labels)
     assert not np.array_equal(make(2).next()[0], expected[0][0])
+
+
+def test_batcher_normalizes_each_patch_over_a_random_region() -> None:
+    exact = RegionNormalization((2, 2, 1), scale=0.0, shift=0.0)
+    cases = _cases(2, True)
+    for case in cases:
+        case.image[:] = case.image * 3.0 + 7.0  # far from z-scored
+    plain = PatchBatcher(cases, [], (32, 20, 12), 2, 0, seed=0, augment=False)
+    region = PatchBatcher(cases, [], (32, 20, 12), 2, 0, seed=0, augment=False, intensity=exact)
+    (raw, raw_labels), (normed, labels) = plain.next(), region.next()
+    np.testing.assert_array_equal(labels, raw_labels)  # same cases, same crops
+    for row in range(2):
+        real = raw[row, 0] != 0
+        # Padding stays 0, as in inference; the voxels are an affine map of the originals
+        # with the spread of a z-score over a region (about 1, not 3).
+        assert float(np.abs(normed[row, 0][~real]).sum()) == 0.0
+        slope, intercept = np.polyfit(raw[row, 0][real], normed[row, 0][real], 1)
+        assert 0.2 < slope < 0.5 and abs(np.std(normed[row, 0][real]) - 1.0) < 0.2
+        np.testing.assert_allclose(
+            normed[row, 0][real], raw[row, 0][real] * slope + intercept, atol=1e-4
+        )
+    # The whole volume as the region reproduces a plain z-score of the case.
+    whole = RegionNormalization((99, 99, 99), scale=0.0, shift=0.0)
+    one = PatchBatcher(cases[:1], [], (32, 20, 12), 1, 0, seed=0, augment=False, intensity=whole)
+    image = one.next()[0][0, 0]
+    np.testing.assert_allclose(image[6:26, 2:18, 1:11], zscore(cases[0].image), atol=1e-5)
+
+
+def test_batcher_intensity_stream_is_restored_with_the_state() -> None:
+    jitter = RegionNormalization((2, 2, 1), scale=0.1, shift=0.1)
+
+    def make(seed: int) -> PatchBatcher:
+        return PatchBatcher(_cases(3, True), [], (12, 12, 8), 2, 0, seed=seed, intensity=jitter)
+
+    batcher = make(1)
+    batcher.next()
+    state = json.loads(json.dumps(batcher.state_dict()))
+    expected = batcher.next()[0]
+    resumed = make(2)
+    resumed.load_state_dict(state)
+    np.testing.assert_array_equal(resumed.next()[0], expected)
+    # A checkpoint of fbanet 0.2 has no intensity stream: it still loads.
+    old = {k: v for k, v in state.items() if k != "intensity_rng"}
+    make(2).load_state_dict(old)

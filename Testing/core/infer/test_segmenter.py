@@ -350,7 +350,8 @@ def test_uncertainty_is_the_std_of_the_decoders_foreground_probability() -> None
     volume = Volume(image, Geometry((1.0, 1.0, 1.0)))
     metadata = ModelMetadata(TINY, normalization=IntensityNormalization.AS_STORED)
     segmenter = Segmenter(model, metadata, dataclasses.replace(FP32_CPU, largest_component=False))
-    result = segmenter.segment(volume, probability=True, uncertainty=True)
+    # The LA HDF5 layout, used as stored by an as-stored model.
+    result = segmenter.segment(volume, normalized=True, probability=True, uncertainty=True)
 
     probs = segmenter.predict(image, (0, 1, 2))
     assert result.uncertainty is not None and result.probability is not None

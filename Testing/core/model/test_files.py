@@ -17,6 +17,9 @@ import fbanet.model.files as modelfile
 from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, to_dict
 from fbanet.model.files import (
     ModelMetadata,
+    export_model_file,
+    fill_absent_decoders,
+    initialize_from_model_file,
     load_model_file,
     read_model_header,
     save_model_file,
@@ -288,3 +291,31 @@ def test_a_bare_fbanet_header_gets_a_sentence_not_a_key_error(tmp_path: Path) ->
     save_file({"w": torch.zeros(1)}, str(partial), metadata=header)
     with pytest.raises(ValueError, match=r"incomplete fbanet metadata \(no 'model' setting\)"):
         read_model_header(partial)
+
+
+def test_fine_tuning_from_a_file_without_decoder_3_copies_decoder_2_into_it(
+    saved: tuple[FBANet, Path], tmp_path: Path
+) -> None:
+    model, path = saved
+    two = export_model_file(path, tmp_path / "two.safetensors", half=False, decoders=(0, 1))
+    fresh = FBANet(TINY)
+    initialize_from_model_file(fresh, two)
+    source = model.state_dict()
+    for name, value in fresh.state_dict().items():
+        if name.startswith("contrast."):
+            continue  # the heads are never in a model file
+        if name.startswith("decoders.2."):
+            # Decoder 3 (nearest) has decoder 2's (trilinear) layers: a trained start.
+            torch.testing.assert_close(value, source[name.replace("decoders.2.", "decoders.1.")])
+        else:
+            torch.testing.assert_close(value, source[name], msg=name)
+
+
+def test_fill_absent_decoders_copies_only_from_a_decoder_of_the_same_layers() -> None:
+    state = FBANet(TINY, with_contrast=False).state_dict()
+    before = {k: v.clone() for k, v in state.items()}
+    # Only decoder 1 (transposed convolutions) present: nothing has the others' layers.
+    assert fill_absent_decoders(state, (0,)) == {}
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    assert fill_absent_decoders(state, (0, 2)) == {1: 2}
+    assert torch.equal(state["decoders.1.out_conv.weight"], before["decoders.2.out_conv.weight"])

@@ -16,7 +16,7 @@ from paths import SHARED_LA
 from PIL import Image
 
 import fbanet.train.trainer as training
-from fbanet.config import ModelConfig, TrainConfig
+from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig
 from fbanet.data.cases import Case
 from fbanet.model.files import load_model_file, read_model_header
 from fbanet.train.checkpoints import load_checkpoint
@@ -303,3 +303,17 @@ def test_resume_after_a_kill_cleans_up_and_logs_each_iteration_once(tmp_path: Pa
     assert [e["iteration"] for e in _events(tmp_path)] == [1, 2, 3, 4]
     assert all(e["loss"] != 9.0 for e in _events(tmp_path))
     assert [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
+
+
+def test_zscored_data_trains_on_patches_normalized_over_random_regions(tmp_path: Path) -> None:
+    config = _settings(region_margin_mm=6.0, intensity_scale=0.05, intensity_shift=0.2)
+    data = dataclasses.replace(_data(), spacing=(1.0, 1.0, 2.0))
+    trainer = _trainer(tmp_path / "z", config, data)
+    region = trainer.batcher.intensity
+    assert region is not None and region.margin == (6, 6, 3)
+    assert (region.scale, region.shift) == (0.05, 0.2)
+    saved = json.loads((trainer.run() and (tmp_path / "z" / "config.json")).read_text())
+    assert saved["train"]["region_margin_mm"] == 6.0
+    # The LA HDF5 layout as stored (the paper's protocol) keeps its intensities.
+    stored = dataclasses.replace(data, normalization=IntensityNormalization.AS_STORED)
+    assert _trainer(tmp_path / "s", config, stored).batcher.intensity is None

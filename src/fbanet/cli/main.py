@@ -50,6 +50,9 @@ _TRAIN_FLAGS = {
     "sync_batchnorm": "sync_batchnorm",
     "lr_schedule": "lr_schedule",
     "contrastive_weight": "contrastive_weight",
+    "region_margin_mm": "region_margin_mm",
+    "intensity_scale": "intensity_scale",
+    "intensity_shift": "intensity_shift",
 }
 _MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters", "contrast": "contrast"}
 
@@ -84,8 +87,9 @@ def _add_train_parser(commands: Any) -> None:
     )
     data.add_argument(
         "--normalization",
-        default="auto",
-        help="auto (HDF5 as stored, else z-score), zscore or as-stored",
+        default="zscore",
+        help="zscore (every format, over the region given; default) or as-stored (the LA HDF5 "
+        "layout as stored, only to reproduce the paper); auto is read as zscore",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
@@ -118,6 +122,14 @@ def _add_train_parser(commands: Any) -> None:
     )
     p.add_argument("--contrastive-weight", type=float, help="weight of the contrastive loss (1)")
     p.add_argument("--lr-schedule", help="constant (the authors', default), poly or cosine")
+    p.add_argument(
+        "--region-margin-mm",
+        type=float,
+        help="z-score each patch over a region around the label with random margins of 0 to "
+        "this many mm, as users crop (30)",
+    )
+    p.add_argument("--intensity-scale", type=float, help="random intensity scale +- (0.1)")
+    p.add_argument("--intensity-shift", type=float, help="random intensity shift +- (0.1)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--validate-every", type=int)
     p.add_argument("--log-every", type=int)

@@ -1,7 +1,8 @@
 """Preprocessing, in one place: intensity normalization, region of interest, resampling.
 
-:func:`prepare_input` is the one path from a scan to what the network sees; the segmenter,
-the ranking and the loading of training cases all go through :func:`normalize`.
+:func:`prepare_input` is the one path from a scan to what the network sees, for the segmenter
+and the ranking; training cases are z-scored by :func:`normalize` and their patches
+re-normalized over random regions (:mod:`fbanet.data.intensity`).
 Arrays are (X, Y, Z), as everywhere in fbanet. Physical coordinates are SimpleITK's (LPS).
 """
 
@@ -47,7 +48,7 @@ def normalize(array: np.ndarray, mode: IntensityNormalization) -> np.ndarray:
     """Intensities as the model expects them, float32, same shape.
 
     Args:
-        array: The whole scan (X, Y, Z): z-scoring a crop instead would shift intensities.
+        array: The image (X, Y, Z).
         mode: ``ZSCORE`` (over all voxels) or ``AS_STORED`` (already normalized, e.g. the LA
             HDF5 layout).
 
@@ -207,17 +208,29 @@ def prepare_input(
     normalized: bool = False,
     roi: IndexBox | None = None,
 ) -> PreparedInput:
-    """What the network sees of ``volume``: normalized over the whole scan, cropped, resampled.
+    """What the network sees of ``volume``: cropped, normalized, resampled.
+
+    ``ZSCORE`` z-scores the region the network is given (the ROI, or the whole volume), so the
+    result does not depend on what lies outside it; training z-scores its patches over random
+    regions to match (:mod:`fbanet.data.intensity`). ``AS_STORED`` models (the LA HDF5 layout,
+    for the paper) take an already normalized image as it is, and z-score any other over the
+    whole volume before cropping, as that layout was made.
 
     Args:
         volume: The scan, any size, spacing and orientation.
         normalization: The model's intensity normalization.
         spacing: The model's voxel size (mm, X, Y, Z), or None to keep the scan's.
-        normalized: The intensities are already normalized as the model expects.
+        normalized: The image is in the LA HDF5 layout, already normalized as stored. Only
+            ``AS_STORED`` models use it as it is; z-scoring a region is the same for any
+            image that differs from it by scale and shift.
         roi: Region to keep (default: the whole volume).
     """
-    mode = IntensityNormalization.AS_STORED if normalized else normalization
-    whole = Volume(normalize(volume.array, mode), volume.geometry)
-    region = crop(whole, roi) if roi is not None else whole
+    if normalization is IntensityNormalization.ZSCORE:
+        region = crop(volume, roi) if roi is not None else volume
+        region = Volume(zscore(region.array), region.geometry)
+    else:
+        mode = IntensityNormalization.AS_STORED if normalized else IntensityNormalization.ZSCORE
+        whole = Volume(normalize(volume.array, mode), volume.geometry)
+        region = crop(whole, roi) if roi is not None else whole
     network = resample(region, spacing) if spacing is not None else region
     return PreparedInput(region, network)

@@ -15,6 +15,8 @@ import numpy as np
 
 from fbanet.config import check_int
 from fbanet.data.cases import Case
+from fbanet.data.intensity import RegionNormalization, foreground_box, patch_coefficients
+from fbanet.data.preprocess import IndexBox
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +208,8 @@ class PatchBatcher:
         seed: Seeds the case order and the augmentation: an int, or several (e.g. (seed, rank)
             for the shard of one process of data-parallel training).
         augment: Random in-plane rotation/flip before cropping.
+        intensity: Z-score each patch over a random region of its volume, then scale and
+            shift it (:mod:`fbanet.data.intensity`); None keeps the intensities as loaded.
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class PatchBatcher:
         unlabeled_per_batch: int,
         seed: int | Sequence[int],
         augment: bool = True,
+        intensity: RegionNormalization | None = None,
     ) -> None:
         self.patch_size = _check_patch(patch_size)
         for case in labeled:
@@ -232,7 +237,8 @@ class PatchBatcher:
             if isinstance(seed, Sequence)
             else check_int("seed", seed, 0)
         )
-        sampler_seq, augment_seq = np.random.SeedSequence(entropy).spawn(2)
+        # A third child for the intensities leaves the first two streams as they were.
+        sampler_seq, augment_seq, intensity_seq = np.random.SeedSequence(entropy).spawn(3)
         self.sampler = TwoStreamSampler(
             len(self.labeled),
             len(self.unlabeled),
@@ -241,9 +247,25 @@ class PatchBatcher:
             np.random.default_rng(sampler_seq),
         )
         self._rng = np.random.default_rng(augment_seq)
+        self.intensity = intensity
+        self._intensity_rng = np.random.default_rng(intensity_seq)
+        self._focus: dict[int, IndexBox | None] = {}
+
+    def _focus_box(self, case: Case) -> IndexBox | None:
+        # Keyed by identity: the label's box is found once per case, not once per patch.
+        key = id(case)
+        if key not in self._focus:
+            self._focus[key] = None if case.label is None else foreground_box(case.label)
+        return self._focus[key]
 
     def _patch(self, case: Case, with_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
         image, label = case.image, case.label if with_label else None
+        if self.intensity is not None:
+            a, b = patch_coefficients(
+                case.image, self._focus_box(case), self.intensity, self._intensity_rng
+            )
+            # Before the crop, so that padding stays 0, as inference pads its windows.
+            image = image * np.float32(a) + np.float32(b)
         if self.augment:
             image, label = rot_flip_views(image, label, self._rng)
         return crop_views(image, label, self.patch_size, self._rng)
@@ -276,7 +298,11 @@ class PatchBatcher:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state of the case order and the augmentation generator."""
-        return {"sampler": self.sampler.state_dict(), "rng": self._rng.bit_generator.state}
+        return {
+            "sampler": self.sampler.state_dict(),
+            "rng": self._rng.bit_generator.state,
+            "intensity_rng": self._intensity_rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` taken from a batcher over the same cases.
@@ -288,3 +314,6 @@ class PatchBatcher:
             raise ValueError("not a PatchBatcher state: needs keys 'sampler' and 'rng'")
         self.sampler.load_state_dict(state["sampler"])
         self._rng.bit_generator.state = state["rng"]
+        # Checkpoints of fbanet 0.2 have no intensity stream; it then goes on from its seed.
+        if "intensity_rng" in state:
+            self._intensity_rng.bit_generator.state = state["intensity_rng"]

@@ -24,7 +24,8 @@ class LabeledVolume:
         name: Case name.
         image: The scan (X, Y, Z) with its geometry.
         label: Reference labelmap (X, Y, Z) on the scan's grid.
-        normalized: The image is already normalized as the model expects (LA HDF5 layout).
+        normalized: The image is in the LA HDF5 layout, normalized as stored (used so by
+            as-stored models only; see :meth:`Segmenter.segment`).
     """
 
     name: str

@@ -120,7 +120,7 @@ def disagreement(
         segmenter: The model (a :class:`fbanet.infer.segmenter.Segmenter`).
         volume: The scan, any size, spacing and orientation.
         name: Name to report.
-        normalized: The intensities are already normalized as the model expects.
+        normalized: The image is in the LA HDF5 layout (see :meth:`Segmenter.segment`).
         margin: Dilation (voxels at the network's spacing) of the predicted region.
         path: The scan's file, to report.
 

@@ -206,9 +206,10 @@ class Segmenter:
         Args:
             volume: The scan, any size, spacing and orientation.
             roi: Region to segment (default: the whole volume).
-            normalized: The intensities are already normalized as the model expects (for
-                example the LA HDF5 layout); otherwise the model's normalization is applied
-                over the whole scan, before cropping.
+            normalized: The image is in the LA HDF5 layout, already normalized as stored;
+                only models trained on that layout as stored use it so
+                (:func:`fbanet.data.preprocess.prepare_input`). Z-scored models normalize
+                the region they are given, whatever the file.
             probability: Also return the foreground probability map.
             uncertainty: Also return the decoders' disagreement (runs every decoder).
             progress: Called with (windows done, windows total).

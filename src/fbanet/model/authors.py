@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fbanet.config import ModelConfig
+from fbanet.config import IntensityNormalization, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ def import_authors_checkpoint(
     metadata = ModelMetadata(
         model=config,
         spacing=spacing,
+        # The authors trained on the LA HDF5 files as stored (z-scored over the whole scan).
+        normalization=IntensityNormalization.AS_STORED,
         description=f"imported from {checkpoint.name} (FBA-Net authors' checkpoint)",
     )
     path = save_model_file(destination, model, metadata, half=half)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from fbanet.io.volumes import atomic_write
 from fbanet.model.header import (
@@ -182,6 +184,46 @@ def initialize_from_model_file(model: FBANet, path: str | Path) -> None:
                 f"cannot start from {str(path)!r}: its {field} is {getattr(theirs, field)}, "
                 f"this run's is {getattr(ours, field)}; use the same architecture"
             )
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    state = source.state_dict()
+    for absent, donor in fill_absent_decoders(state, metadata.decoders).items():
+        logger.info(
+            "%s holds no decoder %d: it starts as a copy of decoder %d (same layers), not "
+            "from random weights", path, absent + 1, donor + 1,
+        )  # fmt: skip
+    missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("contrast.") for k in missing), (missing, unexpected)
     logger.info("initialized from %s (%d iterations)", path, metadata.iterations)
+
+
+def fill_absent_decoders(state: dict[str, Tensor], present: Sequence[int]) -> dict[int, int]:
+    """Give each decoder absent from a model file the weights of a present one of its shape.
+
+    Model files may leave decoders out (the bundled one holds two of three). A decoder that
+    starts from random weights sends random gradients into the trained encoder when
+    fine-tuning; a copy of a trained decoder with the same layers (the trilinear and nearest
+    decoders differ only in their parameter-free upsampling) does not. An absent decoder
+    without such a twin keeps the random weights it has in ``state``.
+
+    Args:
+        state: A full FBA-Net state dict (absent decoders hold random weights); changed in
+            place.
+        present: Indices of the decoders the file holds.
+
+    Returns:
+        {absent decoder: decoder copied into it}.
+    """
+
+    def layers(index: int) -> dict[str, tuple[int, ...]]:
+        prefix = f"decoders.{index}."
+        return {k[len(prefix) :]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+
+    count = len({int(k.split(".")[1]) for k in state if k.startswith("decoders.")})
+    copied: dict[int, int] = {}
+    for absent in sorted(set(range(count)) - set(present)):
+        donor = next((d for d in sorted(present) if layers(d) == layers(absent)), None)
+        if donor is None:
+            continue
+        for name in layers(absent):
+            state[f"decoders.{absent}.{name}"] = state[f"decoders.{donor}.{name}"].clone()
+        copied[absent] = donor
+    return copied

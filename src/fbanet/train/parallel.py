@@ -92,7 +92,7 @@ class DataParallelTrainer(Trainer):
         self.batcher = PatchBatcher(
             labeled, unlabeled, model_config.patch_size,
             self.rank_batch.labeled, self.rank_batch.unlabeled,
-            seed=(train_config.seed, env.rank),
+            seed=(train_config.seed, env.rank), intensity=self.region_normalization(),
         )  # fmt: skip
         self.sync_batchnorm = wants_sync_batchnorm(train_config.sync_batchnorm, self.rank_batch)
         if self.sync_batchnorm:

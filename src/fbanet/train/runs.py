@@ -15,7 +15,7 @@ from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from
 from fbanet.data.cases import Case, load_cases
 from fbanet.data.manifest import CaseRef, DatasetSpec
 from fbanet.data.preprocess import resample
-from fbanet.io.volumes import Geometry, Volume, is_hdf5
+from fbanet.io.volumes import Geometry, Volume
 from fbanet.train.trainer import TrainingData
 
 logger = logging.getLogger(__name__)
@@ -60,29 +60,9 @@ def preset_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _load(refs: Sequence[CaseRef], normalization: str, labeled: bool, **options: Any) -> list[Case]:
-    def mode(ref: CaseRef) -> str:
-        if normalization != AUTO:
-            return normalization
-        # The HDF5 layout stores images already z-scored over the whole scan: re-normalizing
-        # a crop of it would shift the intensities.
-        stored = is_hdf5(ref.image)
-        return (IntensityNormalization.AS_STORED if stored else IntensityNormalization.ZSCORE).value
-
-    by_mode: dict[str, list[int]] = {}
-    for index, ref in enumerate(refs):
-        by_mode.setdefault(mode(ref), []).append(index)
-    cases: list[Case | None] = [None] * len(refs)
-    for normalization_mode, indices in by_mode.items():
-        loaded = load_cases(
-            [refs[i] for i in indices],
-            normalization=normalization_mode,
-            require_label=labeled,
-            read_label=labeled,
-            **options,
-        )
-        for i, case in zip(indices, loaded, strict=True):
-            cases[i] = case
-    return [c for c in cases if c is not None]
+    return load_cases(
+        refs, normalization=normalization, require_label=labeled, read_label=labeled, **options
+    )
 
 
 def resample_case(case: Case, spacing: Sequence[float]) -> Case:
@@ -112,8 +92,10 @@ def load_training_data(
 
     Args:
         spec: Labeled, unlabeled and validation cases.
-        normalization: 'auto' (HDF5 as stored, other formats z-scored over the whole scan),
-            'zscore' or 'as-stored'.
+        normalization: 'zscore' (every format, HDF5 included, z-scored over the whole file;
+            patches are then re-normalized over random regions, see
+            :mod:`fbanet.data.intensity`), 'as-stored' (the LA HDF5 layout as stored, for
+            reproducing the paper) or 'auto' (the same as 'zscore', kept for old commands).
         num_classes: Label values must lie in 0..num_classes-1.
         h5_spacing: Voxel spacing (mm) of HDF5 files without a ``spacing`` attribute
             (required for those).
@@ -121,11 +103,14 @@ def load_training_data(
             inference resamples scans to it. None keeps the data's own spacing.
 
     Returns:
-        The data, with the normalization that new scans need recorded (z-score unless
-        'as-stored' was asked for explicitly).
+        The data, with its normalization recorded (for the model file).
     """
-    if normalization != AUTO:
-        normalization = parse_enum(IntensityNormalization, normalization).value
+    mode = (
+        IntensityNormalization.ZSCORE
+        if normalization == AUTO
+        else parse_enum(IntensityNormalization, normalization)
+    )
+    normalization = mode.value
     options = {
         "num_classes": num_classes,
         "h5_spacing": None if h5_spacing is None else tuple(h5_spacing),
@@ -147,17 +132,12 @@ def load_training_data(
             "resample them to one spacing for best results",
             len(spacings), sorted(spacings)[:4],
         )  # fmt: skip
-    recorded = (
-        IntensityNormalization.AS_STORED
-        if normalization == IntensityNormalization.AS_STORED.value
-        else IntensityNormalization.ZSCORE
-    )
     spacing = labeled[0].spacing if len(spacings) == 1 else None
     logger.info(
         "data: %d labeled, %d unlabeled, %d validation cases",
         len(labeled), len(unlabeled), len(validation),
     )  # fmt: skip
-    return TrainingData(labeled, unlabeled, validation, spacing, recorded)
+    return TrainingData(labeled, unlabeled, validation, spacing, mode)
 
 
 def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -25,12 +25,14 @@ import torch
 
 from fbanet import __version__
 from fbanet.config import (
+    IntensityNormalization,
     ModelConfig,
     TrainConfig,
     from_dict,
     level_sizes,
     to_dict,
 )
+from fbanet.data.intensity import RegionNormalization
 from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.io.volumes import atomic_write
@@ -138,11 +140,22 @@ class Trainer:
             train_config.labeled_batch_size,
             train_config.unlabeled_batch_size,
             seed=train_config.seed,
+            intensity=self.region_normalization(),
         )
         self.iteration = 0
         self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
         self.last_dice: float | None = None
+
+    def region_normalization(self) -> RegionNormalization | None:
+        """How patches are normalized: over random regions for z-scored data, else as loaded."""
+        if self.data.normalization is not IntensityNormalization.ZSCORE:
+            return None
+        spacing = self.data.spacing or self.data.labeled[0].spacing
+        return RegionNormalization.from_mm(
+            self.config.region_margin_mm, spacing,
+            self.config.intensity_scale, self.config.intensity_shift,
+        )  # fmt: skip
 
     # -- paths -------------------------------------------------------------------------------
     @property

@@ -1,0 +1,43 @@
+"""Tests of fbanet.train.runs: how training data is read and normalized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fbanet.config import IntensityNormalization
+from fbanet.data.manifest import spec_from_h5_list
+from fbanet.train.runs import load_training_data
+
+
+def _h5_cases(folder: Path, count: int) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        label = np.zeros((12, 10, 8), np.uint8)
+        label[3:8, 3:7, 2:6] = 1
+        image = rng.normal(size=label.shape) * 3.0 + 5.0 + 4.0 * label
+        with h5py.File(folder / f"c{i}.h5", "w") as handle:
+            handle["image"] = image.astype(np.float32)
+            handle["label"] = label
+    (folder / "list").write_text("".join(f"c{i}\n" for i in range(count)))
+    return folder / "list"
+
+
+@pytest.mark.parametrize("asked", ["zscore", "auto"])
+def test_hdf5_cases_are_zscored_like_every_other_file(tmp_path: Path, asked: str) -> None:
+    spec = spec_from_h5_list(tmp_path, _h5_cases(tmp_path, 3), labeled=2, validation=1)
+    data = load_training_data(spec, normalization=asked, h5_spacing=(1.0, 1.0, 1.0))
+    assert data.normalization is IntensityNormalization.ZSCORE
+    for case in (*data.labeled, *data.validation):
+        assert abs(float(case.image.mean())) < 1e-5 and abs(float(case.image.std()) - 1) < 1e-5
+
+
+def test_as_stored_keeps_the_hdf5_intensities_for_the_paper(tmp_path: Path) -> None:
+    spec = spec_from_h5_list(tmp_path, _h5_cases(tmp_path, 2), labeled=1, validation=1)
+    data = load_training_data(spec, normalization="as-stored", h5_spacing=(1.0, 1.0, 1.0))
+    assert data.normalization is IntensityNormalization.AS_STORED
+    with h5py.File(tmp_path / "c0.h5") as handle:
+        np.testing.assert_array_equal(data.labeled[0].image, handle["image"][:])
