@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.dataset import InputError
-from FBANetTrainingLib.logic import copyModelFile
+from FBANetTrainingLib.modelfiles import copyModelFile
 from FBANetTrainingLib.settings import TrainingSettings
 
-if TYPE_CHECKING:  # the logic imports nothing of this module; the type is for the checker
+if TYPE_CHECKING:  # (the logic does not import this module: no cycle)
     from fbanet.model.header import ModelMetadata
     from FBANetTrainingLib.logic import FBANetTrainingLogic
 
@@ -251,12 +251,10 @@ def importTrainedModel(logic: FBANetTrainingLogic, path: str | Path) -> tuple[Pa
         header = read_model_header(source)
     except (OSError, ValueError) as error:
         raise InputError(f"{source} is not an fbanet model file: {error}") from error
+    problems = logic.modelNameProblems()  # the name is checked where a model is written
+    if problems:
+        raise InputError("\n".join(problems))
     target = logic.modelPath()
-    if target.exists() and not logic.settings.replaceExisting:
-        raise InputError(
-            f"A model named '{logic.settings.modelName}' already exists in "
-            f"{logic.modelsFolder()}; choose another name or allow replacing it"
-        )
     copyModelFile(source, target)
     logic.registeredModelPath = target
     logic.registrationError = ""

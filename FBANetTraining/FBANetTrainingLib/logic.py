@@ -8,21 +8,20 @@ here runs under pytest with the MRML library of the slicer-core wheel.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fbanet.cli.environment import (
     TORCH_REQUIREMENT,
     missing_requirements,
     torch_problem,
 )
-from fbanet.io.atomic import atomic_write
 from fbanet.protocol import JobState
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.charts import TrainingChart
 from FBANetTrainingLib.dataset import Dataset, InputError, LabeledExample
 from FBANetTrainingLib.lifecycle import JobLifecycle
+from FBANetTrainingLib.modelfiles import copyModelFile
 from FBANetTrainingLib.review import (
     ModuleSegmentQueue,
     RankedVolume,
@@ -39,16 +38,7 @@ from FBANetTrainingLib.settings import (
     defaultModelsFolder,
 )
 
-if TYPE_CHECKING:  # jobexport imports this module's logic only for the checker too
-    from FBANetTrainingLib.jobexport import ExportedJob
-
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
-
-
-def copyModelFile(source: Path, target: Path) -> Path:
-    """Copy a model file into the models folder atomically (a hidden temporary, renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(target, lambda temporary: shutil.copyfile(source, temporary))
 
 
 class FBANetTrainingLogic(JobLifecycle, ReviewActions):
@@ -78,7 +68,9 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         self.chart: TrainingChart | None = None
         self.registeredModelPath: Path | None = None
         self.registrationError = ""
-        self.exportedJob: ExportedJob | None = None  # the job last exported for another machine
+        # The jobexport.ExportedJob last exported for another machine (jobexport imports this
+        # module, not the other way round).
+        self.exportedJob: object | None = None
         self.segmentJob: SegmentJob | ModuleSegmentQueue | None = None  # review: segmenting
         self.rankJob: RankJob | None = None  # review: ranking the unlabeled for annotation
         self.ranking: list[RankedVolume] = []
@@ -201,17 +193,29 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
             raise InputError(f"Cannot start from this model file: {error}") from error
         return path
 
-    def _settingsProblems(self) -> list[str]:
-        s, problems = self.settings, []
+    def modelNameProblems(self, existing: bool = True) -> list[str]:
+        """What is wrong with the model name (empty list: fine).
+
+        Args:
+            existing: Also refuse a name whose model exists when replacing was not allowed.
+                Only what writes a model asks this (training, import), not the export of a
+                job for another machine, which writes none.
+        """
+        s = self.settings
         if not _MODEL_NAME.match(s.modelName.strip() or "-"):
-            problems.append(
+            return [
                 "Model name: use letters, digits, spaces, '_', '-' or '.' (not starting with one)"
-            )
-        elif self.modelPath().exists() and not s.replaceExisting:
-            problems.append(
+            ]
+        if existing and self.modelPath().exists() and not s.replaceExisting:
+            return [
                 f"A model named '{s.modelName}' already exists in {self.modelsFolder()}; "
-                "choose another name"
-            )
+                "choose another name or allow replacing it"
+            ]
+        return []
+
+    def _settingsProblems(self, existing: bool = False) -> list[str]:
+        """The settings' problems; ``existing``: see :meth:`modelNameProblems`."""
+        s, problems = self.settings, self.modelNameProblems(existing)
         if any(int(side) % 16 or int(side) <= 0 for side in s.patchSize):
             problems.append(
                 f"Patch size {tuple(s.patchSize)}: each side must be a positive multiple of 16"
@@ -232,7 +236,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
 
     def _otherProblems(self) -> list[str]:
         """The problems of :meth:`checkInputs` but the label maps' (those need an export)."""
-        problems = self._settingsProblems()
+        problems = self._settingsProblems(existing=True)  # training writes the model
         try:
             self.initModelFile()
         except InputError as error:
