@@ -193,6 +193,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
         self.updateLabeledTable()
         self.updateUnlabeledList()
+        self.updateReview()  # the ranking of the closed scene's volumes is gone
         self.updateButtons()
 
     def initializeParameterNode(self):

@@ -32,6 +32,9 @@ class JobLifecycle:
     unlabeledVolumeIds: list[str]
     reviewNodes: list[Any]
     chart: Any
+    dataset: Any
+    ranking: list[Any]
+    rankingVersion: int
     _closeObserver: int | None
 
     def discardRun(self) -> None:
@@ -101,11 +104,14 @@ class JobLifecycle:
 
         The run folder is not part of the scene: polling goes on while training writes its
         checkpoint, and Resume works afterwards. The review jobs, which load their results
-        into the scene, are ended.
+        into the scene, are ended. Whatever holds node IDs goes too (the dataset's cases,
+        the ranking): ``vtkMRMLScene::Clear`` resets its ID counters, so the next scene hands
+        the same IDs to other patients' volumes.
         """
         self.requestStop()
         for job in (self.segmentJob, self.rankJob):
             if job is not None and job.running:
                 job.cancel(REVIEW_CANCEL_SECONDS)
         self.labeledExamples, self.unlabeledVolumeIds, self.reviewNodes = [], [], []
-        self.chart = None
+        self.chart, self.dataset, self.ranking = None, None, []
+        self.rankingVersion += 1  # the panel redraws its (now empty) ranking
