@@ -205,11 +205,19 @@ class SegmentationJob(WorkerJob):
         result = SegmentationResult(target, segmentIds, seconds=float(outputs["seconds"]))
         if outputs.get("probability"):
             result.probabilityNode = logic.addVolumeNextTo(
-                volume, outputs["probability"], f"{name} FBANet probability", unitRange=True
+                volume,
+                outputs["probability"],
+                f"{name} FBANet probability",
+                unitRange=True,
+                kind="probability",
             )
         if outputs.get("uncertainty"):
             result.uncertaintyNode = logic.addVolumeNextTo(
-                volume, outputs["uncertainty"], f"{name} FBANet uncertainty", unitRange=False
+                volume,
+                outputs["uncertainty"],
+                f"{name} FBANet uncertainty",
+                unitRange=False,
+                kind="uncertainty",
             )
         return result
 

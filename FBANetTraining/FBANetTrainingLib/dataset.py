@@ -23,6 +23,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from fbanet_slicer.host import DERIVED_MAP_ATTRIBUTE
+
 
 class InputError(ValueError):
     """The panel's inputs cannot be used; the message says what to change."""
@@ -74,6 +76,16 @@ def scalarVolumeNodes(scene: Any) -> list[Any]:
     nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
     return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
             if isScalarVolume(nodes.GetItemAsObject(i))]  # fmt: skip
+
+
+def unlabeledCandidates(scene: Any) -> list[Any]:
+    """The scalar volumes that may be MRI to train on: not FBANet's own probability and
+    uncertainty maps (marked :data:`DERIVED_MAP_ATTRIBUTE`), not nodes hidden from editors."""
+    return [
+        node
+        for node in scalarVolumeNodes(scene)
+        if not node.GetAttribute(DERIVED_MAP_ATTRIBUTE) and not node.GetHideFromEditors()
+    ]
 
 
 def segmentName(segmentationNode: Any, segmentId: str) -> str:

@@ -112,8 +112,8 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         return datasetModule.describeExample(self.scene, example)
 
     def candidateUnlabeledVolumes(self) -> list[Any]:
-        """Every scalar volume of the scene (the checkable list)."""
-        return datasetModule.scalarVolumeNodes(self.scene)
+        """The scene's scalar volumes that may be MRI (the checkable list; no derived maps)."""
+        return datasetModule.unlabeledCandidates(self.scene)
 
     def setUnlabeledChecked(self, volumeNodeId: str, checked: bool) -> None:
         """Tick (or untick) a volume as unlabeled; the panel calls this on every click."""
@@ -132,7 +132,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         return [(node.GetID(), node.GetName(), node.GetID() in ticked) for node in nodes]
 
     def takeUnusedVolumes(self) -> list[str]:
-        """Use as unlabeled every scalar volume that no labeled example uses; returns their IDs."""
+        """Use as unlabeled every candidate volume no labeled example uses; returns their IDs."""
         used = {e.volumeNodeId for e in self.labeledExamples}
         self.unlabeledVolumeIds = [
             n.GetID() for n in self.candidateUnlabeledVolumes() if n.GetID() not in used

@@ -85,3 +85,25 @@ def test_a_later_volume_that_cannot_start_ends_the_queue_failed(
     assert job.state is JobState.FAILED and "no voxels" in job.error_message
     assert len(job.nodes) == 1 and not panel.busy()
     assert panel.buttonStates()["startButton"]
+
+
+def test_fbanets_own_maps_and_hidden_nodes_are_not_offered_as_unlabeled_mri(
+    panel: Any, tmp_path: Path
+) -> None:
+    from FBANetSegmentationLib import logic as segmentationLogic
+
+    scan = panel.built.unlabeled[0]
+    mapFile = dataset.writeVolume(scan, tmp_path / "map.nrrd")  # any volume file will do
+    maps = [  # what SegmentationJob loads for the probability and uncertainty options
+        segmentationLogic.addVolumeNextTo(scan, mapFile, f"{scan.GetName()} FBANet {name}", True)
+        for name in ("probability", "uncertainty")
+    ]
+    hidden = synthetic.addVolume(
+        panel.scene, "Helper", synthetic.UNLABELED_GEOMETRIES[0], (0.0, 0.0, 0.0), (5.0, 5.0, 5.0)
+    )
+    hidden.SetHideFromEditors(1)
+    offered = {nodeId for nodeId, _, _ in panel.unlabeledChoices()}
+    labeledVolumes = [volume for volume, _, _ in panel.built.labeled]
+    assert offered == {v.GetID() for v in (*labeledVolumes, *panel.built.unlabeled)}
+    assert not offered & {node.GetID() for node in (*maps, hidden)}
+    assert set(panel.takeUnusedVolumes()) == {v.GetID() for v in panel.built.unlabeled}

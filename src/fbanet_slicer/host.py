@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 PYTORCH_INDEX = "https://download.pytorch.org/whl/{backend}"
 # Both modules' help links here (the README's section on the extension).
 DOCUMENTATION_URL = "https://github.com/fbanet/SlicerFBANet#3d-slicer-extension"
+# Node attribute on the maps FBANet computes (probability, uncertainty): not MRI, so never
+# offered as an unlabeled volume for training. Its value says which map it is.
+DERIVED_MAP_ATTRIBUTE = "FBANet.DerivedMap"
 
 
 # CUDA versions PyTorch publishes wheel indexes for (download.pytorch.org/whl/<backend>);
