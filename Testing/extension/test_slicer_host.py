@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import types
 import unittest
 from typing import Any
 
 import pytest
 
 from fbanet.cli import environment
-from fbanet_slicer.host import backend_name, best_backend, skipWithoutDependencies
+from fbanet_slicer.host import (
+    backend_name,
+    best_backend,
+    refreshSegmentationModels,
+    skipWithoutDependencies,
+)
 
 
 class FakeCPUBackend:
@@ -97,3 +103,36 @@ def test_a_self_test_runs_on_when_everything_is_there(monkeypatch: pytest.Monkey
     installer: Any = FakeInstaller(answer=False)
     skipWithoutDependencies(unittest.TestCase(), installer)  # no SkipTest
     assert installer.asked == []
+
+
+class FakeModule:
+    """A loaded module of ``slicer.modules``: asking for its widget creates the panel."""
+
+    def __init__(self) -> None:
+        self.created = 0
+
+    def widgetRepresentation(self) -> Any:
+        self.created += 1
+        raise AssertionError("the FBANet Segmentation panel was created")
+
+
+class FakeSegmentationWidget:
+    def __init__(self) -> None:
+        self.refreshed = 0
+
+    def refreshTrainedModels(self) -> None:
+        self.refreshed += 1
+
+
+def test_a_finished_training_refreshes_the_segmentation_panel_only_if_it_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slicer = pytest.importorskip("slicer")
+    module = FakeModule()
+    modules = types.SimpleNamespace(fbanetsegmentation=module)
+    monkeypatch.setattr(slicer, "modules", modules, raising=False)
+    refreshSegmentationModels()  # never opened: nothing is created
+    assert module.created == 0
+    modules.FBANetSegmentationWidget = FakeSegmentationWidget()  # opened once
+    refreshSegmentationModels()
+    assert modules.FBANetSegmentationWidget.refreshed == 1 and module.created == 0

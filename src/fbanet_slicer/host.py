@@ -119,11 +119,15 @@ def showInSegmentEditor(segmentationNode: Any, volumeNode: Any) -> None:  # noqa
 
 
 def refreshSegmentationModels() -> None:  # noqa: N802 (Slicer's style)
-    """Let an open FBANet Segmentation panel list a newly trained model (if it can)."""
+    """Let the FBANet Segmentation panel list a newly trained model, if it was ever opened.
+
+    ``slicer.modules.FBANetSegmentationWidget`` exists only once the panel was created (Slicer
+    sets it when it instantiates a scripted module's widget); ``widgetRepresentation()``
+    would create it, with its parameter node and its GPU probe process.
+    """
     import slicer
 
-    module = getattr(slicer.modules, "fbanetsegmentation", None)
-    widget = module.widgetRepresentation().self() if module is not None else None
+    widget = getattr(slicer.modules, "FBANetSegmentationWidget", None)
     refresh = getattr(widget, "refreshTrainedModels", None)
     if refresh is not None:
         refresh()
