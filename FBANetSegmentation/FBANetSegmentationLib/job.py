@@ -64,7 +64,7 @@ class SegmentationResult:
 
 @dataclass
 class JobStatus:
-    """Where a job stands; ``fraction`` is None until the worker reports its first window."""
+    """Where a job stands; ``fraction`` is None until the worker reports its first pass."""
 
     state: JobState = JobState.IDLE
     done: int = 0
