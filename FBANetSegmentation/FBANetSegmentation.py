@@ -4,6 +4,7 @@ Thin Slicer module (module, parameters, widget, logic entry points, self-test); 
 in ``FBANetSegmentationLib``, which does not depend on Qt.
 """
 
+import functools
 from pathlib import Path
 
 import qt
@@ -38,6 +39,7 @@ from fbanet.protocol import JobState
 from fbanet_slicer.host import (
     DOCUMENTATION_URL,
     SlicerInstaller,
+    runSelfTestReportingSkip,
     showInSegmentEditor,
     skipWithoutDependencies,
     user_error_display,
@@ -62,6 +64,11 @@ class FBANetSegmentation(ScriptedLoadableModule):
             "FBA-Net: Chung et al., 'Foreground-background separation through contrastive "
             "learning for semi-supervised medical image segmentation', MICCAI 2023."
         )
+
+    def runTest(self, msec=100, **kwargs):
+        """Test and Reload and Test: a skipped test (no PyTorch) says so instead of failing."""
+        run = functools.partial(ScriptedLoadableModule.runTest, self, msec, **kwargs)
+        runSelfTestReportingSkip(run, slicer.util.infoDisplay)
 
 
 @parameterNodeWrapper

@@ -5,6 +5,7 @@ runs ``fbanet train`` in a background process and follows its progress; this fil
 binds the widgets to it.
 """
 
+import functools
 import logging
 import pathlib
 import tempfile
@@ -35,6 +36,7 @@ from fbanet_slicer.host import (
     DOCUMENTATION_URL,
     SlicerInstaller,
     refreshSegmentationModels,
+    runSelfTestReportingSkip,
     skipWithoutDependencies,
     user_error_display,
 )
@@ -63,6 +65,11 @@ class FBANetTraining(ScriptedLoadableModule):
             "FBA-Net: Chung et al., 'Foreground-Background Separation Semi-Supervised "
             "Segmentation' (MICCAI 2023)."
         )
+
+    def runTest(self, msec=100, **kwargs):
+        """Test and Reload and Test: a skipped test (no PyTorch) says so instead of failing."""
+        run = functools.partial(ScriptedLoadableModule.runTest, self, msec, **kwargs)
+        runSelfTestReportingSkip(run, slicer.util.infoDisplay)
 
 
 @parameterNodeWrapper

@@ -136,3 +136,39 @@ def test_a_finished_training_refreshes_the_segmentation_panel_only_if_it_exists(
     modules.FBANetSegmentationWidget = FakeSegmentationWidget()  # opened once
     refreshSegmentationModels()
     assert modules.FBANetSegmentationWidget.refreshed == 1 and module.created == 0
+
+
+def test_reload_and_test_without_pytorch_says_the_test_was_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slicer's Test buttons run the test outside a unittest runner: a skip must not fail."""
+    from fbanet_slicer.host import SKIPPED_SELF_TEST, runSelfTestReportingSkip
+
+    monkeypatch.setattr(environment, "torch_problem", lambda: "torch is not installed")
+    monkeypatch.setattr(FakeInstaller, "testing", lambda self: True)  # never installs
+    shown: list[str] = []
+
+    def selfTest() -> None:  # what a module's test does first
+        skipWithoutDependencies(unittest.TestCase(), FakeInstaller(answer=True))
+        raise AssertionError("the test ran on without PyTorch")
+
+    assert runSelfTestReportingSkip(selfTest, shown.append) is False
+    assert len(shown) == 1 and shown[0].startswith(SKIPPED_SELF_TEST)
+    assert "torch" in shown[0]
+    failing = unittest.TestCase().fail  # a real failure still fails
+    with pytest.raises(AssertionError, match="boom"):
+        runSelfTestReportingSkip(lambda: failing("boom"), shown.append)
+    assert runSelfTestReportingSkip(lambda: None, shown.append) is True and len(shown) == 1
+
+
+def test_both_modules_route_their_test_buttons_through_the_skip_report() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("FBANetSegmentation", "FBANetTraining"):
+        tree = ast.parse((root / name / f"{name}.py").read_text(encoding="utf-8"))
+        [module] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+        [runTest] = [n for n in module.body
+                     if isinstance(n, ast.FunctionDef) and n.name == "runTest"]  # fmt: skip
+        assert "runSelfTestReportingSkip" in ast.unparse(runTest), name

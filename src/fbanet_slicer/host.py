@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import unittest
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fbanet.cli.environment import Installer, MissingDependenciesError, ensure_dependencies
@@ -148,6 +148,30 @@ def skipWithoutDependencies(  # noqa: N802 (Slicer's style)
         test.skipTest(str(missing))
     if not installed:
         test.skipTest("FBANet's Python packages are not installed (the installation was declined)")
+
+
+SKIPPED_SELF_TEST = "The FBANet self-test needs PyTorch and FBANet's packages and was skipped:"
+
+
+def runSelfTestReportingSkip(  # noqa: N802 (Slicer's style)
+    run: Callable[[], None], show: Callable[[str], Any]
+) -> bool:
+    """Run a module's self-test as Slicer's Test and Reload and Test buttons do.
+
+    They call the test outside a unittest runner (``ScriptedLoadableModule.runTest``), so a
+    :class:`unittest.SkipTest` would show "Reload and Test failed."; here it is shown as
+    what it is, through ``show``. ctest runs the test case in a runner, which reports the
+    skip itself, and never comes here.
+
+    Returns:
+        Whether the test ran (False: skipped; ``show`` was called with the reason).
+    """
+    try:
+        run()
+    except unittest.SkipTest as skipped:
+        show(f"{SKIPPED_SELF_TEST} {skipped}")
+        return False
+    return True
 
 
 @contextlib.contextmanager
