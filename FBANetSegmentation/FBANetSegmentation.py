@@ -274,14 +274,16 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _startJob(self) -> SegmentationJob | None:
         """Install what is missing (asking), export and start; None if that did not happen."""
-        with user_error_display(_("FBANet could not start."), wait_cursor=True):
+        # The install question comes with the normal cursor (the installer shows a wait cursor).
+        with user_error_display(_("FBANet could not start.")):
             if not self._dependenciesChecked:
                 if not environment.ensure_dependencies(SlicerInstaller()):
                     return None
                 self._dependenciesChecked = True
                 self.updateDeviceInfo()
-            job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
-            job.start()
+            with slicer.util.WaitCursor():
+                job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
+                job.start()
             return job if job.running else None
         return None
 

@@ -279,11 +279,12 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.confirmReplace():
             return
         # Installing and exporting let Qt process clicks: starting() refuses a second Start.
-        failing = user_error_display(_("Cannot start training."), wait_cursor=True)
-        with failing, self.logic.starting():
+        # The install question comes with the normal cursor (the installer shows a wait cursor).
+        with user_error_display(_("Cannot start training.")), self.logic.starting():
             self.updateButtons()
             if environment.ensure_dependencies(SlicerInstaller()):
-                self.logic.startTraining()
+                with slicer.util.WaitCursor():
+                    self.logic.startTraining()
         self.updateButtons()
         if self.logic.run is None or not self.logic.run.running:
             return

@@ -172,3 +172,73 @@ def test_both_modules_route_their_test_buttons_through_the_skip_report() -> None
         [runTest] = [n for n in module.body
                      if isinstance(n, ast.FunctionDef) and n.name == "runTest"]  # fmt: skip
         assert "runSelfTestReportingSkip" in ast.unparse(runTest), name
+
+
+def test_first_use_offline_asks_with_the_normal_cursor_then_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+    import sys
+
+    from fbanet_slicer.host import TORCH_DOWNLOAD_FAILED, DownloadError, SlicerInstaller
+
+    slicer = pytest.importorskip("slicer")
+    events: list[Any] = []
+    depth = [0]
+
+    class WaitCursor:
+        def __enter__(self) -> None:
+            depth[0] += 1
+
+        def __exit__(self, *exc: object) -> None:
+            depth[0] -= 1
+
+    def offlinePip(requirements: Any) -> None:
+        events.append(("pip", depth[0]))
+        raise subprocess.CalledProcessError(1, ["pip", "install", str(requirements)])
+
+    class PyTorchUtilsLogic:  # what PyTorch Utils does first: pip-install light-the-torch
+        @staticmethod
+        def getCompatibleComputationBackends(force: Any = None, requirement: Any = None) -> Any:
+            slicer.util.pip_install("light-the-torch>=0.5")
+
+    def confirm(text: str, **kwargs: Any) -> bool:
+        events.append(("ask", depth[0]))
+        return True
+
+    monkeypatch.setattr(slicer.util, "WaitCursor", WaitCursor)
+    monkeypatch.setattr(slicer.util, "pip_install", offlinePip)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
+    app = types.SimpleNamespace(testingEnabled=lambda: False)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    pytorchUtils = types.ModuleType("PyTorchUtils")
+    pytorchUtils.PyTorchUtilsLogic = PyTorchUtilsLogic  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", pytorchUtils)
+    monkeypatch.setattr(environment, "torch_problem", lambda: "torch is not installed")
+    monkeypatch.setattr(environment, "missing_requirements", lambda: [])
+    with pytest.raises(DownloadError) as raised:
+        environment.ensure_dependencies(SlicerInstaller())
+    assert str(raised.value) == TORCH_DOWNLOAD_FAILED
+    assert (
+        "could not download PyTorch; check the connection or install it from the PyTorch "
+        "module" in TORCH_DOWNLOAD_FAILED
+    )
+    assert isinstance(raised.value, ValueError)  # shown as a message, not a traceback
+    assert events == [("ask", 0), ("pip", 1)]  # the question first, without a wait cursor
+    assert depth == [0]
+
+
+def test_the_panels_ask_to_install_outside_any_wait_cursor() -> None:
+    import ast
+    from pathlib import Path
+
+    def waits(item: ast.withitem) -> bool:
+        text = ast.unparse(item.context_expr)
+        return "WaitCursor" in text or "wait_cursor=True" in text
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("FBANetSegmentation", "FBANetTraining"):
+        tree = ast.parse((root / name / f"{name}.py").read_text(encoding="utf-8"))
+        blocks = [n for n in ast.walk(tree) if isinstance(n, ast.With) and any(map(waits, n.items))]
+        assert all("ensure_dependencies" not in ast.unparse(b) for b in blocks), name
+        assert "ensure_dependencies" in ast.unparse(tree), name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import subprocess
 import unittest
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -24,6 +25,23 @@ DOCUMENTATION_URL = "https://github.com/fbanet/SlicerFBANet#3d-slicer-extension"
 # Node attribute on the maps FBANet computes (probability, uncertainty): not MRI, so never
 # offered as an unlabeled volume for training. Its value says which map it is.
 DERIVED_MAP_ATTRIBUTE = "FBANet.DerivedMap"
+
+
+# First use without a connection: pip fails (CalledProcessError from slicer.util.pip_install,
+# also inside PyTorch Utils' own install of light-the-torch); the user gets this instead.
+TORCH_DOWNLOAD_FAILED = (
+    "FBANet could not download PyTorch; check the connection or install it from the PyTorch "
+    "module (PyTorch Utils), then try again."
+)
+PACKAGES_DOWNLOAD_FAILED = (
+    "FBANet could not download its Python packages ({packages}); check the connection and "
+    "try again."
+)
+
+
+class DownloadError(ValueError):
+    """Installing packages failed (no connection, no index): a user-fixable problem whose
+    message says what to do (shown without a traceback)."""
 
 
 # CUDA versions PyTorch publishes wheel indexes for (download.pytorch.org/whl/<backend>);
@@ -72,7 +90,9 @@ class SlicerInstaller:
 
     torch comes from PyTorch's own index for the CUDA version the PyTorch extension finds
     for this driver (PyTorch Utils' ``installTorch`` would add torchvision, which FBANet
-    does not use).
+    does not use). The question comes with the normal cursor (the callers show no wait
+    cursor around :func:`~fbanet.cli.environment.ensure_dependencies`); the downloads show
+    a wait cursor, and a failed one raises :class:`DownloadError` saying what to do.
     """
 
     def testing(self) -> bool:
@@ -95,14 +115,25 @@ class SlicerInstaller:
                 "FBANet runs on PyTorch, which the PyTorch extension installs: open View > "
                 "Extensions Manager, install 'PyTorch', restart Slicer and try again"
             ) from None
-        backends = PyTorchUtilsLogic.getCompatibleComputationBackends(None, requirement)
-        index = PYTORCH_INDEX.format(backend=best_backend(backends))
-        slicer.util.pip_install([f"torch{requirement}", "--index-url", index])
+        with slicer.util.WaitCursor():
+            try:  # (PyTorch Utils first pip-installs light-the-torch to read the driver)
+                backends = PyTorchUtilsLogic.getCompatibleComputationBackends(None, requirement)
+                index = PYTORCH_INDEX.format(backend=best_backend(backends))
+                slicer.util.pip_install([f"torch{requirement}", "--index-url", index])
+            except (subprocess.CalledProcessError, OSError, ValueError) as error:
+                logger.warning("installing PyTorch failed: %s", error)
+                raise DownloadError(TORCH_DOWNLOAD_FAILED) from error
 
     def pip_install(self, requirements: list[str]) -> None:
         import slicer
 
-        slicer.util.pip_install(list(requirements))
+        with slicer.util.WaitCursor():
+            try:
+                slicer.util.pip_install(list(requirements))
+            except (subprocess.CalledProcessError, OSError) as error:
+                logger.warning("installing %s failed: %s", requirements, error)
+                packages = ", ".join(requirements)
+                raise DownloadError(PACKAGES_DOWNLOAD_FAILED.format(packages=packages)) from error
 
 
 def showInSegmentEditor(segmentationNode: Any, volumeNode: Any) -> None:  # noqa: N802, N803
