@@ -16,7 +16,7 @@ import slicer
 from FBANetTrainingLib import jobexport
 from FBANetTrainingLib import logic as trainingLogic
 from FBANetTrainingLib.runner import LogFollower
-from FBANetTrainingLib.settings import StartChoice, applyParameters, defaultModelsFolder, pathText
+from FBANetTrainingLib.settings import StartChoice, applyParameters, pathText
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -90,7 +90,6 @@ class FBANetTrainingParameterNode:
     validateEvery: Annotated[int, WithinRange(1, 100000)] = 100
     device: DeviceChoice = DeviceChoice.AUTO
     modelName: str = "LeftAtriumFineTuned"
-    modelsFolder: pathlib.Path
     jobFolder: pathlib.Path  # another machine: where the exported job goes
     jobGpusPerNode: Annotated[int, WithinRange(1, 1024)] = 1
     jobNodes: Annotated[int, WithinRange(1, 1024)] = 1
@@ -205,8 +204,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not pathText(self._parameterNode.modelsFolder):
-            self._parameterNode.modelsFolder = defaultModelsFolder()
+        # One folder, no option: the one FBANet Segmentation lists (in Slicer's settings folder).
+        self.ui.modelsFolderPathLabel.text = str(self.logic.modelsFolder())
 
     def setParameterNode(self, parameterNode, connect=True):
         if self._parameterNode and self._parameterNodeGuiTag is not None:  # once (see exit)

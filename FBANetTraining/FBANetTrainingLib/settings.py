@@ -69,7 +69,9 @@ def pathText(path: object) -> str:
 
 
 def defaultModelsFolder() -> Path:
-    """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
+    """``<Slicer user settings folder>/FBANet/models``: where the training panel writes its
+    models and what the segmentation panel lists (both call ``models_folder`` on Slicer's
+    settings file)."""
     return models_folder(settingsFile())
 
 
@@ -90,7 +92,9 @@ class TrainingSettings:
     initModelPath: str = ""
     baseFilters: int = 16  # from scratch only; a model file fixes its own
     modelName: str = "LeftAtriumFineTuned"
-    modelsFolder: str = ""  # empty: defaultModelsFolder()
+    # Empty: defaultModelsFolder(), the one folder both panels use (no panel option, so that
+    # FBANet Segmentation lists every model trained); scripts and tests may set another.
+    modelsFolder: str = ""
     replaceExisting: bool = False
     extraArguments: tuple[str, ...] = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
 
@@ -104,4 +108,4 @@ def applyParameters(settings: TrainingSettings, parameters: Any) -> None:
     s.batchSize, s.labeledBatchSize = p.batchSize, p.labeledBatchSize
     s.learningRate, s.validationCases = p.learningRate, p.validationCases
     s.validateEvery = s.checkpointEvery = p.validateEvery
-    s.modelName, s.modelsFolder = p.modelName, pathText(p.modelsFolder)
+    s.modelName = p.modelName  # (the models folder is not a panel setting: defaultModelsFolder)

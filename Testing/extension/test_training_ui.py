@@ -26,6 +26,7 @@ USED_WIDGETS = {
     "jobCommandTextEdit": "QPlainTextEdit",
     "jobNoteLabel": "QLabel",
     "importSummaryLabel": "QLabel",
+    "modelsFolderPathLabel": "QLabel",
     **{
         name: "QPushButton"
         for name in (
