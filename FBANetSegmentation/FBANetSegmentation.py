@@ -4,7 +4,6 @@ Thin Slicer module (module, parameters, widget, logic entry points, self-test); 
 in ``FBANetSegmentationLib``, which does not depend on Qt.
 """
 
-import functools
 from pathlib import Path
 
 import qt
@@ -38,15 +37,15 @@ from fbanet.cli.environment import DeviceChoice
 from fbanet.protocol import JobState
 from fbanet_slicer.host import (
     DOCUMENTATION_URL,
+    ReportsSkippedSelfTest,
     SlicerInstaller,
-    runSelfTestReportingSkip,
     showInSegmentEditor,
     skipWithoutDependencies,
     user_error_display,
 )
 
 
-class FBANetSegmentation(ScriptedLoadableModule):
+class FBANetSegmentation(ReportsSkippedSelfTest, ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("FBANet Segmentation")
@@ -64,11 +63,6 @@ class FBANetSegmentation(ScriptedLoadableModule):
             "FBA-Net: Chung et al., 'Foreground-background separation through contrastive "
             "learning for semi-supervised medical image segmentation', MICCAI 2023."
         )
-
-    def runTest(self, msec=100, **kwargs):
-        """Test and Reload and Test: a skipped test (no PyTorch) says so instead of failing."""
-        run = functools.partial(ScriptedLoadableModule.runTest, self, msec, **kwargs)
-        runSelfTestReportingSkip(run, slicer.util.infoDisplay)
 
 
 @parameterNodeWrapper

@@ -5,7 +5,7 @@ with the ``fbanet train`` or ``torchrun`` command written into it, and the resul
 file is imported back into the models folder that FBANet Segmentation lists::
 
     job/
-      dataset/manifest.json, labeled/, unlabeled/   the scene's cases (dataset.exportDataset)
+      dataset/manifest.json, labeled/, unlabeled/   the scene's cases (writer.exportDataset)
       config.json          {"model": {...}, "train": {...}}: the panel's settings
       init_model.safetensors  the model training starts from (when not from scratch)
       job.json             the exact commands, as argument lists, and where the model lands
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from FBANetTrainingLib import dataset as datasetModule
+from FBANetTrainingLib import writer
 from FBANetTrainingLib.dataset import InputError
 from FBANetTrainingLib.modelfiles import copyModelFile
 from FBANetTrainingLib.settings import TrainingSettings
@@ -145,7 +146,7 @@ def exportTrainingJob(
         raise InputError("\n".join(problems))
     folder.mkdir(parents=True, exist_ok=True)
     s = logic.settings
-    written = datasetModule.exportDataset(
+    written = writer.exportDataset(
         logic.scene, logic.labeledExamples, logic.unlabeledVolumeIds, folder / "dataset",
         s.validationCases,
     )  # fmt: skip

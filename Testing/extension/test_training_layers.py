@@ -58,7 +58,8 @@ def test_the_training_lib_modules_import_no_cycle() -> None:
 
 
 def test_the_module_files_stay_under_the_size_limit() -> None:
-    files = [ROOT / "FBANetTraining" / "FBANetTraining.py", *LIB.glob("*.py")]
+    files = [ROOT / "FBANetTraining" / "FBANetTraining.py", *LIB.glob("*.py"),
+             ROOT / "FBANetSegmentation" / "FBANetSegmentation.py"]  # fmt: skip
     long = {p.name: n for p in files if (n := len(p.read_text(encoding="utf-8").splitlines()))
             >= MAX_LINES}  # fmt: skip
     assert long == {}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import training_support as support
-from training_support import WORKER_ENV, dataset, logic, review, runner, synthetic
+from training_support import WORKER_ENV, dataset, logic, review, runner, synthetic, writer
 
 from fbanet.protocol import JobState
 
@@ -25,7 +25,7 @@ def panel(tmp_path: Path) -> Any:
     trainingLogic.unlabeledVolumeIds = [v.GetID() for v in built.unlabeled]
     trainingLogic.built = built
     # What a run leaves for review: its dataset (node IDs of the cases) and a model.
-    trainingLogic.dataset = dataset.exportDataset(
+    trainingLogic.dataset = writer.exportDataset(
         scene, trainingLogic.labeledExamples, trainingLogic.unlabeledVolumeIds,
         tmp_path / "dataset",
     )  # fmt: skip

@@ -8,6 +8,7 @@ here imports Qt.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import subprocess
@@ -203,6 +204,17 @@ def runSelfTestReportingSkip(  # noqa: N802 (Slicer's style)
         show(f"{SKIPPED_SELF_TEST} {skipped}")
         return False
     return True
+
+
+class ReportsSkippedSelfTest:
+    """Mixin of a module class (before ``ScriptedLoadableModule``): its Test and Reload and
+    Test buttons say that a skipped self-test was skipped (:func:`runSelfTestReportingSkip`)."""
+
+    def runTest(self, msec: int = 100, **kwargs: Any) -> None:  # noqa: N802 (Slicer's name)
+        import slicer
+
+        run = functools.partial(super().runTest, msec, **kwargs)  # type: ignore[misc]
+        runSelfTestReportingSkip(run, slicer.util.infoDisplay)
 
 
 @contextlib.contextmanager
