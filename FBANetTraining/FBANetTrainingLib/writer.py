@@ -94,7 +94,7 @@ def writeNrrd(voxels: VoxelCopy, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:
         file.write(("\n".join(header) + "\n\n").encode("ascii"))
-        file.write(memoryview(data).cast("B"))
+        data.tofile(file)  # (raw bytes, in order; the GIL is released while writing)
     return path
 
 
