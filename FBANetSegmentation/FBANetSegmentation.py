@@ -37,6 +37,7 @@ from fbanet.cli.environment import DeviceChoice
 from fbanet.protocol import JobState
 from fbanet_slicer.host import (
     DOCUMENTATION_URL,
+    ReportsSkippedSelfTest,
     SlicerInstaller,
     showInSegmentEditor,
     skipWithoutDependencies,
@@ -44,7 +45,7 @@ from fbanet_slicer.host import (
 )
 
 
-class FBANetSegmentation(ScriptedLoadableModule):
+class FBANetSegmentation(ReportsSkippedSelfTest, ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("FBANet Segmentation")
@@ -267,14 +268,16 @@ class FBANetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _startJob(self) -> SegmentationJob | None:
         """Install what is missing (asking), export and start; None if that did not happen."""
-        with user_error_display(_("FBANet could not start."), wait_cursor=True):
+        # The install question comes with the normal cursor (the installer shows a wait cursor).
+        with user_error_display(_("FBANet could not start.")):
             if not self._dependenciesChecked:
                 if not environment.ensure_dependencies(SlicerInstaller()):
                     return None
                 self._dependenciesChecked = True
                 self.updateDeviceInfo()
-            job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
-            job.start()
+            with slicer.util.WaitCursor():
+                job = self.logic.createJob(self._parameterNode, slicer.app.temporaryPath)
+                job.start()
             return job if job.running else None
         return None
 

@@ -1,13 +1,11 @@
 """FBANet Training: semi-supervised fine-tuning of FBA-Net on the volumes in the scene.
 
-The panel is thin: its logic (FBANetTrainingLib/logic.py) exports the scene to a dataset,
-runs ``fbanet train`` in a background process and follows its progress; this file only
-binds the widgets to it.
+A thin panel: its Qt-free logic (FBANetTrainingLib) writes the dataset, runs ``fbanet train``
+in a background process and follows it; this file binds the widgets to it.
 """
 
 import logging
 import pathlib
-import tempfile
 from typing import Annotated
 
 import qt
@@ -15,7 +13,7 @@ import slicer
 from FBANetTrainingLib import jobexport
 from FBANetTrainingLib import logic as trainingLogic
 from FBANetTrainingLib.runner import LogFollower
-from FBANetTrainingLib.settings import StartChoice, applyParameters, defaultModelsFolder, pathText
+from FBANetTrainingLib.settings import StartChoice, applyParameters, pathText
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -30,9 +28,9 @@ from slicer.util import VTKObservationMixin
 
 from fbanet.cli import environment
 from fbanet.cli.environment import DeviceChoice
-from fbanet.protocol import Event, JobState, event_kind
 from fbanet_slicer.host import (
     DOCUMENTATION_URL,
+    ReportsSkippedSelfTest,
     SlicerInstaller,
     refreshSegmentationModels,
     skipWithoutDependencies,
@@ -40,10 +38,20 @@ from fbanet_slicer.host import (
 )
 
 POLL_INTERVAL_MS = 500
+# Each push button of the .ui and the method its clicked(bool) signal calls.
+BUTTON_HANDLERS = {
+    "addLabeledButton": "onAddLabeled", "removeLabeledButton": "onRemoveLabeled",
+    "checkLabeledButton": "onCheckLabeled", "takeUnusedButton": "onTakeUnused",
+    "startButton": "onStart", "stopButton": "onStop", "resumeButton": "onResume",
+    "copyLogButton": "onCopyLog", "showChartButton": "onShowChart",
+    "segmentUnlabeledButton": "onSegmentUnlabeled", "rankButton": "onRank",
+    "exportJobButton": "onExportJob", "copyCommandButton": "onCopyCommand",
+    "importModelButton": "onImportModel",
+}  # fmt: skip
 LEARNING_RATE_MINIMUM = 1e-6  # the .ui spin box shows 6 decimals, so this is not 0
 
 
-class FBANetTraining(ScriptedLoadableModule):
+class FBANetTraining(ReportsSkippedSelfTest, ScriptedLoadableModule):
     """Module description (Slicer's module registry reads it)."""
 
     def __init__(self, parent):
@@ -83,7 +91,6 @@ class FBANetTrainingParameterNode:
     validateEvery: Annotated[int, WithinRange(1, 100000)] = 100
     device: DeviceChoice = DeviceChoice.AUTO
     modelName: str = "LeftAtriumFineTuned"
-    modelsFolder: pathlib.Path
     jobFolder: pathlib.Path  # another machine: where the exported job goes
     jobGpusPerNode: Annotated[int, WithinRange(1, 1024)] = 1
     jobNodes: Annotated[int, WithinRange(1, 1024)] = 1
@@ -107,11 +114,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._reportedState = None
-        self._shownChart = None
-        self._shownRanking = None
+        self._parameterNode = self._parameterNodeGuiTag = None
+        self._reportedState = self._shownChart = self._shownRanking = None
         self._logFollower = LogFollower()
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
@@ -125,35 +129,16 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = FBANetTrainingLogic()
         self.logic.observeScene()  # closing the scene stops training (checkpoint kept)
         scene = slicer.mrmlScene
-        # The unlabeled list is a view of the logic's ticks: rebuilt on scene changes, while
-        # clicks go straight to the logic (onUnlabeledItemChanged).
-        for event, handler in (
-            (scene.StartCloseEvent, self.onSceneStartClose),
-            (scene.EndCloseEvent, self.onSceneEndClose),
-            (scene.NodeAddedEvent, self.updateUnlabeledList),
-            (scene.NodeRemovedEvent, self.updateUnlabeledList),
-        ):
-            self.addObserver(scene, event, handler)
+        # The unlabeled list, a view of the logic's ticks, is rebuilt on scene changes.
+        self.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(scene, scene.EndCloseEvent, self.onSceneEndClose)
+        for event in (scene.NodeAddedEvent, scene.NodeRemovedEvent):
+            self.addObserver(scene, event, self.updateUnlabeledList)
         self.ui.unlabeledList.connect("itemChanged(QListWidgetItem*)", self.onUnlabeledItemChanged)
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
         self.timer.connect("timeout()", self.onTimer)
-        for button, handler in (
-            (self.ui.addLabeledButton, self.onAddLabeled),
-            (self.ui.removeLabeledButton, self.onRemoveLabeled),
-            (self.ui.checkLabeledButton, self.onCheckLabeled),
-            (self.ui.takeUnusedButton, self.onTakeUnused),
-            (self.ui.startButton, self.onStart),
-            (self.ui.stopButton, self.onStop),
-            (self.ui.resumeButton, self.onResume),
-            (self.ui.copyLogButton, self.onCopyLog),
-            (self.ui.showChartButton, self.onShowChart),
-            (self.ui.segmentUnlabeledButton, self.onSegmentUnlabeled),
-            (self.ui.rankButton, self.onRank),
-            (self.ui.exportJobButton, self.onExportJob),
-            (self.ui.copyCommandButton, self.onCopyCommand),
-            (self.ui.importModelButton, self.onImportModel),
-        ):
-            button.connect("clicked(bool)", lambda _checked, h=handler: h())
+        for button, handler in BUTTON_HANDLERS.items():
+            getattr(self.ui, button).connect("clicked(bool)", getattr(self, handler))
         self.ui.rankingList.connect(
             "itemDoubleClicked(QListWidgetItem*)", self.onRankingDoubleClicked
         )
@@ -162,11 +147,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def cleanup(self):
-        """Module reload or application exit: nothing may keep running, no run folder stays.
-
-        At exit Slicer unloads the modules from its own aboutToQuit slot, and this cleanup
-        disconnects onAboutToQuit in the same emission: it may never be called.
-        """
+        """Module reload or exit: nothing keeps running, no run folder stays (at exit Slicer
+        unloads modules from its aboutToQuit slot: onAboutToQuit may never be called)."""
         self.timer.stop()
         if self.logic is not None:
             self.logic.shutDown()  # a few seconds at most; again from onAboutToQuit: no-op
@@ -193,12 +175,12 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
         self.updateLabeledTable()
         self.updateUnlabeledList()
+        self.updateReview()  # the ranking of the closed scene's volumes is gone
         self.updateButtons()
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not pathText(self._parameterNode.modelsFolder):
-            self._parameterNode.modelsFolder = defaultModelsFolder()
+        self.ui.modelsFolderPathLabel.text = str(self.logic.modelsFolder())
 
     def setParameterNode(self, parameterNode, connect=True):
         if self._parameterNode and self._parameterNodeGuiTag is not None:  # once (see exit)
@@ -209,11 +191,11 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- inputs ------------------------------------------------------------------------------
     def onAddLabeled(self):
+        volume = self.ui.labeledVolumeSelector.currentNode()
+        segments = self.ui.labeledSegmentSelector
         with user_error_display(_("Cannot add this labeled example.")):
             self.logic.addLabeledExample(
-                self.ui.labeledVolumeSelector.currentNode(),
-                self.ui.labeledSegmentSelector.currentNode(),
-                self.ui.labeledSegmentSelector.currentSegmentID(),
+                volume, segments.currentNode(), segments.currentSegmentID()
             )
         self.updateLabeledTable()
         self.updateUnlabeledList()
@@ -238,51 +220,47 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.setUnlabeledChecked(item.data(qt.Qt.UserRole), ticked)
 
     def updateLabeledTable(self):
-        table = self.ui.labeledTable
-        table.setRowCount(len(self.logic.labeledExamples))
-        for row, example in enumerate(self.logic.labeledExamples):
-            for column, text in enumerate(
-                self.logic.describeLabeledExample(example).split(" / ", 2)
-            ):
-                table.setItem(row, column, qt.QTableWidgetItem(text))
+        rows = self.logic.labeledRows()
+        self.ui.labeledTable.setRowCount(len(rows))
+        for row, texts in enumerate(rows):
+            for column, text in enumerate(texts):
+                self.ui.labeledTable.setItem(row, column, qt.QTableWidgetItem(text))
 
     def updateUnlabeledList(self, caller=None, event=None):
         listWidget = self.ui.unlabeledList
         wasBlocked = listWidget.blockSignals(True)  # rebuilding is not the user ticking
         listWidget.clear()
         for nodeId, name, ticked in self.logic.unlabeledChoices():
-            item = qt.QListWidgetItem(name)
+            item = qt.QListWidgetItem(name, listWidget)  # (added to the list)
             item.setData(qt.Qt.UserRole, nodeId)
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
             item.setCheckState(qt.Qt.Checked if ticked else qt.Qt.Unchecked)
-            listWidget.addItem(item)
         listWidget.blockSignals(wasBlocked)
 
     # -- running -----------------------------------------------------------------------------
     def confirmReplace(self):
         """Copy the panel's settings; False when the user keeps an existing model of the name."""
-        applyParameters(self.logic.settings, self._parameterNode)
-        target = self.logic.modelPath()
-        self.logic.settings.replaceExisting = target.exists()
+        target = self.logic.applyPanelSettings(self._parameterNode)
         ask = _("Replace the model {path}?").format(path=target)
-        return not target.exists() or slicer.util.confirmYesNoDisplay(ask)
+        return target is None or slicer.util.confirmYesNoDisplay(ask)
 
     def onStart(self):
         if not self.confirmReplace():
             return
-        # Installing and exporting let Qt process clicks: starting() refuses a second Start.
-        failing = user_error_display(_("Cannot start training."), wait_cursor=True)
-        with failing, self.logic.starting():
+        # Installing lets Qt process clicks: starting() refuses a second Start. The install
+        # question comes with the normal cursor; the dataset is written in the background.
+        with user_error_display(_("Cannot start training.")), self.logic.starting():
             self.updateButtons()
             if environment.ensure_dependencies(SlicerInstaller()):
-                self.logic.startTraining()
+                with slicer.util.WaitCursor():  # the checks (the files: on the timer)
+                    self.logic.startTraining(background=True)
         self.updateButtons()
-        if self.logic.run is None or not self.logic.run.running:
-            return
-        self.ui.summaryLabel.text = _("Run folder: {folder}").format(folder=self.logic.run.runDir)
-        self._reportedState = None
-        self.timer.start()
-        self.updateButtons()
+        if self.logic.busy() and self.logic.run is not None:  # (writing the dataset first)
+            self.ui.summaryLabel.text = _("Run folder: {folder}").format(
+                folder=self.logic.run.runDir
+            )
+            self._reportedState = None
+            self.timer.start()
 
     def onStop(self):
         self.logic.requestStop()
@@ -312,10 +290,10 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         run = self.logic.run
         if run is None:
             return
-        progress = run.progress
-        self.ui.progressBar.maximum = max(progress.total, 1)
-        self.ui.progressBar.value = progress.iteration
-        self.ui.statusLabel.text = run.statusText()
+        value, maximum, self.ui.statusLabel.text = self.logic.progressView()
+        self.ui.progressBar.maximum, self.ui.progressBar.value = maximum, value
+        if self.logic.writing():
+            return  # (Stop cancels the writing; the run starts after it)
         restart, lines = self._logFollower.update(run)
         if restart:
             self.ui.logTextEdit.clear()
@@ -328,14 +306,10 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.running or run.state == self._reportedState:
             return
         self._reportedState = run.state
-        self.ui.summaryLabel.text = self.logic.summary() or run.statusText()
-        if run.state is JobState.FAILED:
-            slicer.util.errorDisplay(
-                _("Training failed:") + f"\n{run.error_message}", windowTitle="FBANet training"
-            )
-        elif run.state is JobState.SUCCEEDED and self.logic.registrationError:
-            slicer.util.errorDisplay(self.logic.registrationError)
-        elif run.state is JobState.SUCCEEDED:
+        self.ui.summaryLabel.text, error, refresh = self.logic.endOfRunReport()
+        if error:
+            slicer.util.errorDisplay(error, windowTitle="FBANet training")
+        if refresh:
             refreshSegmentationModels()  # an open FBANet Segmentation lists it at once
 
     def onShowChart(self):
@@ -377,16 +351,16 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- review ------------------------------------------------------------------------------
     def onSegmentUnlabeled(self):
-        with user_error_display(_("Cannot segment the unlabeled volumes."), wait_cursor=True):
-            self.logic.segmentUnlabeled()
-            self.ui.statusLabel.text = "Segmenting the unlabeled volumes..."
-            self.timer.start()
-        self.updateButtons()
+        self._startReview(self.logic.segmentUnlabeled, _("segment"), _("Segmenting"))
 
     def onRank(self):
-        with user_error_display(_("Cannot rank the unlabeled volumes."), wait_cursor=True):
-            self.logic.rankUnlabeled()
-            self.ui.statusLabel.text = "Ranking the unlabeled volumes..."
+        self._startReview(self.logic.rankUnlabeled, _("rank"), _("Ranking"))
+
+    def _startReview(self, start, verb, doing):
+        failure = _("Cannot {verb} the unlabeled volumes.").format(verb=verb)
+        with user_error_display(failure, wait_cursor=True):
+            start()
+            self.ui.statusLabel.text = _("{doing} the unlabeled volumes...").format(doing=doing)
             self.timer.start()
         self.updateButtons()
 
@@ -398,9 +372,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownRanking = self.logic.rankingVersion
         self.ui.rankingList.clear()
         for row in self.logic.ranking:
-            item = qt.QListWidgetItem(row.describe())
+            item = qt.QListWidgetItem(row.describe(), self.ui.rankingList)  # (added to it)
             item.setData(qt.Qt.UserRole, row.volumeNodeId)
-            self.ui.rankingList.addItem(item)
 
     def onRankingDoubleClicked(self, item):
         node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
@@ -419,13 +392,7 @@ class FBANetTrainingTest(ScriptedLoadableModuleTest):
         self.test_TrainingOnSyntheticScene()
 
     def test_TrainingOnSyntheticScene(self):
-        from FBANetTrainingLib.selftest import runTrainingSelfTest
+        from FBANetTrainingLib.selftest import runModuleSelfTest
 
-        self.delayDisplay("Training a tiny FBA-Net on a synthetic scene")
         skipWithoutDependencies(self)  # a self-test never installs (PyTorch is several GB)
-        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
-            logic, events = runTrainingSelfTest(slicer.mrmlScene, folder, log=logging.info)
-            self.assertTrue(any(event_kind(e) is Event.VALIDATION for e in events))
-            self.assertIsNotNone(logic.chart)
-            logic.cleanup()
-        self.delayDisplay("Test passed")
+        runModuleSelfTest(self, slicer.mrmlScene, slicer.app.temporaryPath)

@@ -64,7 +64,7 @@ class SegmentationResult:
 
 @dataclass
 class JobStatus:
-    """Where a job stands; ``fraction`` is None until the worker reports its first window."""
+    """Where a job stands; ``fraction`` is None until the worker reports its first pass."""
 
     state: JobState = JobState.IDLE
     done: int = 0
@@ -134,6 +134,7 @@ class SegmentationJob(WorkerJob):
         self.status = JobStatus()
         self._folder: Path | None = None
         self._outputs: dict[str, Any] | None = None
+        self._cancelAsked = False  # once asked, nothing is added to the scene
 
     # -- starting ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,6 +177,10 @@ class SegmentationJob(WorkerJob):
     def finish(self, returncode: int) -> None:
         super().finish(returncode)
         self.status.log = self.log_lines()
+        if self._cancelAsked:  # a worker that ended just before Cancel: its result is dropped
+            self.state = self.status.state = JobState.CANCELLED
+            self._cleanUp()
+            return
         try:
             if self.state is JobState.FAILED:
                 raise SegmentationError(self.error_message)
@@ -205,18 +210,28 @@ class SegmentationJob(WorkerJob):
         result = SegmentationResult(target, segmentIds, seconds=float(outputs["seconds"]))
         if outputs.get("probability"):
             result.probabilityNode = logic.addVolumeNextTo(
-                volume, outputs["probability"], f"{name} FBANet probability", unitRange=True
+                volume,
+                outputs["probability"],
+                f"{name} FBANet probability",
+                unitRange=True,
+                kind="probability",
             )
         if outputs.get("uncertainty"):
             result.uncertaintyNode = logic.addVolumeNextTo(
-                volume, outputs["uncertainty"], f"{name} FBANet uncertainty", unitRange=False
+                volume,
+                outputs["uncertainty"],
+                f"{name} FBANet uncertainty",
+                unitRange=False,
+                kind="uncertainty",
             )
         return result
 
     # -- stopping ------------------------------------------------------------------------------
     def cancel(self, grace_seconds: float = 5.0) -> None:
-        """Stop the worker and everything it started; the scene is left unchanged."""
+        """Stop the worker and everything it started; the scene is left unchanged (even when
+        the worker had already ended and only its result waited to be loaded)."""
         if self.running:
+            self._cancelAsked = True
             super().cancel(grace_seconds)
             self.state = JobState.CANCELLED
         self.status.state = self.state

@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fbanet_slicer.host import DERIVED_MAP_ATTRIBUTE
+
 logger = logging.getLogger(__name__)
 
 TERMINOLOGY_TAG = "TerminologyEntry"
@@ -236,9 +238,16 @@ def prepareOutputSegmentation(volumeNode: Any, target: Any | None, name: str) ->
     return target
 
 
-def addVolumeNextTo(volumeNode: Any, path: str | Path, name: str, unitRange: bool) -> Any:
-    """Load a map computed for ``volumeNode``: same parent transform and hierarchy parent."""
+def addVolumeNextTo(
+    volumeNode: Any, path: str | Path, name: str, unitRange: bool, kind: str = "map"
+) -> Any:
+    """Load a map computed for ``volumeNode``: same parent transform and hierarchy parent.
+
+    The node is marked as a derived map (:data:`DERIVED_MAP_ATTRIBUTE` = ``kind``), so that
+    FBANet Training never offers it as an unlabeled MRI.
+    """
     node = loadScalarVolume(_requireScene(volumeNode), path, name)
+    node.SetAttribute(DERIVED_MAP_ATTRIBUTE, kind)
     node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
     display = node.GetDisplayNode()
     if unitRange and display is not None:

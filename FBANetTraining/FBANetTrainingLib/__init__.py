@@ -1,6 +1,10 @@
 """Logic of the FBANetTraining module, free of Qt so that it runs under pytest.
 
-- dataset: scene nodes -> NRRD dataset + manifest (Slicer's segmentation export)
+- dataset: scene nodes -> checked label maps and cases (Slicer's segmentation export)
+- writer: the dataset's NRRD files and manifest, written by a worker thread from copies
+- modelfiles: the atomic copy of a model file into the models folder
+- settings: the panel's settings and the ``fbanet train`` flags they make
+- lifecycle: starting, stopping, scene close and exit of the background jobs
 - jobexport: the training job for a GPU machine (dataset, config, commands), and importing
   the model it made
 - runner: background ``fbanet`` processes (training with stop/resume, review jobs)

@@ -3,16 +3,15 @@
 Each labeled example is a (volume, segmentation, segment) triple. Its label map is made by
 Slicer's own segmentation export with the volume as reference geometry, so it lies on the
 volume's grid voxel for voxel whatever the segmentation's geometry or transform, then
-binarised (the chosen segment = 1). Volumes and label maps are written as NRRD by Slicer's
-volume storage node, next to a ``manifest.json`` that ``fbanet train`` reads. Every node
-created on the way is removed again: the scene is left as it was found.
+binarised (the chosen segment = 1). ``writer.py`` writes them as NRRD, next to a
+``manifest.json`` that ``fbanet train`` reads. Every node created on the way is removed
+again: the scene is left as it was found.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 import slicer
 import vtk
 from vtk.util import numpy_support
+
+from fbanet_slicer.host import DERIVED_MAP_ATTRIBUTE
 
 
 class InputError(ValueError):
@@ -74,6 +75,16 @@ def scalarVolumeNodes(scene: Any) -> list[Any]:
     nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
     return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
             if isScalarVolume(nodes.GetItemAsObject(i))]  # fmt: skip
+
+
+def unlabeledCandidates(scene: Any) -> list[Any]:
+    """The scalar volumes that may be MRI to train on: not FBANet's own probability and
+    uncertainty maps (marked :data:`DERIVED_MAP_ATTRIBUTE`), not nodes hidden from editors."""
+    return [
+        node
+        for node in scalarVolumeNodes(scene)
+        if not node.GetAttribute(DERIVED_MAP_ATTRIBUTE) and not node.GetHideFromEditors()
+    ]
 
 
 def segmentName(segmentationNode: Any, segmentId: str) -> str:
@@ -172,7 +183,7 @@ def _binarize(labelmap: Any) -> int:
     return int(np.count_nonzero(values))
 
 
-def _checkedLabelmap(scene: Any, example: LabeledExample, number: int) -> Any:
+def checkedLabelmap(scene: Any, example: LabeledExample, number: int) -> Any:
     """Export and binarise; InputError when the segment is empty or misses its volume."""
     volume, segmentation = resolveExample(scene, example, number)
     name = segmentName(segmentation, example.segmentId)
@@ -194,7 +205,7 @@ def _checkedLabelmap(scene: Any, example: LabeledExample, number: int) -> Any:
 def exportLabelArray(scene: Any, example: LabeledExample, number: int = 1) -> np.ndarray:
     """The example's 0/1 label map on its volume's grid, (K, J, I) uint8; scene unchanged."""
     with temporaryNodes(scene):
-        labelmap = _checkedLabelmap(scene, example, number)
+        labelmap = checkedLabelmap(scene, example, number)
         scalars = labelmap.GetImageData().GetPointData().GetScalars()
         dimensions = labelmap.GetImageData().GetDimensions()
         return numpy_support.vtk_to_numpy(scalars).reshape(dimensions[::-1]).astype(np.uint8)
@@ -229,75 +240,3 @@ def safeName(text: str, fallback: str = "case") -> str:
     """A file-name-safe version of a node name."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text or "").strip("._")
     return cleaned or fallback
-
-
-def _caseName(number: int, volume: Any) -> str:
-    return f"{number:02d}_{safeName(volume.GetName())}"
-
-
-def _exportLabeled(scene: Any, example: LabeledExample, number: int, folder: Path) -> ExportedCase:
-    volume, _ = resolveExample(scene, example, number)
-    name = _caseName(number, volume)
-    with temporaryNodes(scene):
-        labelmap = _checkedLabelmap(scene, example, number)  # first: a bad one writes nothing
-        label = writeVolume(labelmap, folder / "labeled" / f"{name}_label.nrrd")
-    image = writeVolume(volume, folder / "labeled" / f"{name}.nrrd")
-    return ExportedCase(name, volume.GetID(), image, label)
-
-
-def _entry(case: ExportedCase, folder: Path) -> dict[str, str]:
-    entry = {"name": case.name, "image": case.image.relative_to(folder).as_posix()}
-    if case.label is not None:
-        entry["label"] = case.label.relative_to(folder).as_posix()
-    return entry
-
-
-def exportDataset(
-    scene: Any,
-    examples: Sequence[LabeledExample],
-    unlabeledVolumeIds: Sequence[str],
-    folder: str | Path,
-    validationCases: int = 0,
-) -> Dataset:
-    """Write the labeled examples and unlabeled volumes as a dataset with ``manifest.json``.
-
-    The last ``validationCases`` labeled examples are held out for validation. Unlabeled
-    volumes that are also labeled are left out of the unlabeled set.
-
-    Raises:
-        InputError: No labeled example, too many validation cases, or bad examples (every
-            one named, one per line; the folder may hold some files then).
-    """
-    if not examples:
-        raise InputError("No labeled example: add at least one (volume, segmentation, segment) row")
-    if not 0 <= validationCases < len(examples):
-        raise InputError(
-            f"{validationCases} validation case(s) cannot be held out of {len(examples)} labeled "
-            "example(s): at least one must remain for training"
-        )
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    labeled, problems = [], []
-    for number, example in enumerate(examples, start=1):
-        try:  # each label map is exported once: checked and written (no separate check pass)
-            labeled.append(_exportLabeled(scene, example, number, folder))
-        except InputError as error:
-            problems.append(str(error))
-    if problems:
-        raise InputError("\n".join(problems))
-    usedIds = {e.volumeNodeId for e in examples}
-    unlabeled: list[ExportedCase] = []
-    for number, nodeId in enumerate(unlabeledVolumeIds, start=len(examples) + 1):
-        volume = scene.GetNodeByID(nodeId)
-        if nodeId in usedIds or not isScalarVolume(volume):
-            continue
-        name = _caseName(number, volume)
-        image = writeVolume(volume, folder / "unlabeled" / f"{name}.nrrd")
-        unlabeled.append(ExportedCase(name, nodeId, image))
-    cut = len(labeled) - validationCases
-    dataset = Dataset(folder, folder / "manifest.json", tuple(labeled[:cut]), tuple(unlabeled),
-                      tuple(labeled[cut:]))  # fmt: skip
-    document = {key: [_entry(c, folder) for c in getattr(dataset, key)]
-                for key in ("labeled", "unlabeled", "validation")}  # fmt: skip
-    dataset.manifest.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    return dataset

@@ -5,7 +5,7 @@ with the ``fbanet train`` or ``torchrun`` command written into it, and the resul
 file is imported back into the models folder that FBANet Segmentation lists::
 
     job/
-      dataset/manifest.json, labeled/, unlabeled/   the scene's cases (dataset.exportDataset)
+      dataset/manifest.json, labeled/, unlabeled/   the scene's cases (writer.exportDataset)
       config.json          {"model": {...}, "train": {...}}: the panel's settings
       init_model.safetensors  the model training starts from (when not from scratch)
       job.json             the exact commands, as argument lists, and where the model lands
@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from FBANetTrainingLib import dataset as datasetModule
+from FBANetTrainingLib import writer
 from FBANetTrainingLib.dataset import InputError
-from FBANetTrainingLib.logic import copyModelFile
+from FBANetTrainingLib.modelfiles import copyModelFile
 from FBANetTrainingLib.settings import TrainingSettings
 
-if TYPE_CHECKING:  # the logic imports nothing of this module; the type is for the checker
+if TYPE_CHECKING:  # (the logic does not import this module: no cycle)
     from fbanet.model.header import ModelMetadata
     from FBANetTrainingLib.logic import FBANetTrainingLogic
 
@@ -145,7 +146,7 @@ def exportTrainingJob(
         raise InputError("\n".join(problems))
     folder.mkdir(parents=True, exist_ok=True)
     s = logic.settings
-    written = datasetModule.exportDataset(
+    written = writer.exportDataset(
         logic.scene, logic.labeledExamples, logic.unlabeledVolumeIds, folder / "dataset",
         s.validationCases,
     )  # fmt: skip
@@ -251,12 +252,10 @@ def importTrainedModel(logic: FBANetTrainingLogic, path: str | Path) -> tuple[Pa
         header = read_model_header(source)
     except (OSError, ValueError) as error:
         raise InputError(f"{source} is not an fbanet model file: {error}") from error
+    problems = logic.modelNameProblems()  # the name is checked where a model is written
+    if problems:
+        raise InputError("\n".join(problems))
     target = logic.modelPath()
-    if target.exists() and not logic.settings.replaceExisting:
-        raise InputError(
-            f"A model named '{logic.settings.modelName}' already exists in "
-            f"{logic.modelsFolder()}; choose another name or allow replacing it"
-        )
     copyModelFile(source, target)
     logic.registeredModelPath = target
     logic.registrationError = ""

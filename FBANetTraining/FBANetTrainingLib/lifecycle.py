@@ -11,7 +11,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from fbanet.protocol import JobState
 from FBANetTrainingLib.dataset import InputError
+from FBANetTrainingLib.runfolders import discardRunFolder
 
 # Slicer exits: how long in all the GUI waits for the background processes to end (the run
 # folder is deleted, so no checkpoint is worth a longer freeze).
@@ -32,6 +34,16 @@ class JobLifecycle:
     unlabeledVolumeIds: list[str]
     reviewNodes: list[Any]
     chart: Any
+    dataset: Any
+    ranking: list[Any]
+    rankingVersion: int
+    writer: Any
+    runsFolder: Any
+    registrationError: str
+
+    def summary(self) -> str:
+        raise NotImplementedError  # FBANetTrainingLogic: the run's figures
+
     _closeObserver: int | None
 
     def discardRun(self) -> None:
@@ -54,15 +66,63 @@ class JobLifecycle:
             self.isStarting = False
 
     def requestStop(self) -> None:
-        """Stop cleanly after the current iteration (the checkpoint is kept)."""
+        """Stop cleanly after the current iteration (the checkpoint is kept); while the
+        dataset is still being written, stop writing it (the run never starts)."""
+        if self.writing():
+            self.writer.cancel()
+            self._pollWriter()
         if self.run is not None:
             self.run.request_stop()
 
+    def writing(self) -> bool:
+        """Whether Start is writing the dataset (in the background; the run starts after)."""
+        return self.writer is not None and self.writer.running
+
+    def _pollWriter(self) -> None:
+        """Write more of the dataset; once written, start the run. A dataset that fails or
+        is cancelled ends the run (FAILED with the writer's message, or CANCELLED) before it
+        started, and its folder is deleted."""
+        writer, run = self.writer, self.run
+        if writer is None or run is None:
+            return
+        writer.poll()
+        if writer.running:
+            return
+        self.writer = None
+        if writer.state is JobState.SUCCEEDED:
+            self.dataset = writer.dataset
+            run.start()
+            return
+        run.state, run.error_message = writer.state, writer.error_message
+        discardRunFolder(run.runDir, self.runsFolder)
+
+    def progressView(self) -> tuple[int, int, str]:
+        """(value, maximum, status line) for the panel: the dataset's files while Start
+        writes them, then the run's iterations."""
+        if self.writer is not None and self.writer.running:
+            writer = self.writer
+            return writer.done, max(writer.total, 1), writer.progressText()
+        if self.run is None:
+            return 0, 1, ""
+        progress = self.run.progress
+        return progress.iteration, max(progress.total, 1), self.run.statusText()
+
+    def endOfRunReport(self) -> tuple[str, str, bool]:
+        """Once the run ended: (summary for the panel, error to show or '', whether FBANet
+        Segmentation should list the new model)."""
+        if self.run is None:
+            return "", "", False
+        summary = self.summary() or self.run.statusText()
+        if self.run.state is JobState.FAILED:
+            return summary, f"Training failed:\n{self.run.error_message}", False
+        if self.run.state is JobState.SUCCEEDED:
+            return summary, self.registrationError, not self.registrationError
+        return summary, "", False
+
     def busy(self) -> bool:
-        """Whether a background job runs."""
-        return any(
-            job is not None and job.running for job in (self.run, self.segmentJob, self.rankJob)
-        )
+        """Whether a background job runs (or Start writes the dataset)."""
+        jobs = (self.run, self.segmentJob, self.rankJob)
+        return self.writing() or any(job is not None and job.running for job in jobs)
 
     def cleanup(self, seconds: float = EXIT_WAIT_SECONDS) -> None:
         """End every background process, waiting about ``seconds`` in all (Slicer exits).
@@ -101,11 +161,14 @@ class JobLifecycle:
 
         The run folder is not part of the scene: polling goes on while training writes its
         checkpoint, and Resume works afterwards. The review jobs, which load their results
-        into the scene, are ended.
+        into the scene, are ended. Whatever holds node IDs goes too (the dataset's cases,
+        the ranking): ``vtkMRMLScene::Clear`` resets its ID counters, so the next scene hands
+        the same IDs to other patients' volumes.
         """
         self.requestStop()
         for job in (self.segmentJob, self.rankJob):
             if job is not None and job.running:
                 job.cancel(REVIEW_CANCEL_SECONDS)
         self.labeledExamples, self.unlabeledVolumeIds, self.reviewNodes = [], [], []
-        self.chart = None
+        self.chart, self.dataset, self.ranking = None, None, []
+        self.rankingVersion += 1  # the panel redraws its (now empty) ranking

@@ -8,21 +8,20 @@ here runs under pytest with the MRML library of the slicer-core wheel.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fbanet.cli.environment import (
     TORCH_REQUIREMENT,
     missing_requirements,
     torch_problem,
 )
-from fbanet.io.atomic import atomic_write
 from fbanet.protocol import JobState
 from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib.charts import TrainingChart
 from FBANetTrainingLib.dataset import Dataset, InputError, LabeledExample
 from FBANetTrainingLib.lifecycle import JobLifecycle
+from FBANetTrainingLib.modelfiles import copyModelFile
 from FBANetTrainingLib.review import (
     ModuleSegmentQueue,
     RankedVolume,
@@ -34,21 +33,15 @@ from FBANetTrainingLib.runfolders import discardRunFolder, newRunFolder, pruneRu
 from FBANetTrainingLib.runner import TrainingRun, formatDuration
 from FBANetTrainingLib.settings import (
     MODEL_EXTENSION,
-    StartChoice,
     TrainingSettings,
+    applyParameters,
     defaultModelsFolder,
+    initModelFile,
+    trainingArguments,
 )
-
-if TYPE_CHECKING:  # jobexport imports this module's logic only for the checker too
-    from FBANetTrainingLib.jobexport import ExportedJob
+from FBANetTrainingLib.writer import DatasetWriter
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
-
-
-def copyModelFile(source: Path, target: Path) -> Path:
-    """Copy a model file into the models folder atomically (a hidden temporary, renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(target, lambda temporary: shutil.copyfile(source, temporary))
 
 
 class FBANetTrainingLogic(JobLifecycle, ReviewActions):
@@ -75,10 +68,13 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         self.unlabeledVolumeIds: list[str] = []
         self.run: TrainingRun | None = None
         self.dataset: Dataset | None = None
+        self.writer: DatasetWriter | None = None  # Start: the dataset being written first
         self.chart: TrainingChart | None = None
         self.registeredModelPath: Path | None = None
         self.registrationError = ""
-        self.exportedJob: ExportedJob | None = None  # the job last exported for another machine
+        # The jobexport.ExportedJob last exported for another machine (jobexport imports this
+        # module, not the other way round).
+        self.exportedJob: object | None = None
         self.segmentJob: SegmentJob | ModuleSegmentQueue | None = None  # review: segmenting
         self.rankJob: RankJob | None = None  # review: ranking the unlabeled for annotation
         self.ranking: list[RankedVolume] = []
@@ -119,9 +115,13 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         """'volume / segmentation / segment'."""
         return datasetModule.describeExample(self.scene, example)
 
+    def labeledRows(self) -> list[list[str]]:
+        """The labeled examples' table: [volume, segmentation, segment] names per row."""
+        return [self.describeLabeledExample(e).split(" / ", 2) for e in self.labeledExamples]
+
     def candidateUnlabeledVolumes(self) -> list[Any]:
-        """Every scalar volume of the scene (the checkable list)."""
-        return datasetModule.scalarVolumeNodes(self.scene)
+        """The scene's scalar volumes that may be MRI (the checkable list; no derived maps)."""
+        return datasetModule.unlabeledCandidates(self.scene)
 
     def setUnlabeledChecked(self, volumeNodeId: str, checked: bool) -> None:
         """Tick (or untick) a volume as unlabeled; the panel calls this on every click."""
@@ -140,7 +140,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         return [(node.GetID(), node.GetName(), node.GetID() in ticked) for node in nodes]
 
     def takeUnusedVolumes(self) -> list[str]:
-        """Use as unlabeled every scalar volume that no labeled example uses; returns their IDs."""
+        """Use as unlabeled every candidate volume no labeled example uses; returns their IDs."""
         used = {e.volumeNodeId for e in self.labeledExamples}
         self.unlabeledVolumeIds = [
             n.GetID() for n in self.candidateUnlabeledVolumes() if n.GetID() not in used
@@ -173,45 +173,31 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
 
     def initModelFile(self) -> Path | None:
         """The model file training starts from (None: from scratch); InputError if missing."""
-        start = StartChoice.parse(self.settings.startFrom)
-        if start is StartChoice.SCRATCH:
-            return None
-        if start is StartChoice.DEFAULT:
-            from fbanet.model.bundled import default_model_path
+        return initModelFile(self.settings)  # (settings.initModelFile)
 
-            path = default_model_path()
-            if path is None:
-                raise InputError(
-                    "No default model ships with this version: pick a model file or train "
-                    "from scratch"
-                )
-            return Path(path)
-        path = Path(self.settings.initModelPath) if self.settings.initModelPath else None
-        if path is None or not path.is_file():
-            raise InputError(
-                f"Pick an existing fbanet model file to start from (got '{path or ''}')"
-            )
-        try:
-            from fbanet.model.header import read_model_header
-        except ImportError:  # no torch: checkInputs says so
-            return path
-        try:
-            read_model_header(path)
-        except (OSError, ValueError) as error:
-            raise InputError(f"Cannot start from this model file: {error}") from error
-        return path
+    def modelNameProblems(self, existing: bool = True) -> list[str]:
+        """What is wrong with the model name (empty list: fine).
 
-    def _settingsProblems(self) -> list[str]:
-        s, problems = self.settings, []
+        Args:
+            existing: Also refuse a name whose model exists when replacing was not allowed.
+                Only what writes a model asks this (training, import), not the export of a
+                job for another machine, which writes none.
+        """
+        s = self.settings
         if not _MODEL_NAME.match(s.modelName.strip() or "-"):
-            problems.append(
+            return [
                 "Model name: use letters, digits, spaces, '_', '-' or '.' (not starting with one)"
-            )
-        elif self.modelPath().exists() and not s.replaceExisting:
-            problems.append(
+            ]
+        if existing and self.modelPath().exists() and not s.replaceExisting:
+            return [
                 f"A model named '{s.modelName}' already exists in {self.modelsFolder()}; "
-                "choose another name"
-            )
+                "choose another name or allow replacing it"
+            ]
+        return []
+
+    def _settingsProblems(self, existing: bool = False) -> list[str]:
+        """The settings' problems; ``existing``: see :meth:`modelNameProblems`."""
+        s, problems = self.settings, self.modelNameProblems(existing)
         if any(int(side) % 16 or int(side) <= 0 for side in s.patchSize):
             problems.append(
                 f"Patch size {tuple(s.patchSize)}: each side must be a positive multiple of 16"
@@ -232,7 +218,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
 
     def _otherProblems(self) -> list[str]:
         """The problems of :meth:`checkInputs` but the label maps' (those need an export)."""
-        problems = self._settingsProblems()
+        problems = self._settingsProblems(existing=True)  # training writes the model
         try:
             self.initModelFile()
         except InputError as error:
@@ -252,24 +238,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
 
     def trainingArguments(self, manifest: str | Path) -> list[str]:
         """The ``fbanet train`` flags (without -o/--json/--stop-file/--resume)."""
-        s = self.settings
-        arguments: list[Any] = [
-            "--manifest", manifest, "--iterations", s.iterations, "--patch-size", *s.patchSize,
-            "--batch-size", s.batchSize, "--labeled-batch-size", s.labeledBatchSize,
-            "--lr", s.learningRate, "--device", s.device, "--validate-every", s.validateEvery,
-            "--checkpoint-every", s.checkpointEvery,
-        ]  # fmt: skip
-        initModel = self.initModelFile()
-        if initModel is None:
-            arguments += ["--base-filters", s.baseFilters]
-        else:
-            from fbanet.model.header import read_model_header
-
-            header = read_model_header(initModel)
-            arguments += ["--init-model", initModel, "--base-filters", header.model.base_filters]
-            if header.spacing is not None:  # train at the spacing the model knows
-                arguments += ["--spacing", *header.spacing]
-        return [str(a) for a in (*arguments, *s.extraArguments)]
+        return trainingArguments(self.settings, manifest)
 
     # -- running -----------------------------------------------------------------------------
     def newRunFolder(self) -> Path:
@@ -289,8 +258,16 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
             discardRunFolder(self.run.runDir, self.runsFolder)
             self.run, self.dataset = None, None
 
-    def startTraining(self, runDir: str | Path | None = None) -> TrainingRun:
-        """Check the inputs, export the dataset and start ``fbanet train`` in the background.
+    def startTraining(
+        self, runDir: str | Path | None = None, background: bool = False
+    ) -> TrainingRun:
+        """Check the inputs, write the dataset and start ``fbanet train`` in the background.
+
+        Args:
+            runDir: The run folder (default: a new one under :attr:`runsFolder`).
+            background: Return while the dataset is being written (the panel: its timer's
+                :meth:`poll` writes it and then starts the run; Stop cancels it). Otherwise
+                the dataset is written first and the run has started on return.
 
         Raises:
             InputError: What to fix (every problem, one per line); nothing was started.
@@ -301,24 +278,25 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         self.discardRun()  # the previous run's copies of the scene are not needed any more
         chosen = runDir is not None
         runDir = Path(runDir) if runDir is not None else self.newRunFolder()
-        try:  # the label maps are checked as they are exported: once each
-            self.dataset = datasetModule.exportDataset(
+        try:  # the label maps are checked as they are written: once each
+            self.writer = DatasetWriter(
                 self.scene, self.labeledExamples, self.unlabeledVolumeIds, runDir / "dataset",
                 self.settings.validationCases,
             )  # fmt: skip
-        except InputError:
+            arguments = self.trainingArguments(self.writer.manifest)
+            if not background:
+                self.writer.wait()
+        except (InputError, OSError):
+            self.writer = None
             if not chosen:
                 discardRunFolder(runDir, self.runsFolder)
             raise
-        arguments = self.trainingArguments(self.dataset.manifest)
         self.run = TrainingRun(runDir, arguments, self.python, self.workerEnvironment)
-        self.registeredModelPath = None
-        self.registrationError = ""
-        self.ranking = []
-        self.rankingVersion += 1
+        self.registeredModelPath, self.registrationError = None, ""
+        self.ranking, self.rankingVersion = [], self.rankingVersion + 1
         if self.chart is not None:
             self.chart.clear()
-        self.run.start()
+        self._pollWriter()  # written: the run starts; in the background: the first copies
         return self.run
 
     def resumeTraining(self) -> TrainingRun:
@@ -333,6 +311,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
     def poll(self) -> list[dict[str, Any]]:
         """Follow the background jobs (chart, progress, completion); returns new training events."""
         events: list[dict[str, Any]] = []
+        self._pollWriter()
         if self.run is not None:
             wasRunning, charting = self.run.running, self.run.state is JobState.RUNNING
             events = self.run.poll()
@@ -361,6 +340,14 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         self.registeredModelPath = target
         return target
 
+    def applyPanelSettings(self, parameters: Any) -> Path | None:
+        """Copy the panel's parameter node into the settings; the model file its name would
+        replace, if one exists (replacing is allowed once the user agrees)."""
+        applyParameters(self.settings, parameters)
+        target = self.modelPath()
+        self.settings.replaceExisting = target.exists()
+        return target if target.exists() else None
+
     def summary(self) -> str:
         """Text for the panel once the run has ended."""
         if self.run is None:
@@ -379,7 +366,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
         trained = run is not None and run.bestModelPath() is not None and not busy
         return {
             "startButton": not busy,
-            "stopButton": run is not None and run.state is JobState.RUNNING,
+            "stopButton": self.writing() or (run is not None and run.state is JobState.RUNNING),
             "resumeButton": run is not None and run.canResume and not busy,
             "segmentUnlabeledButton": trained,
             "rankButton": trained,

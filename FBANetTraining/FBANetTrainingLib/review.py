@@ -128,7 +128,11 @@ class ModuleSegmentQueue:
         return self.state.active
 
     def start(self) -> None:
-        """Segment the first volume (poll starts the next ones)."""
+        """Segment the first volume (poll starts the next ones).
+
+        Never raises: a volume whose job cannot start (a model deleted or renamed, an empty
+        volume, a full temporary disk) ends the queue FAILED with the job's message.
+        """
         self.state = JobState.RUNNING
         self._next()
 
@@ -136,8 +140,14 @@ class ModuleSegmentQueue:
         if not self.pending:
             self.current, self.state = None, JobState.SUCCEEDED
             return
-        self.current = self._newJob(self.pending.pop(0))
-        self.current.start()
+        volume = self.pending.pop(0)
+        try:
+            self.current = self._newJob(volume)
+            self.current.start()
+        except Exception as error:  # the job's own message says what is wrong
+            self.current = None
+            self.state = JobState.FAILED
+            self.error_message = f"{volume.GetName()}: {error}"
 
     def poll(self) -> list[dict[str, Any]]:
         """Follow the current job; start the next when it is done."""
@@ -232,8 +242,8 @@ class ReviewActions:
 
     def _unlabeledCases(self, what: str) -> tuple[ExportedCase, ...]:
         cases = self.dataset.unlabeled if self.dataset is not None else ()
-        if not cases:
-            raise InputError(f"There are no unlabeled volumes in this run to {what}")
+        if not cases:  # (none ticked, or the scene they were in was closed)
+            raise InputError(f"There are no unlabeled volumes of this run in the scene to {what}")
         return cases
 
     def segmentUnlabeled(self) -> SegmentJob | ModuleSegmentQueue:

@@ -118,3 +118,20 @@ def runTrainingSelfTest(
 def _state(run: TrainingRun) -> JobState:
     """The run's state now (a call, so that a type checker does not keep an earlier one)."""
     return run.state
+
+
+def runModuleSelfTest(test: Any, scene: Any, temporaryFolder: str | Path) -> None:
+    """The module's ScriptedLoadableModuleTest: train on a synthetic scene, check the events
+    and the chart (``test`` is the test case: its asserts and its delayDisplay)."""
+    import logging
+    import tempfile
+
+    from fbanet.protocol import Event, event_kind
+
+    test.delayDisplay("Training a tiny FBA-Net on a synthetic scene")
+    with tempfile.TemporaryDirectory(dir=temporaryFolder) as folder:
+        logic, events = runTrainingSelfTest(scene, folder, log=logging.info)
+        test.assertTrue(any(event_kind(e) is Event.VALIDATION for e in events))
+        test.assertIsNotNone(logic.chart)
+        logic.cleanup()
+    test.delayDisplay("Test passed")

@@ -69,7 +69,9 @@ def pathText(path: object) -> str:
 
 
 def defaultModelsFolder() -> Path:
-    """``<Slicer user settings folder>/FBANet/models``: what the segmentation panel lists."""
+    """``<Slicer user settings folder>/FBANet/models``: where the training panel writes its
+    models and what the segmentation panel lists (both call ``models_folder`` on Slicer's
+    settings file)."""
     return models_folder(settingsFile())
 
 
@@ -90,7 +92,9 @@ class TrainingSettings:
     initModelPath: str = ""
     baseFilters: int = 16  # from scratch only; a model file fixes its own
     modelName: str = "LeftAtriumFineTuned"
-    modelsFolder: str = ""  # empty: defaultModelsFolder()
+    # Empty: defaultModelsFolder(), the one folder both panels use (no panel option, so that
+    # FBANet Segmentation lists every model trained); scripts and tests may set another.
+    modelsFolder: str = ""
     replaceExisting: bool = False
     extraArguments: tuple[str, ...] = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
 
@@ -104,4 +108,54 @@ def applyParameters(settings: TrainingSettings, parameters: Any) -> None:
     s.batchSize, s.labeledBatchSize = p.batchSize, p.labeledBatchSize
     s.learningRate, s.validationCases = p.learningRate, p.validationCases
     s.validateEvery = s.checkpointEvery = p.validateEvery
-    s.modelName, s.modelsFolder = p.modelName, pathText(p.modelsFolder)
+    s.modelName = p.modelName  # (the models folder is not a panel setting: defaultModelsFolder)
+
+
+def initModelFile(settings: TrainingSettings) -> Path | None:
+    """The model file training starts from (None: from scratch); InputError if missing."""
+    start = StartChoice.parse(settings.startFrom)
+    if start is StartChoice.SCRATCH:
+        return None
+    if start is StartChoice.DEFAULT:
+        from fbanet.model.bundled import default_model_path
+
+        path = default_model_path()
+        if path is None:
+            raise InputError(
+                "No default model ships with this version: pick a model file or train from scratch"
+            )
+        return Path(path)
+    path = Path(settings.initModelPath) if settings.initModelPath else None
+    if path is None or not path.is_file():
+        raise InputError(f"Pick an existing fbanet model file to start from (got '{path or ''}')")
+    try:
+        from fbanet.model.header import read_model_header
+    except ImportError:  # no torch: checkInputs says so
+        return path
+    try:
+        read_model_header(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"Cannot start from this model file: {error}") from error
+    return path
+
+
+def trainingArguments(settings: TrainingSettings, manifest: str | Path) -> list[str]:
+    """The ``fbanet train`` flags (without -o/--json/--stop-file/--resume)."""
+    s = settings
+    arguments: list[Any] = [
+        "--manifest", manifest, "--iterations", s.iterations, "--patch-size", *s.patchSize,
+        "--batch-size", s.batchSize, "--labeled-batch-size", s.labeledBatchSize,
+        "--lr", s.learningRate, "--device", s.device, "--validate-every", s.validateEvery,
+        "--checkpoint-every", s.checkpointEvery,
+    ]  # fmt: skip
+    initModel = initModelFile(settings)
+    if initModel is None:
+        arguments += ["--base-filters", s.baseFilters]
+    else:
+        from fbanet.model.header import read_model_header
+
+        header = read_model_header(initModel)
+        arguments += ["--init-model", initModel, "--base-filters", header.model.base_filters]
+        if header.spacing is not None:  # train at the spacing the model knows
+            arguments += ["--spacing", *header.spacing]
+    return [str(a) for a in (*arguments, *s.extraArguments)]

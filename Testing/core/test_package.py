@@ -25,7 +25,7 @@ LAYERS = {
     "train": 4,
     "demo": 5,
     "cli": 6, "__main__": 6,
-    "protocol": 0,
+    "protocol": 0, "_version": 0,
 }  # fmt: skip
 
 

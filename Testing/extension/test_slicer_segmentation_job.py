@@ -120,6 +120,23 @@ def test_cancel_stops_the_worker_and_leaves_the_scene_alone(
     assert list(tmp_path.iterdir()) == []  # the exported volume was removed
 
 
+def test_a_cancel_after_the_worker_ended_adds_nothing_to_the_scene(
+    mrml_scene: Any, threshold_model: Path, tmp_path: Path
+) -> None:
+    volume = add_volume(mrml_scene, testing.syntheticCase(), np.eye(4), "volume")
+    before = mrml_scene.GetNumberOfNodes()
+    job = SegmentationJob(volume, SegmentationOptions(threshold_model, device="cpu"),
+                          workDir=tmp_path)  # fmt: skip
+    job.start()
+    job.worker.wait(timeout=300)  # the worker wrote its result and exited; no poll yet
+    assert job.worker.returncode == 0
+    job.cancel()  # the user pressed Cancel just after: its result must not be loaded
+    assert job.state is JobState.CANCELLED and job.poll().state is JobState.CANCELLED
+    assert job.status.result is None
+    assert mrml_scene.GetNumberOfNodes() == before
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_worker_error_carries_the_workers_message(mrml_scene: Any, tmp_path: Path) -> None:
     volume = add_volume(mrml_scene, testing.syntheticCase(), np.eye(4), "volume")
     fake = tmp_path / "fake.safetensors"

@@ -27,6 +27,7 @@ from FBANetSegmentationLib.job import (  # noqa: E402
 )
 
 from fbanet.protocol import JobState  # noqa: E402
+from fbanet_slicer.host import DERIVED_MAP_ATTRIBUTE  # noqa: E402
 
 LEFT_ATRIUM_COLOR = (0.85, 0.4, 0.35)
 
@@ -164,6 +165,12 @@ def test_probability_and_uncertainty_maps_share_the_volume_grid(oblique_run: Run
     uncertainty = slicer.util.arrayFromVolume(run.result.uncertaintyNode)
     assert float(uncertainty.max()) < 0.05  # the test model's three decoders agree
     assert probability.GetName() == "oblique FBANet probability"
+    # Marked as FBANet's own maps: FBANet Training never offers them as unlabeled MRI.
+    kinds = [
+        node.GetAttribute(DERIVED_MAP_ATTRIBUTE)
+        for node in (probability, run.result.uncertaintyNode)
+    ]
+    assert kinds == ["probability", "uncertainty"]
 
 
 def _ijk_to_ras(node: Any) -> np.ndarray:

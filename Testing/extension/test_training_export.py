@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import training_support as support
-from training_support import dataset, logic, settings, slicer, synthetic
+from training_support import dataset, logic, settings, slicer, synthetic, writer
 
 from fbanet.data.cases import load_case
 from fbanet.data.manifest import read_manifest
@@ -55,7 +55,7 @@ def test_export_writes_a_dataset_that_fbanet_train_accepts(
 ) -> None:
     before, arrays = support.nodeIds(scene), support.volumeArrays(scene)
     unlabeled = [v.GetID() for v in built.unlabeled]
-    written = dataset.exportDataset(scene, _examples(built), unlabeled, tmp_path, validationCases=1)
+    written = writer.exportDataset(scene, _examples(built), unlabeled, tmp_path, validationCases=1)
     spec = read_manifest(written.manifest)
     assert [len(spec.labeled), len(spec.unlabeled), len(spec.validation)] == [1, 2, 1]
     data = load_training_data(spec)
@@ -71,7 +71,7 @@ def test_export_writes_a_dataset_that_fbanet_train_accepts(
 def test_label_maps_land_on_their_volumes_voxel_for_voxel(
     scene: Any, built: synthetic.SyntheticScene, tmp_path: Path
 ) -> None:
-    written = dataset.exportDataset(scene, _examples(built), [], tmp_path)
+    written = writer.exportDataset(scene, _examples(built), [], tmp_path)
     for index, (volume, segmentation, segmentId) in enumerate(built.labeled):
         case = written.labeled[index]
         exported = dataset.exportLabelArray(scene, _examples(built)[index])
@@ -113,7 +113,7 @@ def test_unlabeled_volumes_exclude_labeled_ones(
         panel.addLabeledExample(volume, segmentation, segmentId)
     assert panel.takeUnusedVolumes() == [v.GetID() for v in built.unlabeled]
     everything = [v.GetID() for v in dataset.scalarVolumeNodes(scene)]
-    written = dataset.exportDataset(scene, panel.labeledExamples, everything, tmp_path)
+    written = writer.exportDataset(scene, panel.labeledExamples, everything, tmp_path)
     assert [c.volumeNodeId for c in written.unlabeled] == [v.GetID() for v in built.unlabeled]
     with pytest.raises(dataset.InputError, match="already a labeled example"):
         panel.addLabeledExample(*built.labeled[0])

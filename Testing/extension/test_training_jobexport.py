@@ -133,3 +133,22 @@ def test_the_panel_shows_the_command_to_run_and_what_an_import_brought(tmp_path:
     ]
     unmeasured = jobexport.importSummary(target, ModelMetadata(ModelConfig(), iterations=5))
     assert unmeasured.splitlines()[-1] == "Validation Dice: not measured"
+
+
+def test_export_accepts_a_model_name_that_exists_locally_and_import_checks_it(
+    tmp_path: Path, threshold_model: Path
+) -> None:
+    """Export writes no model, so a local model of the name is no reason to refuse it."""
+    logic = _panel(tmp_path)
+    existing = logic.modelPath()
+    existing.parent.mkdir(parents=True)
+    existing.write_bytes(b"a model trained earlier")
+    job = jobexport.exportTrainingJob(logic, tmp_path / "job")
+    assert (job.folder / "job.json").is_file()
+    assert existing.read_bytes() == b"a model trained earlier"
+    assert any("already exists" in p for p in logic.checkInputs())  # training writes it: refused
+    with pytest.raises(dataset.InputError, match="already exists"):
+        jobexport.importTrainedModel(logic, threshold_model)  # import writes it: refused too
+    logic.settings.modelName = "-bad"
+    with pytest.raises(dataset.InputError, match="Model name"):
+        jobexport.exportTrainingJob(logic, tmp_path / "other")  # a bad name still is

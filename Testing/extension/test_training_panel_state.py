@@ -288,11 +288,11 @@ def test_the_parameter_node_is_copied_into_the_settings() -> None:
         startFrom=settings.StartChoice.SCRATCH, initModelPath=Path("."), iterations=7,
         device=environment.DeviceChoice.CPU, patchSizeX=64, patchSizeY=48, patchSizeZ=32,
         batchSize=4, labeledBatchSize=2, learningRate=0.05, validationCases=1,
-        validateEvery=3, modelName="Mine", modelsFolder=Path("/models"),
+        validateEvery=3, modelName="Mine",
     )  # fmt: skip
     copied = settings.TrainingSettings()
     settings.applyParameters(copied, node)
     assert (copied.startFrom, copied.initModelPath, copied.device) == (
         settings.StartChoice.SCRATCH, "", "cpu")  # fmt: skip
     assert copied.patchSize == (64, 48, 32) and copied.checkpointEvery == copied.validateEvery == 3
-    assert (copied.modelName, copied.modelsFolder, copied.iterations) == ("Mine", "/models", 7)
+    assert (copied.modelName, copied.modelsFolder, copied.iterations) == ("Mine", "", 7)

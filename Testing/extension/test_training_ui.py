@@ -26,6 +26,7 @@ USED_WIDGETS = {
     "jobCommandTextEdit": "QPlainTextEdit",
     "jobNoteLabel": "QLabel",
     "importSummaryLabel": "QLabel",
+    "modelsFolderPathLabel": "QLabel",
     **{
         name: "QPushButton"
         for name in (
@@ -106,8 +107,25 @@ def _attributesOf(owner: str) -> set[str]:
     return names
 
 
+def _buttonHandlers() -> dict[str, str]:
+    """The module's BUTTON_HANDLERS: button name -> the widget method its click calls."""
+    for node in _moduleTree().body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "BUTTON_HANDLERS":
+            return ast.literal_eval(node.value)
+    raise AssertionError("no BUTTON_HANDLERS in FBANetTraining.py")
+
+
+def test_every_button_calls_a_method_of_the_widget() -> None:
+    widget = next(n for n in ast.walk(_moduleTree())
+                  if isinstance(n, ast.ClassDef) and n.name == "FBANetTrainingWidget")  # fmt: skip
+    methods = {n.name: n for n in widget.body if isinstance(n, ast.FunctionDef)}
+    for button, handler in _buttonHandlers().items():
+        assert handler in methods, f"{button} calls a missing {handler}"
+        assert len(methods[handler].args.args) == 1, f"{handler} takes only self"
+
+
 def test_every_widget_the_module_uses_exists_with_its_class() -> None:
-    used = _attributesOf("self.ui")
+    used = _attributesOf("self.ui") | set(_buttonHandlers())
     assert used == set(USED_WIDGETS), f"update USED_WIDGETS: {sorted(used ^ set(USED_WIDGETS))}"
     widgets = _uiWidgets()
     for name, cls in USED_WIDGETS.items():

@@ -35,6 +35,7 @@ from FBANetTrainingLib import (  # noqa: E402
     selftest,
     settings,
     synthetic,
+    writer,
 )
 
 
@@ -66,6 +67,7 @@ __all__ = [
     "settings",
     "slicer",
     "synthetic",
+    "writer",
 ]  # fmt: skip
 
 

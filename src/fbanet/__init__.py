@@ -17,10 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# One constant, read by the build (pyproject) and by copies of the package that were not
-# pip-installed (the Slicer extension ships the source folder), so model files always record
-# the real version.
-__version__ = "0.2.0"
+from fbanet._version import __version__  # a leaf module: lower layers import it from there
 
 # Public name -> module that defines it.
 _API = {

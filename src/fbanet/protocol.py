@@ -22,7 +22,7 @@ ERROR_MARKER = ": error: "
 class Event(str, enum.Enum):
     """The kinds of event (the value of the ``"event"`` field)."""
 
-    PROGRESS = "progress"  # segment: windows done for one image
+    PROGRESS = "progress"  # segment: passes done for one image (windows x mirrored passes)
     DONE = "done"  # segment: one image written
     FAILED = "failed"  # segment: one image of several failed (the others go on)
     ITERATION = "iteration"  # train: an iteration was logged

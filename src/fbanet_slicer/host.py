@@ -8,10 +8,12 @@ here imports Qt.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
+import subprocess
 import unittest
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fbanet.cli.environment import Installer, MissingDependenciesError, ensure_dependencies
@@ -21,6 +23,26 @@ logger = logging.getLogger(__name__)
 PYTORCH_INDEX = "https://download.pytorch.org/whl/{backend}"
 # Both modules' help links here (the README's section on the extension).
 DOCUMENTATION_URL = "https://github.com/fbanet/SlicerFBANet#3d-slicer-extension"
+# Node attribute on the maps FBANet computes (probability, uncertainty): not MRI, so never
+# offered as an unlabeled volume for training. Its value says which map it is.
+DERIVED_MAP_ATTRIBUTE = "FBANet.DerivedMap"
+
+
+# First use without a connection: pip fails (CalledProcessError from slicer.util.pip_install,
+# also inside PyTorch Utils' own install of light-the-torch); the user gets this instead.
+TORCH_DOWNLOAD_FAILED = (
+    "FBANet could not download PyTorch; check the connection or install it from the PyTorch "
+    "module (PyTorch Utils), then try again."
+)
+PACKAGES_DOWNLOAD_FAILED = (
+    "FBANet could not download its Python packages ({packages}); check the connection and "
+    "try again."
+)
+
+
+class DownloadError(ValueError):
+    """Installing packages failed (no connection, no index): a user-fixable problem whose
+    message says what to do (shown without a traceback)."""
 
 
 # CUDA versions PyTorch publishes wheel indexes for (download.pytorch.org/whl/<backend>);
@@ -69,7 +91,9 @@ class SlicerInstaller:
 
     torch comes from PyTorch's own index for the CUDA version the PyTorch extension finds
     for this driver (PyTorch Utils' ``installTorch`` would add torchvision, which FBANet
-    does not use).
+    does not use). The question comes with the normal cursor (the callers show no wait
+    cursor around :func:`~fbanet.cli.environment.ensure_dependencies`); the downloads show
+    a wait cursor, and a failed one raises :class:`DownloadError` saying what to do.
     """
 
     def testing(self) -> bool:
@@ -92,14 +116,25 @@ class SlicerInstaller:
                 "FBANet runs on PyTorch, which the PyTorch extension installs: open View > "
                 "Extensions Manager, install 'PyTorch', restart Slicer and try again"
             ) from None
-        backends = PyTorchUtilsLogic.getCompatibleComputationBackends(None, requirement)
-        index = PYTORCH_INDEX.format(backend=best_backend(backends))
-        slicer.util.pip_install([f"torch{requirement}", "--index-url", index])
+        with slicer.util.WaitCursor():
+            try:  # (PyTorch Utils first pip-installs light-the-torch to read the driver)
+                backends = PyTorchUtilsLogic.getCompatibleComputationBackends(None, requirement)
+                index = PYTORCH_INDEX.format(backend=best_backend(backends))
+                slicer.util.pip_install([f"torch{requirement}", "--index-url", index])
+            except (subprocess.CalledProcessError, OSError, ValueError) as error:
+                logger.warning("installing PyTorch failed: %s", error)
+                raise DownloadError(TORCH_DOWNLOAD_FAILED) from error
 
     def pip_install(self, requirements: list[str]) -> None:
         import slicer
 
-        slicer.util.pip_install(list(requirements))
+        with slicer.util.WaitCursor():
+            try:
+                slicer.util.pip_install(list(requirements))
+            except (subprocess.CalledProcessError, OSError) as error:
+                logger.warning("installing %s failed: %s", requirements, error)
+                packages = ", ".join(requirements)
+                raise DownloadError(PACKAGES_DOWNLOAD_FAILED.format(packages=packages)) from error
 
 
 def showInSegmentEditor(segmentationNode: Any, volumeNode: Any) -> None:  # noqa: N802, N803
@@ -116,11 +151,15 @@ def showInSegmentEditor(segmentationNode: Any, volumeNode: Any) -> None:  # noqa
 
 
 def refreshSegmentationModels() -> None:  # noqa: N802 (Slicer's style)
-    """Let an open FBANet Segmentation panel list a newly trained model (if it can)."""
+    """Let the FBANet Segmentation panel list a newly trained model, if it was ever opened.
+
+    ``slicer.modules.FBANetSegmentationWidget`` exists only once the panel was created (Slicer
+    sets it when it instantiates a scripted module's widget); ``widgetRepresentation()``
+    would create it, with its parameter node and its GPU probe process.
+    """
     import slicer
 
-    module = getattr(slicer.modules, "fbanetsegmentation", None)
-    widget = module.widgetRepresentation().self() if module is not None else None
+    widget = getattr(slicer.modules, "FBANetSegmentationWidget", None)
     refresh = getattr(widget, "refreshTrainedModels", None)
     if refresh is not None:
         refresh()
@@ -141,6 +180,41 @@ def skipWithoutDependencies(  # noqa: N802 (Slicer's style)
         test.skipTest(str(missing))
     if not installed:
         test.skipTest("FBANet's Python packages are not installed (the installation was declined)")
+
+
+SKIPPED_SELF_TEST = "The FBANet self-test needs PyTorch and FBANet's packages and was skipped:"
+
+
+def runSelfTestReportingSkip(  # noqa: N802 (Slicer's style)
+    run: Callable[[], None], show: Callable[[str], Any]
+) -> bool:
+    """Run a module's self-test as Slicer's Test and Reload and Test buttons do.
+
+    They call the test outside a unittest runner (``ScriptedLoadableModule.runTest``), so a
+    :class:`unittest.SkipTest` would show "Reload and Test failed."; here it is shown as
+    what it is, through ``show``. ctest runs the test case in a runner, which reports the
+    skip itself, and never comes here.
+
+    Returns:
+        Whether the test ran (False: skipped; ``show`` was called with the reason).
+    """
+    try:
+        run()
+    except unittest.SkipTest as skipped:
+        show(f"{SKIPPED_SELF_TEST} {skipped}")
+        return False
+    return True
+
+
+class ReportsSkippedSelfTest:
+    """Mixin of a module class (before ``ScriptedLoadableModule``): its Test and Reload and
+    Test buttons say that a skipped self-test was skipped (:func:`runSelfTestReportingSkip`)."""
+
+    def runTest(self, msec: int = 100, **kwargs: Any) -> None:  # noqa: N802 (Slicer's name)
+        import slicer
+
+        run = functools.partial(super().runTest, msec, **kwargs)  # type: ignore[misc]
+        runSelfTestReportingSkip(run, slicer.util.infoDisplay)
 
 
 @contextlib.contextmanager

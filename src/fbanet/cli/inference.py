@@ -236,7 +236,7 @@ class _CaseRunner:
 
         from fbanet.infer.files import segment_file
 
-        bar = tqdm(desc=job.image.name, unit="window", file=sys.stderr) if self.show_bar else None
+        bar = tqdm(desc=job.image.name, unit="pass", file=sys.stderr) if self.show_bar else None
 
         def progress(done: int, total: int) -> None:
             if bar is not None:

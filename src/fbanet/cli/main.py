@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fbanet import __version__
+from fbanet._version import __version__
 from fbanet.cli.demo import add_parsers as add_demo_parsers
 from fbanet.cli.inference import add_parsers as add_inference_parsers
 from fbanet.cli.rank import add_parser as add_rank_parser

@@ -76,7 +76,9 @@ class WorkerProcess:
         cwd: str | Path | None = None,
     ) -> None:
         self.command = [str(c) for c in command]
-        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        # UTF-8 mode: the pipes are read as UTF-8, whatever the locale (PythonSlicer on Windows
+        # does not enable it, and a path such as C:\Users\José would come back garbled).
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1"}
         self.cwd = cwd
         self._process: subprocess.Popen[str] | None = None
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()

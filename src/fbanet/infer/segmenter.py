@@ -20,7 +20,7 @@ from fbanet.data.preprocess import IndexBox, prepare_input, resample_channels
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.infer.config import MIRROR_AXES, Blend, InferenceConfig, Mirroring, Protocol, Window
 from fbanet.infer.sliding_window import paper_protocol_inference, sliding_window_inference
-from fbanet.infer.windows import Triple, whole_window
+from fbanet.infer.windows import Triple, paper_starts, patch_starts, whole_window
 from fbanet.io.segments import SegmentInfo, segments_from_model
 from fbanet.io.volumes import Volume
 from fbanet.model.files import ModelMetadata, load_model_file
@@ -65,9 +65,14 @@ def largest_component(labelmap: np.ndarray, classes: Sequence[int]) -> np.ndarra
 
 
 def with_flips(
-    predictor: Predictor, axes: Sequence[Sequence[int]] = MIRROR_AXES[Mirroring.ALL]
+    predictor: Predictor,
+    axes: Sequence[Sequence[int]] = MIRROR_AXES[Mirroring.ALL],
+    on_pass: Callable[[int], None] | None = None,
 ) -> Predictor:
-    """Test-time augmentation: average ``predictor`` over inputs mirrored along ``axes``."""
+    """Test-time augmentation: average ``predictor`` over inputs mirrored along ``axes``.
+
+    ``on_pass`` is called with the batch's window count after each (mirrored) pass.
+    """
     if not axes:
         raise ValueError("with_flips needs at least one set of axes; () is the identity")
 
@@ -78,10 +83,39 @@ def with_flips(
             out = predictor(x.flip(flip) if flip else x).float()
             out = out.flip(flip) if flip else out
             total = out if total is None else total + out
+            if on_pass is not None:
+                on_pass(x.shape[0])
         assert total is not None  # axes is not empty
         return total / len(axes)
 
     return run
+
+
+class PassProgress:
+    """Progress in predictor passes (windows x mirrored passes), so that one window mirrored
+    three times reports 1/3, 2/3, 3/3 instead of jumping from 0 to 100 %.
+
+    Args:
+        progress: Called with (passes done, passes in all).
+        passes: Mirrored passes per window.
+        windows: Windows the image will take (the sliding window's own count corrects it).
+    """
+
+    def __init__(self, progress: Progress, passes: int, windows: int) -> None:
+        self.progress, self.passes = progress, passes
+        self.total, self.done = windows * passes, 0
+
+    def on_pass(self, windows: int) -> None:
+        """One pass over a batch of ``windows`` windows is done."""
+        self.done = min(self.done + windows, self.total)
+        self.progress(self.done, self.total)
+
+    def on_windows(self, done: int, total: int) -> None:
+        """The sliding window's report: ``done`` of ``total`` windows (every pass) done."""
+        self.total = total * self.passes
+        if done * self.passes != self.done:  # (reported by the last pass already)
+            self.done = done * self.passes
+            self.progress(self.done, self.total)
 
 
 def check_image(volume: Volume) -> None:
@@ -134,8 +168,13 @@ class Segmenter:
         """Window size: the training patch."""
         return self.metadata.model.patch_size
 
-    def predictor(self, decoders: Sequence[int]) -> Predictor:
-        """Windows (B, C, X, Y, Z) -> softmax of each decoder, concatenated (B, K*n, X, Y, Z)."""
+    def predictor(
+        self, decoders: Sequence[int], on_pass: Callable[[int], None] | None = None
+    ) -> Predictor:
+        """Windows (B, C, X, Y, Z) -> softmax of each decoder, concatenated (B, K*n, X, Y, Z).
+
+        ``on_pass``: called after each mirrored pass (see :func:`with_flips`).
+        """
         fmt = self.setup.memory_format
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +185,7 @@ class Segmenter:
 
         if self.config.flips is Mirroring.NONE:
             return run
-        return with_flips(run, MIRROR_AXES[self.config.flips])
+        return with_flips(run, MIRROR_AXES[self.config.flips], on_pass)
 
     def window_size(self, image_shape: Sequence[int]) -> Triple:
         """The window of the default protocol for an image of ``image_shape`` (X, Y, Z)."""
@@ -166,13 +205,18 @@ class Segmenter:
         Args:
             image: Normalized image (X, Y, Z).
             decoders: Decoder indices.
-            progress: Called with (windows done, windows total).
+            progress: Called with (passes done, passes in all): windows x mirrored passes.
 
         Returns:
             Probabilities (n_decoders, K, X, Y, Z), float32.
         """
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        predictor = self.predictor(decoders)
+        passes = len(MIRROR_AXES[self.config.flips])
+        if progress is not None and passes > 1:  # report each mirrored pass
+            tracker = PassProgress(progress, passes, self._window_count(image.shape))
+            predictor, progress = self.predictor(decoders, tracker.on_pass), tracker.on_windows
+        else:
+            predictor = self.predictor(decoders)
         with torch.inference_mode():
             if self.config.protocol is Protocol.PAPER:
                 probs = paper_protocol_inference(
@@ -190,6 +234,17 @@ class Segmenter:
                 )  # fmt: skip
         k = self.metadata.model.num_classes
         return probs.numpy().reshape(len(decoders), k, *image.shape)
+
+    def _window_count(self, image_shape: Sequence[int]) -> int:
+        """How many windows the protocol takes over an image of ``image_shape`` (padded up
+        to the window where smaller, as the sliding window does)."""
+        if self.config.protocol is Protocol.PAPER:
+            patch = self.patch_size
+            padded = tuple(max(s, p) for s, p in zip(image_shape, patch, strict=True))
+            return len(paper_starts(padded, patch, self.config.paper_stride))
+        window = self.window_size(image_shape)
+        padded = tuple(max(s, w) for s, w in zip(image_shape, window, strict=True))
+        return len(patch_starts(padded, window, self.config.overlap))
 
     def segment(
         self,
@@ -212,7 +267,7 @@ class Segmenter:
                 the region they are given, whatever the file.
             probability: Also return the foreground probability map.
             uncertainty: Also return the decoders' disagreement (runs every decoder).
-            progress: Called with (windows done, windows total).
+            progress: Called with (passes done, passes in all): windows x mirrored passes.
         """
         started = time.monotonic()
         check_image(volume)

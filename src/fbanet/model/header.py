@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fbanet import __version__
+from fbanet._version import __version__
 from fbanet.config import IntensityNormalization, ModelConfig, from_dict, parse_enum, to_dict
 
 MODEL_FORMAT = "fbanet-model"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fbanet import __version__
+from fbanet._version import __version__
 from fbanet.io.volumes import atomic_write
 from fbanet.model.files import safe_torch_load
 

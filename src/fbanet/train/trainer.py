@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import torch
 
-from fbanet import __version__
+from fbanet._version import __version__
 from fbanet.config import (
     IntensityNormalization,
     ModelConfig,
