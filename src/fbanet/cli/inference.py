@@ -171,20 +171,21 @@ def segment_command(args: argparse.Namespace) -> int:
     if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
         raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
     outputs = output_paths(args.images, args.out, args.format)
-    # Every input and output location is checked before the model loads.
-    check_inputs(args.images, [*outputs, *([args.preview] if args.preview else [])])
-    config = _inference_config(args)
-    devices = _worker_devices(args, config)
-    roi = None
-    if args.roi or args.roi_mm:
-        values = args.roi or args.roi_mm
-        roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
     jobs = []
     for index, (image, out) in enumerate(zip(args.images, outputs, strict=True)):
         preview = args.preview
         if preview is not None and len(args.images) > 1:
             preview = args.preview / f"{out.name.split('.')[0]}.png"
         jobs.append(CaseJob(index, image, out, preview))
+    # Every input and output location is checked before the model loads.
+    check_inputs(args.images, [*outputs, *([args.preview] if args.preview else [])])
+    _refuse_overwrites(args, jobs)
+    config = _inference_config(args)
+    devices = _worker_devices(args, config)
+    roi = None
+    if args.roi or args.roi_mm:
+        values = args.roi or args.roi_mm
+        roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
     run = _CaseRunner(args, roi, show_bar=not args.json and len(devices) == 1)
     outcomes = segment_cohort(
         jobs, devices, lambda device: _device_segmenter(args, config, device), run.segment,
@@ -197,6 +198,24 @@ def segment_command(args: argparse.Namespace) -> int:
         raise outcomes[0].exception  # one input: its own error, as main reports it
     print(f"fbanet segment: error: {summary}", file=sys.stderr)
     return 2 if all(o.bad_input for o in outcomes if not o.ok) else 1
+
+
+def _model_path(model: Path | None) -> Path | None:
+    from fbanet.model.bundled import default_model_path
+
+    return model or default_model_path()
+
+
+def _refuse_overwrites(args: argparse.Namespace, jobs: list[Any]) -> None:
+    """Refuse any output of ``segment`` that is one of its inputs, before anything runs."""
+    from fbanet.infer.files import sibling_outputs
+    from fbanet.io.atomic import refuse_overwriting_inputs
+
+    written: list[Path | None] = []
+    for job in jobs:
+        written += [job.output, job.preview]
+        written += sibling_outputs(job.output, args.probability, args.uncertainty)
+    refuse_overwriting_inputs(written, {"image": args.images, "model": [_model_path(args.model)]})
 
 
 def _worker_devices(args: argparse.Namespace, config: Any) -> list[str]:
@@ -278,6 +297,7 @@ class _CaseRunner:
 def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
     from fbanet.data.manifest import read_manifest, spec_from_h5_list
     from fbanet.infer.files import read_labeled
+    from fbanet.io.atomic import refuse_overwriting_inputs
 
     if args.manifest is not None:
         spec = read_manifest(args.manifest)
@@ -287,6 +307,9 @@ def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
         refs = spec_from_h5_list(args.h5_dir, args.h5_list, len(names), 0).labeled
     else:
         raise ValueError("give --manifest, --h5-dir with --h5-list, or --pred with --ref")
+    refuse_overwriting_inputs(
+        [args.csv], {"image": [r.image for r in refs], "label": [r.label for r in refs]}
+    )
     return [read_labeled(r.image, r.label, args.h5_spacing, r.name) for r in refs]
 
 
@@ -319,12 +342,20 @@ def _score_saved(args: argparse.Namespace) -> Any:
 def evaluate_command(args: argparse.Namespace) -> int:
     """Print (and save) Dice, Jaccard, 95HD and ASD per case with mean and std."""
     from fbanet.infer.evaluation import evaluate
-    from fbanet.io.atomic import check_output_folder
+    from fbanet.io.atomic import check_output_folder, refuse_overwriting_inputs
 
     if (args.pred is None) != (args.ref is None):
         raise ValueError("--pred and --ref go together")
     if args.csv is not None:
         check_output_folder(args.csv)
+        refuse_overwriting_inputs(
+            [args.csv],
+            {
+                "manifest": [args.manifest], "case list": [args.h5_list],
+                "prediction": [args.pred], "reference": [args.ref],
+                "model": [_model_path(args.model)],
+            },
+        )  # fmt: skip
     if args.pred is not None:
         table = _score_saved(args)
     else:

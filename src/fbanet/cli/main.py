@@ -169,8 +169,10 @@ def _add_export_parser(commands: Any) -> None:
 
 
 def _export_model(args: argparse.Namespace) -> int:
+    from fbanet.io.atomic import refuse_overwriting_inputs
     from fbanet.model.files import export_model_file
 
+    refuse_overwriting_inputs([args.out], {"model": [args.model]})
     out = export_model_file(
         args.model,
         args.out,
@@ -239,6 +241,22 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     return model, train
 
 
+# The files a training run writes into its folder.
+_RUN_FILES = (
+    "config.json", "train.log", "progress.jsonl", "checkpoints/last.pt", "model.safetensors",
+    "best_model.safetensors", "curves.png",
+)  # fmt: skip
+
+
+def _refuse_run_overwrites(args: argparse.Namespace) -> None:
+    from fbanet.io.atomic import refuse_overwriting_inputs
+
+    inputs = {"manifest": [args.manifest], "case list": [args.h5_list], "model": [args.init_model]}
+    if not args.resume:  # a resumed run reads its own config.json
+        inputs["configuration"] = [args.config]
+    refuse_overwriting_inputs([args.out / name for name in _RUN_FILES], inputs)
+
+
 def _train(args: argparse.Namespace) -> int:
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
@@ -246,6 +264,7 @@ def _train(args: argparse.Namespace) -> int:
     from fbanet.train.runlog import RunLog
     from fbanet.train.runs import build_configs, load_training_data
 
+    _refuse_run_overwrites(args)
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
     stop = StopRequest(args.stop_file)
@@ -289,8 +308,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
+    from fbanet.io.atomic import refuse_overwriting_inputs
     from fbanet.model.authors import import_authors_checkpoint
 
+    refuse_overwriting_inputs([args.out], {"checkpoint": [args.checkpoint]})
     import_authors_checkpoint(
         args.checkpoint, args.out,
         patch_size=tuple(args.patch_size) if args.patch_size is not None else None,

@@ -132,6 +132,18 @@ def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f"{stem}{suffix}")
 
 
+def sibling_outputs(output_path: Path, probability: bool, uncertainty: bool) -> list[Path]:
+    """The map files :func:`segment_file` writes next to ``output_path`` when asked to."""
+    return [
+        _sibling(output_path, suffix)
+        for suffix, wanted in (
+            ("-probability.nrrd", probability),
+            ("-uncertainty.nrrd", uncertainty),
+        )
+        if wanted
+    ]
+
+
 def segment_file(
     segmenter: Segmenter,
     image_path: str | Path,
