@@ -47,7 +47,7 @@ from fbanet.train.checkpoints import (
 from fbanet.train.curves import plot_training_curves
 from fbanet.train.data import TrainingData, check_training_data
 from fbanet.train.progress import ProgressReporter, StopRequest, truncate_progress
-from fbanet.train.schedule import learning_rate_at
+from fbanet.train.schedule import check_resumed_schedule, learning_rate_at
 from fbanet.train.scoring import validation_dice
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,12 @@ class Trainer:
                 f"the checkpoint was written for another architecture ({saved_model}); resume "
                 f"with the run's own config.json or start a new run folder"
             )
+        saved_train = json.loads(state["train_config"])
+        check_resumed_schedule(
+            (saved_train.get("lr_schedule", "constant"), int(saved_train["iterations"])),
+            (self.config.lr_schedule, self.config.iterations),
+            str(self.run_dir),
+        )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
