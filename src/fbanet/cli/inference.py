@@ -189,7 +189,7 @@ def segment_command(args: argparse.Namespace) -> int:
     run = _CaseRunner(args, roi, show_bar=not args.json and len(devices) == 1)
     outcomes = segment_cohort(
         jobs, devices, lambda device: _device_segmenter(args, config, device), run.segment,
-        on_outcome=run.report,
+        on_outcome=run.report, cancel=run.cancel,
     )  # fmt: skip
     summary = failure_summary(outcomes)
     if summary is None:
@@ -245,6 +245,7 @@ class _CaseRunner:
     def __init__(self, args: argparse.Namespace, roi: Any, show_bar: bool) -> None:
         self.args, self.roi, self.show_bar = args, roi, show_bar
         self.lock = threading.Lock()
+        self.cancel = threading.Event()  # set on Ctrl-C: stop at the next window
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self.lock:
@@ -253,11 +254,13 @@ class _CaseRunner:
     def segment(self, segmenter: Any, job: Any, device: str) -> Any:
         from tqdm import tqdm
 
+        from fbanet.infer.cohort import check_cancelled
         from fbanet.infer.files import segment_file
 
         bar = tqdm(desc=job.image.name, unit="window", file=sys.stderr) if self.show_bar else None
 
         def progress(done: int, total: int) -> None:
+            check_cancelled(self.cancel)
             if bar is not None:
                 bar.total = total
                 bar.update(done - bar.n)

@@ -24,11 +24,26 @@ DESCRIPTION = (
     "each command."
 )
 
+EPILOG = (
+    "exit codes (every command): 0 done; 2 refused: nothing was done because of what was "
+    "given (a flag, a path, a file's content, a run folder in use or already holding a run) "
+    "and the message says what to change; 1 failed while working: the machine or the "
+    "environment (a full disk, a permission, the device, a missing package) or training "
+    "that diverged; 130 interrupted (Ctrl-C) or training stopped on request, with nothing "
+    "partial written. Of several scans, segment exits 2 when every failed scan was refused, "
+    "else 1."
+)
+
 # The exit codes are part of the worker contract (fbanet.protocol).
 EXIT_OK = ExitCode.OK
 EXIT_ERROR = ExitCode.ERROR
 EXIT_USAGE = ExitCode.USAGE
 EXIT_STOPPED = ExitCode.STOPPED
+
+# The errors that mean "refused: change what you gave" (exit 2).
+REFUSALS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError,
+)  # fmt: skip
 
 # Flag name -> TrainConfig / ModelConfig field; None values are left to the config file.
 _TRAIN_FLAGS = {
@@ -186,7 +201,7 @@ def _export_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="fbanet", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="fbanet", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"fbanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -330,13 +345,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
-    # Bad input (a value, a missing file) is the user's to fix: exit 2. A failure of the
-    # machine or the environment (disk, permissions, device): exit 1. Anything else, a
-    # TypeError included, is a bug and keeps its traceback.
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+    # The rule of EPILOG. Refused input (a value, a path, a run folder's state) is the user's
+    # to fix: exit 2. A failure of the machine or the environment (disk, permissions,
+    # device): exit 1. Anything else, a TypeError included, is a bug and keeps its traceback.
+    except REFUSALS as error:
         return _report(args, error, EXIT_USAGE)
     except (OSError, RuntimeError) as error:
         return _report(args, error, EXIT_ERROR)
+    except KeyboardInterrupt:
+        # The commands stop their workers before the interrupt reaches here and write
+        # their outputs atomically: nothing partial is left.
+        print(f"fbanet {args.command}: interrupted (Ctrl-C); no partial output was written",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_STOPPED
 
 
 def _report(args: argparse.Namespace, error: BaseException, code: int) -> int:
