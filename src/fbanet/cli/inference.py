@@ -113,7 +113,12 @@ def add_parsers(commands: Any) -> None:
     e = commands.add_parser(
         "evaluate", help="score a model, or saved segmentations, on labeled cases"
     )
-    e.add_argument("--manifest", type=Path, help="JSON manifest; scores its 'validation' cases")
+    e.add_argument(
+        "--manifest",
+        type=Path,
+        help="JSON: a training manifest (scores its 'validation' cases, else 'labeled'), "
+        '{"validation": [...]} alone, or a list of {"image": ..., "label": ...} pairs',
+    )
     e.add_argument("--h5-dir", type=Path, help="folder of <case>.h5 files")
     e.add_argument("--h5-list", type=Path, help="case names to score, one a line")
     e.add_argument("--pred", type=Path, help="a saved segmentation to score (with --ref)")
@@ -298,13 +303,12 @@ class _CaseRunner:
 
 
 def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
-    from fbanet.data.manifest import read_manifest, spec_from_h5_list
+    from fbanet.data.manifest import read_scoring_manifest, spec_from_h5_list
     from fbanet.infer.files import read_labeled
     from fbanet.io.atomic import refuse_overwriting_inputs
 
     if args.manifest is not None:
-        spec = read_manifest(args.manifest)
-        refs = spec.validation or spec.labeled
+        refs = read_scoring_manifest(args.manifest)
     elif args.h5_dir is not None and args.h5_list is not None:
         names = [n for n in args.h5_list.read_text().split() if n]
         refs = spec_from_h5_list(args.h5_dir, args.h5_list, len(names), 0).labeled
