@@ -10,6 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from fbanet.cli.flags import enum_flag
+from fbanet.config import DeviceKind, Precision
+from fbanet.infer.config import Protocol, Window
 from fbanet.protocol import Event, make_event
 
 logger = logging.getLogger("fbanet")
@@ -20,6 +23,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--protocol",
         default="default",
+        type=enum_flag(Protocol),
         help="default (fast), or paper (stride 18/18/4, mean, no post-processing)",
     )
     p.add_argument("--overlap", type=float, help="window overlap of the default protocol (0.25)")
@@ -34,6 +38,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--window",
+        type=enum_flag(Window),
         help="volume (one window over the whole region where it fits, default) or patch "
         "(sliding windows of the training patch)",
     )
@@ -51,9 +56,14 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 
 def add_compute_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that runs a model: device, precision, HDF5 spacing."""
-    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
-        "--precision", default="auto", help="auto (bfloat16 where supported), bf16, fp32"
+        "--device", default="auto", type=enum_flag(DeviceKind), help="auto, cuda, mps or cpu"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        type=enum_flag(Precision),
+        help="auto (bfloat16 where supported), bf16, fp32",
     )
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     p.add_argument(
@@ -103,6 +113,7 @@ def add_parsers(commands: Any) -> None:
         "--preview", type=Path, help="PNG of three slices with the outline (folder: many inputs)"
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout, no bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--devices",
         help="GPUs to spread many inputs over, one worker each, e.g. 0,1,2,3 (default: all)",
@@ -191,7 +202,8 @@ def segment_command(args: argparse.Namespace) -> int:
     if args.roi or args.roi_mm:
         values = args.roi or args.roi_mm
         roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
-    run = _CaseRunner(args, roi, show_bar=not args.json and len(devices) == 1)
+    show_bar = not (args.json or args.no_progress) and len(devices) == 1
+    run = _CaseRunner(args, roi, show_bar=show_bar)
     outcomes = segment_cohort(
         jobs, devices, lambda device: _device_segmenter(args, config, device), run.segment,
         on_outcome=run.report, cancel=run.cancel,
