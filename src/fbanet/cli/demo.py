@@ -8,9 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fbanet.cli.flags import enum_flag
-from fbanet.config import DeviceKind, Precision
-
 logger = logging.getLogger("fbanet")
 
 
@@ -39,13 +36,10 @@ def add_parsers(commands: Any) -> None:
         "--quick", action="store_true", help="seconds-long smoke run (Dice about 0.5-0.8)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and training (0)")
-    p.add_argument(
-        "--device", default="auto", type=enum_flag(DeviceKind), help="auto, cuda, mps or cpu"
-    )
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
         "--precision",
         default="auto",
-        type=enum_flag(Precision),
         help="auto (bfloat16 where supported), bf16 or fp32",
     )
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")

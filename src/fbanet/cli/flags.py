@@ -1,27 +1,51 @@
-"""Flag values checked where they are typed, so that an error names the flag, not a class."""
+"""Flag values with a fixed set of choices, checked so that an error names the flag."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from enum import Enum
 
-from fbanet.config import parse_enum
+from fbanet.config import (
+    ContrastiveKind,
+    ContrastModule,
+    DeviceKind,
+    LRSchedule,
+    Precision,
+    SyncBatchNorm,
+    TrainingMode,
+    parse_enum,
+)
+from fbanet.infer.config import Mirroring, Protocol, Window
+
+# argparse destination -> the enum its values come from (in any command that has the flag).
+ENUM_FLAGS: dict[str, type[Enum]] = {
+    "mode": TrainingMode,
+    "contrastive": ContrastiveKind,
+    "contrast": ContrastModule,
+    "lr_schedule": LRSchedule,
+    "sync_batchnorm": SyncBatchNorm,
+    "device": DeviceKind,
+    "precision": Precision,
+    "protocol": Protocol,
+    "window": Window,
+    "flips": Mirroring,
+}
 
 
-def enum_flag(enum_type: type[Enum]) -> Callable[[str], str]:
-    """An argparse ``type`` accepting the values of ``enum_type`` (as ``parse_enum`` does).
+def check_enum_flags(args: argparse.Namespace) -> None:
+    """Refuse a value outside its flag's choices, naming the flag (not an internal class).
 
-    A wrong value is reported by argparse against the flag: "argument --mode: 'supervized'
-    is not one of: semi-supervised, supervised" (exit 2).
+    Raises:
+        ValueError: e.g. "--mode 'supervized' is not valid; valid values: 'semi-supervised',
+            'supervised'".
     """
-
-    def parse(value: str) -> str:
+    for dest, enum_type in ENUM_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
         try:
-            return str(parse_enum(enum_type, value).value)
+            parse_enum(enum_type, value)
         except ValueError:
-            valid = ", ".join(str(m.value) for m in enum_type)
-            raise argparse.ArgumentTypeError(f"{value!r} is not one of: {valid}") from None
-
-    parse.__name__ = enum_type.__name__
-    return parse
+            valid = ", ".join(repr(member.value) for member in enum_type)
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} {value!r} is not valid; valid values: {valid}") from None

@@ -10,9 +10,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fbanet.cli.flags import enum_flag
-from fbanet.config import DeviceKind, Precision
-from fbanet.infer.config import Protocol, Window
 from fbanet.protocol import Event, make_event
 
 logger = logging.getLogger("fbanet")
@@ -23,7 +20,6 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--protocol",
         default="default",
-        type=enum_flag(Protocol),
         help="default (fast), or paper (stride 18/18/4, mean, no post-processing)",
     )
     p.add_argument("--overlap", type=float, help="window overlap of the default protocol (0.25)")
@@ -38,7 +34,6 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--window",
-        type=enum_flag(Window),
         help="volume (one window over the whole region where it fits, default) or patch "
         "(sliding windows of the training patch)",
     )
@@ -56,13 +51,10 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 
 def add_compute_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that runs a model: device, precision, HDF5 spacing."""
-    p.add_argument(
-        "--device", default="auto", type=enum_flag(DeviceKind), help="auto, cuda, mps or cpu"
-    )
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
         "--precision",
         default="auto",
-        type=enum_flag(Precision),
         help="auto (bfloat16 where supported), bf16, fp32",
     )
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")

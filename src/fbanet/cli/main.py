@@ -11,6 +11,7 @@ from typing import Any
 
 from fbanet import __version__
 from fbanet.cli.demo import add_parsers as add_demo_parsers
+from fbanet.cli.flags import check_enum_flags
 from fbanet.cli.inference import add_parsers as add_inference_parsers
 from fbanet.cli.rank import add_parser as add_rank_parser
 from fbanet.cli.train import add_train_parser
@@ -137,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        check_enum_flags(args)
         return int(args.handler(args))
     # The rule of EPILOG. Refused input (a value, a path, a run folder's state) is the user's
     # to fix: exit 2. A failure of the machine or the environment (disk, permissions,

@@ -8,16 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fbanet.cli.flags import enum_flag
-from fbanet.config import (
-    ContrastiveKind,
-    ContrastModule,
-    DeviceKind,
-    LRSchedule,
-    Precision,
-    SyncBatchNorm,
-    TrainingMode,
-)
 from fbanet.protocol import ExitCode
 
 logger = logging.getLogger("fbanet")
@@ -93,17 +83,15 @@ def add_train_parser(commands: Any) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", type=enum_flag(DeviceKind), help="auto, cuda, mps or cpu")
+    p.add_argument("--device", help="auto, cuda, mps or cpu")
     p.add_argument(
         "--precision",
-        type=enum_flag(Precision),
         help="auto (bfloat16 where supported), bf16 or fp32",
     )
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     p.add_argument("--no-channels-last", action="store_true", help="contiguous memory layout")
     p.add_argument(
         "--mode",
-        type=enum_flag(TrainingMode),
         help="semi-supervised (FBA-Net, default) or supervised (Dice only)",
     )
     p.add_argument(
@@ -111,19 +99,15 @@ def add_train_parser(commands: Any) -> None:
         type=int,
         help="iterations per ramp-up step of the consistency weight (150)",
     )
-    p.add_argument(
-        "--contrastive", type=enum_flag(ContrastiveKind), help="ranked (authors) or infonce"
-    )
+    p.add_argument("--contrastive", help="ranked (authors) or infonce")
     p.add_argument("--negative-alpha", type=float)
     p.add_argument(
         "--contrast",
-        type=enum_flag(ContrastModule),
         help="contrastive module: authors (the paper's, default) or learning (pooled features)",
     )
     p.add_argument("--contrastive-weight", type=float, help="weight of the contrastive loss (1)")
     p.add_argument(
         "--lr-schedule",
-        type=enum_flag(LRSchedule),
         help="constant (the authors', default), poly or cosine",
     )
     p.add_argument("--checkpoint-every", type=int)
@@ -131,7 +115,6 @@ def add_train_parser(commands: Any) -> None:
     p.add_argument("--log-every", type=int)
     p.add_argument(
         "--sync-batchnorm",
-        type=enum_flag(SyncBatchNorm),
         help="under torchrun: batch norm over all processes: auto (on for 4 or fewer patches "
         "a process), on or off",
     )
