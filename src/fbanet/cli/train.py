@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,15 @@ def _refuse_run_overwrites(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs([args.out / name for name in _RUN_FILES], inputs)
 
 
+def _folder_lock(run_dir: Path) -> contextlib.AbstractContextManager[object]:
+    """The run folder's lock; under torchrun rank 0 alone holds it for the job."""
+    from fbanet.train.lock import RunFolderLock
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return RunFolderLock(run_dir)
+
+
 def _train(args: argparse.Namespace) -> int:
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
@@ -193,8 +204,8 @@ def _train(args: argparse.Namespace) -> int:
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
     stop = StopRequest(args.stop_file)
-    # The run folder and its train.log appear only once the run can start.
-    with RunLog(args.out) as run_log:
+    # One training per run folder; the folder and its train.log stay only once the run starts.
+    with _folder_lock(args.out), RunLog(args.out) as run_log:
         data = load_training_data(
             _data_spec(args),
             normalization=args.normalization,
