@@ -72,6 +72,11 @@ def add_train_parser(commands: Any) -> None:
         default="auto",
         help="auto (HDF5 as stored, else z-score), zscore or as-stored",
     )
+    data.add_argument(
+        "--allow-partial-labels",
+        action="store_true",
+        help="accept labels that cover only part of their image (the rest is background)",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
     p.add_argument("--preset", help="la-paper (the paper's LA configuration, for a GPU) or la-cpu")
@@ -212,6 +217,7 @@ def _train(args: argparse.Namespace) -> int:
             num_classes=model_config.num_classes,
             h5_spacing=args.h5_spacing,
             spacing=args.spacing,
+            allow_partial_labels=args.allow_partial_labels,
         )
         env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
         trainer = make_trainer(

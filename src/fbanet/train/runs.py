@@ -114,6 +114,7 @@ def load_training_data(
     num_classes: int = 2,
     h5_spacing: Sequence[float] | None = None,
     spacing: Sequence[float] | None = None,
+    allow_partial_labels: bool = False,
 ) -> TrainingData:
     """Read every case of ``spec`` into memory, validated and normalized.
 
@@ -126,6 +127,8 @@ def load_training_data(
             (required for those).
         spacing: Resample every case to this spacing (mm); the model file records it and
             inference resamples scans to it. None keeps the data's own spacing.
+        allow_partial_labels: Accept labels (on another grid) that cover only part of their
+            image, the rest taken as background; refused by default.
 
     Returns:
         The data, with the normalization that new scans need recorded (z-score unless
@@ -136,6 +139,7 @@ def load_training_data(
     options = {
         "num_classes": num_classes,
         "h5_spacing": None if h5_spacing is None else tuple(h5_spacing),
+        "allow_partial_label": allow_partial_labels,
     }
     labeled = _load(spec.labeled, normalization, True, **options)
     unlabeled = _load(spec.unlabeled, normalization, False, **options)
