@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,27 @@ def test_resume_with_other_iterations_under_a_decaying_schedule_is_refused(
     assert _digest(checkpoint) == before
     # The same total resumes (nothing left to do) and exits 0.
     assert main([*argv, "--resume", "--iterations", "2"]) == 0
+
+
+def test_resume_needs_no_data_flags_and_refuses_other_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_manifest(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--manifest", str(manifest), "-o", str(out), "--iterations", "1",
+                 *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", "-o", str(out), "--resume", "--iterations", "2", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [2]
+
+    other = write_manifest(tmp_path / "other")
+    argv = ["train", "--manifest", str(other), "-o", str(out), "--resume", "--iterations", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"fbanet train: error: the run in {str(out)!r} was trained with --manifest "
+        f"{str(manifest.resolve())!r}, this --resume gives {str(other.resolve())!r}: resume "
+        "without data flags (the run folder knows its data), or train on other data in a new "
+        "run folder"
+    ]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,9 @@ def test_a_second_training_is_refused_and_a_killed_run_resumes(
         ]
         assert main([*argv, "--resume", "--iterations", "2"]) == 2  # resume is refused too
         assert "is in use by another training" in capsys.readouterr().err
+        deadline = time.monotonic() + 60
+        while not (run / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a checkpoint to resume from
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -51,7 +52,7 @@ def add_train_parser(commands: Any) -> None:
     data.add_argument("--h5-dir", type=Path, help="folder of <case>.h5 files (image, label)")
     data.add_argument("--h5-list", type=Path, help="case names, one a line (order matters)")
     data.add_argument("--labeled", type=int, help="first N cases of --h5-list are labeled")
-    data.add_argument("--validation", type=int, default=0, help="last N cases are validation")
+    data.add_argument("--validation", type=int, help="last N cases are validation (0)")
     data.add_argument(
         "--h5-spacing",
         type=float,
@@ -69,18 +70,22 @@ def add_train_parser(commands: Any) -> None:
     )
     data.add_argument(
         "--normalization",
-        default="auto",
-        help="auto (HDF5 as stored, else z-score), zscore or as-stored",
+        help="auto (HDF5 as stored, else z-score; default), zscore or as-stored",
     )
     data.add_argument(
         "--allow-partial-labels",
         action="store_true",
+        default=None,
         help="accept labels that cover only part of their image (the rest is background)",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
     p.add_argument("--preset", help="la-paper (the paper's LA configuration, for a GPU) or la-cpu")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out, on the data it records (no data flags needed)",
+    )
     p.add_argument("--init-model", type=Path, help="start from this fbanet model file")
     p.add_argument("--iterations", type=int)
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
@@ -199,12 +204,14 @@ def _folder_lock(run_dir: Path) -> contextlib.AbstractContextManager[object]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from fbanet.cli.rundata import data_source, resume_data_flags
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
     from fbanet.train.progress import StopRequest
     from fbanet.train.runlog import RunLog
     from fbanet.train.runs import build_configs, load_training_data
 
+    resume_data_flags(args)  # on --resume, the run folder's own data
     _refuse_run_overwrites(args)
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
@@ -219,6 +226,7 @@ def _train(args: argparse.Namespace) -> int:
             spacing=args.spacing,
             allow_partial_labels=args.allow_partial_labels,
         )
+        data = dataclasses.replace(data, source=data_source(args))  # for --resume
         env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
         trainer = make_trainer(
             model_config,
