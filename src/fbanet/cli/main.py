@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,13 +130,25 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_setup(verbose: bool, environ: Mapping[str, str]) -> tuple[int, str]:
+    """The log level and line prefix of this process.
+
+    Under torchrun with several processes, each would print every line: rank 0 logs as one
+    process does, the others only warnings and errors, every line tagged with its rank.
+    """
+    level = logging.DEBUG if verbose else logging.INFO
+    if int(environ.get("WORLD_SIZE", "1") or "1") <= 1 or "RANK" not in environ:
+        return level, ""
+    rank = environ["RANK"]
+    return (level if rank == "0" else max(level, logging.WARNING)), f"[rank {rank}] "
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fbanet`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    level, prefix = _log_setup(args.verbose, os.environ)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
         check_enum_flags(args)
