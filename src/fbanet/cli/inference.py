@@ -81,7 +81,12 @@ def add_parsers(commands: Any) -> None:
         required=True,
         help="output file (.seg.nrrd, .nii.gz, .nrrd, .mha) or folder",
     )
-    p.add_argument("--format", default=".seg.nrrd", help="file type in an output folder")
+    p.add_argument(
+        "--format",
+        default=".seg.nrrd",
+        help="file type in an output folder: seg.nrrd (default), nii.gz, nii, nrrd or mha (with "
+        "or without the leading dot)",
+    )
     roi = p.add_mutually_exclusive_group()
     roi.add_argument(
         "--roi",
@@ -266,13 +271,15 @@ class _CaseRunner:
         from fbanet.infer.cohort import check_cancelled
         from fbanet.infer.files import segment_file
 
-        bar = tqdm(desc=job.image.name, unit="window", file=sys.stderr) if self.show_bar else None
+        bars: list[Any] = []  # the bar appears with the first window: none for a bad input
 
         def progress(done: int, total: int) -> None:
             check_cancelled(self.cancel)
-            if bar is not None:
-                bar.total = total
-                bar.update(done - bar.n)
+            if self.show_bar:
+                if not bars:
+                    bars.append(tqdm(desc=job.image.name, unit="window", file=sys.stderr))
+                bars[0].total = total
+                bars[0].update(done - bars[0].n)
             elif self.args.json:
                 self._emit(make_event(Event.PROGRESS, image=str(job.image), done=done,
                                       total=total, device=device))  # fmt: skip
@@ -284,7 +291,7 @@ class _CaseRunner:
                 preview=job.preview, h5_spacing=self.args.h5_spacing, progress=progress,
             )  # fmt: skip
         finally:
-            if bar is not None:
+            for bar in bars:
                 bar.close()
 
     def report(self, outcome: Any) -> None:

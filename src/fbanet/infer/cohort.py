@@ -170,7 +170,7 @@ def segment_cohort(
                     job = pending.get_nowait()
                 except queue.Empty:
                     return
-                report(_run_one(segment, segmenter, job, device))
+                report(_run_one(segment, segmenter, job, device, log=len(jobs) > 1))
         except BaseException as error:  # re-raised in the caller's thread
             failures.append(error)
 
@@ -213,12 +213,15 @@ def _join(threads: Sequence[threading.Thread], interruptible: bool = True) -> No
 
 def _run_one(
     segment: Callable[[Any, CaseJob, str], SegmentOutputs], segmenter: Any, job: CaseJob,
-    device: str,
+    device: str, log: bool,
 ) -> CaseOutcome:  # fmt: skip
+    """One scan's outcome; ``log`` reports a failure as it happens (one of several scans; a
+    lone scan's error is the command's own error line)."""
     try:
         return CaseOutcome(job, device, outputs=segment(segmenter, job, device))
     except CASE_ERRORS as error:
-        logger.error("%s failed on %s: %s", job.image, device, error)
+        if log:
+            logger.error("%s failed on %s: %s", job.image, device, error)
         bad_input = isinstance(error, (ValueError, FileNotFoundError))
         return CaseOutcome(job, device, error=str(error) or type(error).__name__,
                            bad_input=bad_input, exception=error)  # fmt: skip

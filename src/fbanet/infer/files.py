@@ -74,6 +74,7 @@ def output_paths(
     Raises:
         ValueError: Unsupported extension, or two inputs with the same name.
     """
+    extension = extension if extension.startswith(".") else f".{extension}"  # nii -> .nii
     if extension not in SUPPORTED_EXTENSIONS:
         raise ValueError(
             f"output format {extension!r} is not one of {sorted(SUPPORTED_EXTENSIONS)}"
