@@ -27,6 +27,33 @@ def test_supervised_training_without_unlabeled_scans_uses_an_all_labeled_batch(
     assert train["labeled_batch_size"] == train["batch_size"] == 4
 
 
+def test_a_supervised_run_reports_only_its_dice_terms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fbanet.train.curves as curves
+
+    legends: list[list[str]] = []
+    draw_legend = curves._legend
+    monkeypatch.setattr(
+        curves, "_legend",
+        lambda draw, box, font, items: legends.append([n for n, _ in items])
+        or draw_legend(draw, box, font, items),
+    )  # fmt: skip
+    notes: list[str | None] = []
+    note = curves.gradient_note
+    monkeypatch.setattr(curves, "gradient_note", lambda n: notes.append(note(n)) or notes[-1])
+    manifest = write_manifest(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["train", "--manifest", str(manifest), "-o", str(out), "--mode", "supervised", *TINY]
+    assert main(argv) == 0, capsys.readouterr().err
+    events = [json.loads(line) for line in (out / "progress.jsonl").open()]
+    step = next(e for e in events if e["event"] == "iteration")
+    assert {"loss", "dice_loss"} <= set(step)
+    assert not {"consistency_loss", "contrastive_loss", "contrastive_grad_norm"} & set(step)
+    assert legends and legends[-1] == ["loss", "dice"]  # curves.png: no other term
+    assert notes and notes[-1] is None  # no "contrastive gradient 0" line
+
+
 def test_a_labeled_share_the_user_set_is_kept_and_explained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,7 @@ from fbanet import __version__
 from fbanet.config import (
     ModelConfig,
     TrainConfig,
+    TrainingMode,
     from_dict,
     level_sizes,
     to_dict,
@@ -51,6 +52,9 @@ from fbanet.train.schedule import check_resumed_schedule, learning_rate_at
 from fbanet.train.scoring import validation_dice
 
 logger = logging.getLogger(__name__)
+
+# What a supervised (Dice-only) step reports: it has no consistency or contrastive term.
+SUPERVISED_TERMS = ("loss", "dice_loss")
 
 
 class TrainingDivergedError(FloatingPointError, RuntimeError):
@@ -243,9 +247,12 @@ class Trainer:
         if not torch.isfinite(terms.total):
             raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        contrast_grad = contrastive_gradient_norm(
-            terms, out.contrast_inputs, self.config.contrastive_weight
-        )
+        supervised = self.config.mode is TrainingMode.SUPERVISED
+        contrast_grad = None
+        if not supervised:
+            contrast_grad = contrastive_gradient_norm(
+                terms, out.contrast_inputs, self.config.contrastive_weight
+            )
         terms.total.backward()
         lr = learning_rate_at(
             self.config.learning_rate,
@@ -258,7 +265,10 @@ class Trainer:
         self.optimizer.step()
         self.iteration += 1
         values = terms.as_floats()
-        values["contrastive_grad_norm"] = contrast_grad
+        if supervised:  # Dice only: no consistency or contrastive term to report
+            values = {k: v for k, v in values.items() if k in SUPERVISED_TERMS}
+        else:
+            values["contrastive_grad_norm"] = contrast_grad
         values["lr"] = lr
         return values
 
