@@ -14,12 +14,18 @@ from torch import Tensor
 from torch.distributed import _functional_collectives as funcol
 
 
+def _world() -> dist.ProcessGroup:
+    group = dist.group.WORLD
+    assert group is not None, "join the process group first (distributed.init_process_group)"
+    return group
+
+
 def sum_over_processes(local: Tensor) -> Tensor:
     """``local`` summed over every process, with gradients."""
-    return funcol.all_reduce(local, "sum", dist.group.WORLD)
+    return funcol.all_reduce(local, "sum", _world())
 
 
 def gather_from_processes(local: Tensor) -> list[Tensor]:
     """Every process's ``local`` (same shape everywhere), in rank order, with gradients."""
-    gathered = funcol.all_gather_single(local.contiguous(), 0, dist.group.WORLD)
+    gathered = funcol.all_gather_single(local.contiguous(), 0, _world())
     return list(gathered.chunk(dist.get_world_size(), dim=0))

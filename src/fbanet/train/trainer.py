@@ -248,7 +248,7 @@ class Trainer:
             raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         supervised = self.config.mode is TrainingMode.SUPERVISED
-        contrast_grad = None
+        contrast_grad = 0.0  # a supervised step has no contrastive term (and reports none)
         if not supervised:
             contrast_grad = contrastive_gradient_norm(
                 terms, out.contrast_inputs, self.config.contrastive_weight
