@@ -87,3 +87,13 @@ def test_train_refuses_a_start_model_inside_its_run_folder(
     start.write_bytes(model_file.read_bytes())
     argv = ["train", "--manifest", str(tmp_path / "x.json"), "--init-model", str(start)]
     assert "input model" in _refused([*argv, "-o", str(run)], start, capsys)
+
+
+def test_segment_into_the_inputs_folder_refuses_a_name_it_would_reuse(
+    scan: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = scan.with_name("other.mha")
+    other.write_bytes(scan.read_bytes())  # any second input: several inputs need a folder
+    argv = ["segment", str(scan), str(other), "-o", str(scan.parent), "--format", "nrrd",
+            "-m", str(model_file)]  # fmt: skip
+    assert "input image" in _refused(argv, scan, capsys)
