@@ -117,7 +117,10 @@ def add_parsers(commands: Any) -> None:
     )
     _add_inference_options(p)
     p.set_defaults(handler=segment_command)
+    _add_evaluate_parser(commands)
 
+
+def _add_evaluate_parser(commands: Any) -> None:
     e = commands.add_parser(
         "evaluate", help="score a model, or saved segmentations, on labeled cases"
     )

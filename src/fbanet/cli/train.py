@@ -39,14 +39,7 @@ _TRAIN_FLAGS = {
 _MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters", "contrast": "contrast"}
 
 
-def add_train_parser(commands: Any) -> None:
-    """Register ``train``."""
-    p = commands.add_parser(
-        "train",
-        help="train FBA-Net on labeled and unlabeled volumes",
-        description="Semi-supervised FBA-Net training. Defaults are the authors' LA "
-        "configuration (patch 112x112x80, batch 2+2, SGD 0.01, 15,000 iterations).",
-    )
+def _add_data_options(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data (a manifest, or a folder of HDF5 cases with a list)")
     data.add_argument("--manifest", type=Path, help="JSON: labeled, unlabeled, validation")
     data.add_argument("--h5-dir", type=Path, help="folder of <case>.h5 files (image, label)")
@@ -78,6 +71,17 @@ def add_train_parser(commands: Any) -> None:
         default=None,
         help="accept labels that cover only part of their image (the rest is background)",
     )
+
+
+def add_train_parser(commands: Any) -> None:
+    """Register ``train``."""
+    p = commands.add_parser(
+        "train",
+        help="train FBA-Net on labeled and unlabeled volumes",
+        description="Semi-supervised FBA-Net training. Defaults are the authors' LA "
+        "configuration (patch 112x112x80, batch 2+2, SGD 0.01, 15,000 iterations).",
+    )
+    _add_data_options(p)
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
     p.add_argument("--preset", help="la-paper (the paper's LA configuration, for a GPU) or la-cpu")

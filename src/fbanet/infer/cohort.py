@@ -128,10 +128,9 @@ def segment_cohort(
 ) -> list[CaseOutcome]:
     """Segment ``jobs`` with one worker per device; the outcomes in input order.
 
-    Ctrl-C (``KeyboardInterrupt`` in the calling thread) sets ``cancel``: the workers take
-    no further scan, ``segment`` is expected to stop at its next window
-    (:func:`check_cancelled` in its progress callback), every worker is joined, and the
-    interrupt is raised again, so no thread outlives the call.
+    One device: the worker runs in the calling thread. Several: on Ctrl-C ``cancel`` is set,
+    ``segment`` stops at its next window (:func:`check_cancelled`), every worker is joined
+    and the interrupt raised again: no thread outlives the call.
 
     Args:
         jobs: The scans.
