@@ -135,6 +135,11 @@ def _add_evaluate_parser(commands: Any) -> None:
     e.add_argument("--pred", type=Path, help="a saved segmentation to score (with --ref)")
     e.add_argument("--ref", type=Path, help="the reference segmentation")
     e.add_argument("--csv", type=Path, help="write the per-case table here")
+    e.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (accepted by every long command; evaluate draws none)",
+    )
     _add_inference_options(e)
     e.set_defaults(handler=evaluate_command)
 

@@ -36,6 +36,11 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--windows-per-batch", type=int, help="windows per forward pass (4)")
     add_compute_options(p)
     p.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a table")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (accepted by every long command; rank draws none)",
+    )
     p.set_defaults(handler=rank_command)
 
 
