@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from fbanet.config import ModelConfig
@@ -50,3 +55,41 @@ def blob_case(
     image = ((image - image.mean()) / image.std()).astype(np.float32)
     label = inside.astype(np.uint8) if labeled else None
     return Case(name, image, label, (1.0, 1.0, 1.0))
+
+
+def write_nrrd(array: np.ndarray, path: Path, spacing: tuple[float, ...]) -> Path:
+    """Write an (X, Y, Z) array as NRRD; SimpleITK wants the axes reversed."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose()))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def blob_arrays(seed: int, shape: tuple[int, int, int] = (24, 20, 18)) -> tuple[np.ndarray, ...]:
+    """A noisy bright ellipsoid (float32) and its label (uint8)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = [rng.uniform(0.4 * s, 0.6 * s) for s in shape]
+    inside = sum(((g - c) / (0.25 * s)) ** 2 for g, c, s in zip(grid, centre, shape, strict=True))
+    label = (inside <= 1).astype(np.uint8)
+    image = (100.0 + 50.0 * label + rng.normal(0.0, 20.0, shape)).astype(np.float32)
+    return image, label
+
+
+def write_manifest(
+    folder: Path, labeled: int = 2, unlabeled: int = 2, spacing: tuple[float, ...] = (0.8, 0.8, 1.0)
+) -> Path:
+    """NRRD cases (the first ``labeled`` with labels) and a manifest with relative paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, list[Any]] = {"labeled": [], "unlabeled": []}
+    for i in range(labeled + unlabeled):
+        image, label = blob_arrays(i)
+        write_nrrd(image, folder / f"case{i}.nrrd", spacing)
+        if i < labeled:
+            write_nrrd(label, folder / f"case{i}_label.nrrd", spacing)
+            entries["labeled"].append({"image": f"case{i}.nrrd", "label": f"case{i}_label.nrrd"})
+        else:
+            entries["unlabeled"].append(f"case{i}.nrrd")
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return path

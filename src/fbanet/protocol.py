@@ -57,7 +57,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # the machine or the environment failed (disk, device, a missing package)
     USAGE = 2  # bad input: the message says what to change
-    STOPPED = 130  # training stopped on request (stop file, Ctrl-C, SIGTERM): resumable
+    STOPPED = 130  # interrupted (Ctrl-C), or training stopped on request (resumable)
 
 
 class JobState(str, enum.Enum):

@@ -506,7 +506,7 @@ def test_a_bad_mirroring_name_is_refused_with_the_valid_ones(
     code = main(["segment", str(scan), "-o", str(tmp_path / "out.seg.nrrd"),
                  "-m", str(model_file), "--flips", "diagonal"])  # fmt: skip
     assert code == 2
-    assert "'diagonal' is not a valid Mirroring; valid values: 'none', 'axes', 'all'" in (
+    assert "--flips 'diagonal' is not valid; valid values: 'none', 'axes', 'all'" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "out.seg.nrrd").exists()

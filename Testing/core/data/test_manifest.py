@@ -69,3 +69,48 @@ def test_spec_from_real_la_list() -> None:
     assert [r.name for r in spec.validation] == names[-8:]
     with pytest.raises(ValueError, match="cannot take 70 labeled and 20 validation"):
         spec_from_h5_list(LA_DIR / "train", LA_DIR / "train.list", labeled=70, validation=20)
+
+
+def test_a_binary_manifest_is_named_and_called_not_a_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "scan.png"
+    manifest.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ValueError) as caught:
+        read_manifest(manifest)
+    message = str(caught.value)
+    assert f"manifest {manifest} is not a JSON manifest (it holds binary data" in message
+    assert "codec" not in message
+
+
+def test_every_missing_file_is_named(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.nrrd")
+    manifest = tmp_path / "manifest.json"
+    entries = {"labeled": [{"image": "a.nrrd", "label": "a-gone.nrrd"}, "b.h5"],
+               "unlabeled": ["c.nrrd"]}  # fmt: skip
+    manifest.write_text(json.dumps(entries))
+    with pytest.raises(FileNotFoundError) as caught:
+        read_manifest(manifest)
+    message = str(caught.value)
+    assert "3 files do not exist" in message
+    assert all(str(tmp_path / n) in message for n in ("a-gone.nrrd", "b.h5", "c.nrrd"))
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"validation": [{"image": "v.nrrd", "label": "v-l.nrrd"}]},
+        [{"image": "v.nrrd", "label": "v-l.nrrd"}],
+        {"labeled": [{"image": "v.nrrd", "label": "v-l.nrrd"}]},
+    ],
+)
+def test_a_scoring_manifest_needs_only_labeled_pairs(tmp_path: Path, document: object) -> None:
+    from fbanet.data.manifest import read_scoring_manifest
+
+    _touch(tmp_path, "v.nrrd", "v-l.nrrd")
+    manifest = tmp_path / "score.json"
+    manifest.write_text(json.dumps(document))
+    assert read_scoring_manifest(manifest) == (
+        CaseRef(tmp_path / "v.nrrd", tmp_path / "v-l.nrrd", "v"),
+    )
+    manifest.write_text(json.dumps([{"image": "v.nrrd"}]))
+    with pytest.raises(ValueError, match="has no 'label'"):
+        read_scoring_manifest(manifest)

@@ -130,6 +130,29 @@ def test_quick_demo_preview_is_large_enough_to_inspect(quick: DemoResult) -> Non
         assert png.width >= 800
 
 
+def test_quick_demo_preview_shows_the_true_outline_with_a_legend(quick: DemoResult) -> None:
+    from PIL import Image
+
+    from fbanet.io.preview import REFERENCE_COLOR
+
+    with Image.open(quick.preview_path) as png:
+        rgb = np.asarray(png.convert("RGB"))
+    green = np.round(np.asarray(REFERENCE_COLOR) * 255).astype(np.uint8)
+    reference = np.all(rgb == green, axis=-1)
+    assert reference.sum() > 50 and reference[:14].any()  # outlines, and the legend's line
+
+
+def test_quick_demo_summary_says_which_model_it_names(quick: DemoResult) -> None:
+    from fbanet.cli.demo import _summary
+
+    line = next(x for x in _summary(quick).splitlines() if x.strip().startswith("model:"))
+    if quick.model_path.name == "best_model.safetensors":
+        assert "best validation Dice" in line
+        assert f"last state, named in the trainer's last line, is {quick.run_dir}" in line
+    else:
+        assert line.strip() == f"model:         {quick.model_path}"
+
+
 def test_the_time_budget_bounds_training_on_any_cpu(tmp_path: Path) -> None:
     # A slow CPU, simulated: every look at the clock finds 10 s more gone.
     ticks = iter(range(0, 10_000, 10))

@@ -88,3 +88,30 @@ def test_parse_devices(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_devices("3,4")
     with pytest.raises(ValueError, match="separated by commas"):
         parse_devices("gpu0")
+
+
+def test_ctrl_c_stops_every_worker_before_it_is_raised_again() -> None:
+    import _thread
+
+    from fbanet.infer.cohort import check_cancelled
+
+    cancel = threading.Event()
+    started: list[int] = []
+    workers: list[threading.Thread] = []
+
+    def segment(segmenter: str, job: CaseJob, device: str) -> SegmentOutputs:
+        started.append(job.index)
+        workers.append(threading.current_thread())
+        if job.index == 0:
+            _thread.interrupt_main()  # Ctrl-C reaches the main thread while workers run
+        for _ in range(500):  # a long scan, checking between its windows
+            check_cancelled(cancel)
+            time.sleep(0.01)
+        raise AssertionError("the worker was never told to stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        segment_cohort(_jobs([f"c{i}" for i in range(6)]), ["dev0", "dev1"],
+                       lambda d: f"segmenter on {d}", segment, cancel=cancel)  # fmt: skip
+    assert cancel.is_set()
+    assert not any(worker.is_alive() for worker in workers)  # joined before the re-raise
+    assert set(started) <= {0, 1}  # no further scan was taken

@@ -105,6 +105,10 @@ def test_fbanet_train_under_torchrun(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code, _, stderr = run_job(torchrun + flags, env=env)
     assert code == 0, stderr[-3000:]
+    assert "FutureWarning" not in stderr  # the current collectives API
+    # One process's log: rank 0 logs, tagged; rank 1 only warnings (none here).
+    compute = [line for line in stderr.splitlines() if "compute:" in line]
+    assert len(compute) == 1 and compute[0].startswith("[rank 0] INFO"), compute
     events = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["world_size"] == 2

@@ -38,11 +38,23 @@ def add_parsers(commands: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and training (0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
-        "--precision", default="auto", help="auto (bfloat16 where supported), bf16 or fp32"
+        "--precision",
+        default="auto",
+        help="auto (bfloat16 where supported), bf16 or fp32",
     )
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=demo_command)
+
+
+def _model_note(result: Any) -> str:
+    """Why the model named differs from the trainer's last line (model.safetensors)."""
+    if Path(result.model_path).name != "best_model.safetensors":
+        return ""
+    return (
+        " (the state with the best validation Dice, used for the segmentation; the run's "
+        f"last state, named in the trainer's last line, is {result.run_dir / 'model.safetensors'})"
+    )
 
 
 def _summary(result: Any) -> str:
@@ -63,7 +75,7 @@ def _summary(result: Any) -> str:
         f"  true label:    {result.reference_path}",
         f"  preview:       {result.preview_path}",
         f"  curves:        {result.curves_path}",
-        f"  model:         {result.model_path}",
+        f"  model:         {result.model_path}{_model_note(result)}",
         "In 3D Slicer: drag the scan and both .seg.nrrd files into the window (or File > Add "
         "Data), then show them in 3D from the Segmentations module.",
         "This model has only seen phantoms; for real scans, train on them with 'fbanet train'.",

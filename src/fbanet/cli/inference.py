@@ -53,7 +53,9 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that runs a model: device, precision, HDF5 spacing."""
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument(
-        "--precision", default="auto", help="auto (bfloat16 where supported), bf16, fp32"
+        "--precision",
+        default="auto",
+        help="auto (bfloat16 where supported), bf16, fp32",
     )
     p.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     p.add_argument(
@@ -79,7 +81,12 @@ def add_parsers(commands: Any) -> None:
         required=True,
         help="output file (.seg.nrrd, .nii.gz, .nrrd, .mha) or folder",
     )
-    p.add_argument("--format", default=".seg.nrrd", help="file type in an output folder")
+    p.add_argument(
+        "--format",
+        default=".seg.nrrd",
+        help="file type in an output folder: seg.nrrd (default), nii.gz, nii, nrrd or mha (with "
+        "or without the leading dot)",
+    )
     roi = p.add_mutually_exclusive_group()
     roi.add_argument(
         "--roi",
@@ -103,22 +110,36 @@ def add_parsers(commands: Any) -> None:
         "--preview", type=Path, help="PNG of three slices with the outline (folder: many inputs)"
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout, no bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--devices",
         help="GPUs to spread many inputs over, one worker each, e.g. 0,1,2,3 (default: all)",
     )
     _add_inference_options(p)
     p.set_defaults(handler=segment_command)
+    _add_evaluate_parser(commands)
 
+
+def _add_evaluate_parser(commands: Any) -> None:
     e = commands.add_parser(
         "evaluate", help="score a model, or saved segmentations, on labeled cases"
     )
-    e.add_argument("--manifest", type=Path, help="JSON manifest; scores its 'validation' cases")
+    e.add_argument(
+        "--manifest",
+        type=Path,
+        help="JSON: a training manifest (scores its 'validation' cases, else 'labeled'), "
+        '{"validation": [...]} alone, or a list of {"image": ..., "label": ...} pairs',
+    )
     e.add_argument("--h5-dir", type=Path, help="folder of <case>.h5 files")
     e.add_argument("--h5-list", type=Path, help="case names to score, one a line")
     e.add_argument("--pred", type=Path, help="a saved segmentation to score (with --ref)")
     e.add_argument("--ref", type=Path, help="the reference segmentation")
     e.add_argument("--csv", type=Path, help="write the per-case table here")
+    e.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (accepted by every long command; evaluate draws none)",
+    )
     _add_inference_options(e)
     e.set_defaults(handler=evaluate_command)
 
@@ -171,24 +192,26 @@ def segment_command(args: argparse.Namespace) -> int:
     if args.preview is not None and len(args.images) == 1 and args.preview.suffix != ".png":
         raise ValueError(f"--preview must name a .png file, got {str(args.preview)!r}")
     outputs = output_paths(args.images, args.out, args.format)
-    # Every input and output location is checked before the model loads.
-    check_inputs(args.images, [*outputs, *([args.preview] if args.preview else [])])
-    config = _inference_config(args)
-    devices = _worker_devices(args, config)
-    roi = None
-    if args.roi or args.roi_mm:
-        values = args.roi or args.roi_mm
-        roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
     jobs = []
     for index, (image, out) in enumerate(zip(args.images, outputs, strict=True)):
         preview = args.preview
         if preview is not None and len(args.images) > 1:
             preview = args.preview / f"{out.name.split('.')[0]}.png"
         jobs.append(CaseJob(index, image, out, preview))
-    run = _CaseRunner(args, roi, show_bar=not args.json and len(devices) == 1)
+    # Every input and output location is checked before the model loads.
+    check_inputs(args.images, [*outputs, *([args.preview] if args.preview else [])])
+    _refuse_overwrites(args, jobs)
+    config = _inference_config(args)
+    devices = _worker_devices(args, config)
+    roi = None
+    if args.roi or args.roi_mm:
+        values = args.roi or args.roi_mm
+        roi = RegionOfInterest(tuple(values[:3]), tuple(values[3:]), physical=bool(args.roi_mm))
+    show_bar = not (args.json or args.no_progress) and len(devices) == 1
+    run = _CaseRunner(args, roi, show_bar=show_bar)
     outcomes = segment_cohort(
         jobs, devices, lambda device: _device_segmenter(args, config, device), run.segment,
-        on_outcome=run.report,
+        on_outcome=run.report, cancel=run.cancel,
     )  # fmt: skip
     summary = failure_summary(outcomes)
     if summary is None:
@@ -197,6 +220,24 @@ def segment_command(args: argparse.Namespace) -> int:
         raise outcomes[0].exception  # one input: its own error, as main reports it
     print(f"fbanet segment: error: {summary}", file=sys.stderr)
     return 2 if all(o.bad_input for o in outcomes if not o.ok) else 1
+
+
+def _model_path(model: Path | None) -> Path | None:
+    from fbanet.model.bundled import default_model_path
+
+    return model or default_model_path()
+
+
+def _refuse_overwrites(args: argparse.Namespace, jobs: list[Any]) -> None:
+    """Refuse any output of ``segment`` that is one of its inputs, before anything runs."""
+    from fbanet.infer.files import sibling_outputs
+    from fbanet.io.atomic import refuse_overwriting_inputs
+
+    written: list[Path | None] = []
+    for job in jobs:
+        written += [job.output, job.preview]
+        written += sibling_outputs(job.output, args.probability, args.uncertainty)
+    refuse_overwriting_inputs(written, {"image": args.images, "model": [_model_path(args.model)]})
 
 
 def _worker_devices(args: argparse.Namespace, config: Any) -> list[str]:
@@ -226,6 +267,7 @@ class _CaseRunner:
     def __init__(self, args: argparse.Namespace, roi: Any, show_bar: bool) -> None:
         self.args, self.roi, self.show_bar = args, roi, show_bar
         self.lock = threading.Lock()
+        self.cancel = threading.Event()  # set on Ctrl-C: stop at the next window
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self.lock:
@@ -234,14 +276,18 @@ class _CaseRunner:
     def segment(self, segmenter: Any, job: Any, device: str) -> Any:
         from tqdm import tqdm
 
+        from fbanet.infer.cohort import check_cancelled
         from fbanet.infer.files import segment_file
 
-        bar = tqdm(desc=job.image.name, unit="pass", file=sys.stderr) if self.show_bar else None
+        bars: list[Any] = []  # the bar appears with the first window: none for a bad input
 
         def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.update(done - bar.n)
+            check_cancelled(self.cancel)
+            if self.show_bar:
+                if not bars:
+                    bars.append(tqdm(desc=job.image.name, unit="pass", file=sys.stderr))
+                bars[0].total = total
+                bars[0].update(done - bars[0].n)
             elif self.args.json:
                 self._emit(make_event(Event.PROGRESS, image=str(job.image), done=done,
                                       total=total, device=device))  # fmt: skip
@@ -253,7 +299,7 @@ class _CaseRunner:
                 preview=job.preview, h5_spacing=self.args.h5_spacing, progress=progress,
             )  # fmt: skip
         finally:
-            if bar is not None:
+            for bar in bars:
                 bar.close()
 
     def report(self, outcome: Any) -> None:
@@ -276,17 +322,20 @@ class _CaseRunner:
 
 
 def _evaluation_cases(args: argparse.Namespace) -> list[Any]:
-    from fbanet.data.manifest import read_manifest, spec_from_h5_list
+    from fbanet.data.manifest import read_scoring_manifest, spec_from_h5_list
     from fbanet.infer.files import read_labeled
+    from fbanet.io.atomic import refuse_overwriting_inputs
 
     if args.manifest is not None:
-        spec = read_manifest(args.manifest)
-        refs = spec.validation or spec.labeled
+        refs = read_scoring_manifest(args.manifest)
     elif args.h5_dir is not None and args.h5_list is not None:
         names = [n for n in args.h5_list.read_text().split() if n]
         refs = spec_from_h5_list(args.h5_dir, args.h5_list, len(names), 0).labeled
     else:
         raise ValueError("give --manifest, --h5-dir with --h5-list, or --pred with --ref")
+    refuse_overwriting_inputs(
+        [args.csv], {"image": [r.image for r in refs], "label": [r.label for r in refs]}
+    )
     return [read_labeled(r.image, r.label, args.h5_spacing, r.name) for r in refs]
 
 
@@ -319,12 +368,20 @@ def _score_saved(args: argparse.Namespace) -> Any:
 def evaluate_command(args: argparse.Namespace) -> int:
     """Print (and save) Dice, Jaccard, 95HD and ASD per case with mean and std."""
     from fbanet.infer.evaluation import evaluate
-    from fbanet.io.atomic import check_output_folder
+    from fbanet.io.atomic import check_output_folder, refuse_overwriting_inputs
 
     if (args.pred is None) != (args.ref is None):
         raise ValueError("--pred and --ref go together")
     if args.csv is not None:
         check_output_folder(args.csv)
+        refuse_overwriting_inputs(
+            [args.csv],
+            {
+                "manifest": [args.manifest], "case list": [args.h5_list],
+                "prediction": [args.pred], "reference": [args.ref],
+                "model": [_model_path(args.model)],
+            },
+        )  # fmt: skip
     if args.pred is not None:
         table = _score_saved(args)
     else:

@@ -1,4 +1,4 @@
-"""``fbanet rank``: which scans to annotate next, by the disagreement of the three decoders."""
+"""``fbanet rank``: which scans to annotate next, by the disagreement of the model's decoders."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ def add_parser(commands: Any) -> None:
         "rank",
         help="rank scans by the decoders' disagreement: annotate the first ones next",
         description="Score each scan by the mean disagreement (standard deviation) of the "
-        "three decoders' foreground probabilities over the predicted region, and list the "
-        "scans most in need of annotation first (scans where nothing is found come first).",
+        "decoders' foreground probabilities over the predicted region, and list the scans most "
+        "in need of annotation first (scans where nothing is found come first). Every decoder "
+        "the model file holds takes part: a model written by 'fbanet train' holds three, the "
+        "bundled model two (0 and 1); a model with one cannot rank.",
     )
     p.add_argument(
         "images", type=Path, nargs="+", help="NRRD, NIfTI, MHA, DICOM folder or LA HDF5 files"
@@ -34,6 +36,11 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--windows-per-batch", type=int, help="windows per forward pass (4)")
     add_compute_options(p)
     p.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a table")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (accepted by every long command; rank draws none)",
+    )
     p.set_defaults(handler=rank_command)
 
 

@@ -87,7 +87,11 @@ def _blank(shape: tuple[int, ...], geometry: Geometry, value: int) -> sitk.Image
 
 
 def _resample_label(
-    label: Volume, image_shape: tuple[int, ...], image_geom: Geometry, names: str
+    label: Volume,
+    image_shape: tuple[int, ...],
+    image_geom: Geometry,
+    names: str,
+    allow_partial: bool,
 ) -> np.ndarray:
     """Nearest-neighbour resample of ``label`` onto the image grid (outside -> 0)."""
     reference = _blank(image_shape, image_geom, 0)
@@ -104,6 +108,13 @@ def _resample_label(
             f"{names} do not overlap in physical space (image vs label: {difference}); "
             "is the label for this image?"
         )
+    if covered < 1.0 and not allow_partial:
+        raise ValueError(
+            f"{names}: the label covers only {100 * covered:.1f}% of the image, and training "
+            "would teach the rest as background; give a label over the whole image (or crop "
+            "the image to the label), or pass --allow-partial-labels if the rest truly is "
+            "background"
+        )
     if covered < 1.0:
         logger.warning("%s: label covers %.1f%% of the image grid", names, 100 * covered)
     out = resampler.Execute(label.to_sitk())
@@ -111,7 +122,12 @@ def _resample_label(
 
 
 def align_label(
-    image: Volume, label: Volume, image_path: Path, label_path: Path, geometry_known: bool
+    image: Volume,
+    label: Volume,
+    image_path: Path,
+    label_path: Path,
+    geometry_known: bool,
+    allow_partial: bool = True,
 ) -> np.ndarray:
     """``label``'s array on ``image``'s grid: as is, or resampled (nearest) when it differs.
 
@@ -124,9 +140,13 @@ def align_label(
         label_path: For messages.
         geometry_known: False when a file stores no geometry (HDF5 without ``spacing``):
             the grids must then have the same size.
+        allow_partial: Accept a label that covers only part of the image (the rest is
+            background); training refuses it unless asked.
 
     Raises:
-        ValueError: The grids do not overlap, or differ in size without known geometry.
+        ValueError: The grids do not overlap, differ in size without known geometry, or
+            have the same size but another spacing (almost always a label that lost its
+            geometry); a partial label when not allowed.
     """
     names = f"image {image_path} and label {label_path}"
     same_shape = label.array.shape == image.array.shape
@@ -139,8 +159,22 @@ def align_label(
         return label.array
     if same_shape and image.geometry.matches(label.geometry):
         return label.array
+    if same_shape and not np.allclose(
+        image.geometry.spacing, label.geometry.spacing, rtol=0.0, atol=1e-4
+    ):
+        difference = grid_difference(
+            image.array.shape, image.geometry, label.array.shape, label.geometry
+        )
+        raise ValueError(
+            f"{names} lie on different voxel grids (image vs label: {difference}); scores "
+            "would compare unrelated voxels. A label of its image's size with another spacing "
+            "has almost always lost its geometry (saved from numpy, for example): write it "
+            "again with the image's spacing, origin and direction (SimpleITK: "
+            "label.CopyInformation(image)), or resample it onto the image if it truly lies "
+            "on another grid"
+        )
     logger.info("%s: label geometry differs; resampling it onto the image grid", names)
-    return _resample_label(label, image.array.shape, image.geometry, names)
+    return _resample_label(label, image.array.shape, image.geometry, names, allow_partial)
 
 
 def _load_label(
@@ -151,6 +185,7 @@ def _load_label(
     num_classes: int,
     h5_spacing: Sequence[float] | None,
     require_label: bool,
+    allow_partial: bool,
 ) -> np.ndarray | None:
     """The validated uint8 label on the image grid, or None."""
     if label_path is None and is_hdf5(image_path) and _h5_has_dataset(image_path, "label"):
@@ -166,8 +201,9 @@ def _load_label(
     values = _check_label_values(label_vol.array, num_classes, label_path)
     geometry_known = has_geometry(image_path, "image") and has_geometry(label_path, "label")
     label = align_label(
-        image, Volume(values, label_vol.geometry), image_path, label_path, geometry_known
-    )
+        image, Volume(values, label_vol.geometry), image_path, label_path, geometry_known,
+        allow_partial,
+    )  # fmt: skip
     if not label.any():
         raise ValueError(
             f"label {label_path} has no foreground voxel on the grid of image "
@@ -186,6 +222,7 @@ def load_case(
     name: str | None = None,
     require_label: bool = False,
     read_label: bool = True,
+    allow_partial_label: bool = False,
 ) -> Case:
     """Load, validate and normalize one case.
 
@@ -198,6 +235,8 @@ def load_case(
         name: Case name; defaults to the image file name without extension.
         require_label: Fail when no label is found.
         read_label: False ignores any label (unlabeled cases).
+        allow_partial_label: Accept a label (on another grid) that covers only part of the
+            image; the rest is then background.
 
     Returns:
         The case: image float32 (X, Y, Z), label uint8 (X, Y, Z) or None.
@@ -230,6 +269,7 @@ def load_case(
             num_classes=num_classes,
             h5_spacing=h5_spacing,
             require_label=require_label,
+            allow_partial=allow_partial_label,
         )
     case_name = name if name is not None else split_extension(image_path)[0]
     spacing = image.geometry.spacing
@@ -248,6 +288,7 @@ def load_cases(
     h5_spacing: Sequence[float] | None = None,
     require_label: bool = False,
     read_label: bool = True,
+    allow_partial_label: bool = False,
 ) -> list[Case]:
     """Load several cases with :func:`load_case` (same options for all).
 
@@ -266,6 +307,7 @@ def load_cases(
                 name=ref.name,
                 require_label=require_label,
                 read_label=read_label,
+                allow_partial_label=allow_partial_label,
             )
         )
         logger.debug("loaded case %d/%d: %s", i + 1, len(refs), ref.name)

@@ -51,17 +51,20 @@ class DatasetSpec:
 _MANIFEST_KEYS = ("labeled", "unlabeled", "validation")
 
 
-def _resolve(base: Path, value: Any, where: str) -> Path:
+def _resolve(base: Path, value: Any, where: str, missing: list[tuple[str, Path]]) -> Path:
+    """``value`` as a path against ``base``; a path that does not exist joins ``missing``."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{where}: expected a path string, got {value!r}")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base / path
     if not path.exists():
-        raise FileNotFoundError(f"{where}: {path} does not exist")
+        missing.append((where, path))
     return path
 
 
-def _manifest_entry(base: Path, entry: Any, where: str, needs_label: bool) -> CaseRef:
+def _manifest_entry(
+    base: Path, entry: Any, where: str, needs_label: bool, missing: list[tuple[str, Path]]
+) -> CaseRef:
     if isinstance(entry, str):
         entry = {"image": entry}
     if not isinstance(entry, dict):
@@ -72,8 +75,9 @@ def _manifest_entry(base: Path, entry: Any, where: str, needs_label: bool) -> Ca
             f"{where}: entry {entry!r} needs an 'image' key (optional 'label', 'name'); "
             f"unknown keys: {unknown}"
         )
-    image = _resolve(base, entry["image"], where)
-    label = _resolve(base, entry["label"], where) if entry.get("label") is not None else None
+    image = _resolve(base, entry["image"], where, missing)
+    label = entry.get("label")
+    label = _resolve(base, label, where, missing) if label is not None else None
     if needs_label and label is None and not is_hdf5(image):
         raise ValueError(
             f"{where}: {image} has no 'label'; labeled and validation entries need one "
@@ -85,42 +89,52 @@ def _manifest_entry(base: Path, entry: Any, where: str, needs_label: bool) -> Ca
     return CaseRef(image, label, name)
 
 
-def read_manifest(path: PathLike) -> DatasetSpec:
-    """Read a JSON manifest of labeled, unlabeled and validation cases.
-
-    The file holds ``{"labeled": [...], "unlabeled": [...], "validation": [...]}``; each
-    entry is a path string or ``{"image": ..., "label": ..., "name": ...}``. Relative
-    paths resolve against the manifest's folder. ``labeled`` is required and non-empty;
-    the others default to empty. HDF5 images may omit ``label`` (read from the file).
-
-    Raises:
-        FileNotFoundError: The manifest or a file it names does not exist.
-        ValueError: Invalid JSON, unknown or missing keys, bad entries, a case listed twice.
-    """
-    path = Path(path)
+def _load_json(path: Path) -> Any:
+    """The JSON document of a manifest, or an error naming it and what it is instead."""
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist; check the path")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"manifest {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"manifest {path} must hold a JSON object with keys {_MANIFEST_KEYS}")
-    unknown = sorted(set(data) - set(_MANIFEST_KEYS))
-    if unknown or "labeled" not in data:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
         raise ValueError(
-            f"manifest {path}: needs key 'labeled' (optional 'unlabeled', 'validation'); "
-            f"unknown keys: {unknown}"
-        )
+            f"manifest {path} is not a JSON manifest (it holds binary data, not text); give "
+            'the JSON file that lists the cases, e.g. {"labeled": [{"image": "case1.nrrd", '
+            '"label": "case1-label.nrrd"}]}'
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"manifest {path} is not a JSON manifest (invalid JSON: {exc})") from exc
+
+
+def _read_sets(
+    path: Path, data: dict[str, Any], missing: list[tuple[str, Path]]
+) -> dict[str, tuple[CaseRef, ...]]:
     sets: dict[str, tuple[CaseRef, ...]] = {}
     for key in _MANIFEST_KEYS:
         entries = data.get(key, [])
         if not isinstance(entries, list):
             raise ValueError(f"manifest {path}: {key!r} must be a list, got {entries!r}")
         sets[key] = tuple(
-            _manifest_entry(path.parent, e, f"manifest {path}, {key}[{i}]", key != "unlabeled")
+            _manifest_entry(
+                path.parent, e, f"manifest {path}, {key}[{i}]", key != "unlabeled", missing
+            )
             for i, e in enumerate(entries)
         )
-    if not sets["labeled"]:
-        raise ValueError(f"manifest {path}: 'labeled' is empty; at least one case is needed")
+    return sets
+
+
+def _check_missing(path: Path, missing: list[tuple[str, Path]]) -> None:
+    """Name every file of the manifest that does not exist, not only the first."""
+    if len(missing) == 1:
+        raise FileNotFoundError(f"{missing[0][0]}: {missing[0][1]} does not exist")
+    if missing:
+        files = ", ".join(str(file) for _, file in missing)
+        raise FileNotFoundError(
+            f"manifest {path}: {len(missing)} files do not exist: {files} (relative paths are "
+            "read from the manifest's folder)"
+        )
+
+
+def _check_unique(path: Path, sets: dict[str, tuple[CaseRef, ...]]) -> None:
     seen: dict[Path, str] = {}
     for key, refs in sets.items():
         for ref in refs:
@@ -130,7 +144,70 @@ def read_manifest(path: PathLike) -> DatasetSpec:
                     f"manifest {path}: {ref.image} is listed twice ({seen[resolved]}, {key})"
                 )
             seen[resolved] = key
+
+
+def read_manifest(path: PathLike) -> DatasetSpec:
+    """Read a JSON manifest of labeled, unlabeled and validation cases.
+
+    The file holds ``{"labeled": [...], "unlabeled": [...], "validation": [...]}``; each
+    entry is a path string or ``{"image": ..., "label": ..., "name": ...}``. Relative
+    paths resolve against the manifest's folder. ``labeled`` is required and non-empty;
+    the others default to empty. HDF5 images may omit ``label`` (read from the file).
+
+    Raises:
+        FileNotFoundError: The manifest, or files it names (all of them named), do not exist.
+        ValueError: Not JSON, unknown or missing keys, bad entries, a case listed twice.
+    """
+    path = Path(path)
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"manifest {path} must hold a JSON object with keys {_MANIFEST_KEYS}")
+    unknown = sorted(set(data) - set(_MANIFEST_KEYS))
+    if unknown or "labeled" not in data:
+        raise ValueError(
+            f"manifest {path}: needs key 'labeled' (optional 'unlabeled', 'validation'); "
+            f"unknown keys: {unknown}"
+        )
+    missing: list[tuple[str, Path]] = []
+    sets = _read_sets(path, data, missing)
+    _check_missing(path, missing)
+    if not sets["labeled"]:
+        raise ValueError(f"manifest {path}: 'labeled' is empty; at least one case is needed")
+    _check_unique(path, sets)
     return DatasetSpec(sets["labeled"], sets["unlabeled"], sets["validation"])
+
+
+def read_scoring_manifest(path: PathLike) -> tuple[CaseRef, ...]:
+    """The labeled cases a manifest offers for scoring (``fbanet evaluate``).
+
+    Accepts a training manifest (its ``validation`` cases, else its ``labeled`` ones), an
+    object with only ``validation`` (or only ``labeled``), or a plain list of
+    ``{"image": ..., "label": ...}`` pairs.
+
+    Raises:
+        FileNotFoundError: The manifest, or files it names (all named), do not exist.
+        ValueError: Not JSON, no labeled case, bad entries, a case listed twice.
+    """
+    path = Path(path)
+    data = _load_json(path)
+    if isinstance(data, list):
+        data = {"validation": data}
+    if not isinstance(data, dict) or set(data) - set(_MANIFEST_KEYS):
+        raise ValueError(
+            f"manifest {path} must hold a list of {{'image': ..., 'label': ...}} pairs or an "
+            f"object with keys {_MANIFEST_KEYS}"
+        )
+    missing: list[tuple[str, Path]] = []
+    sets = _read_sets(path, data, missing)
+    _check_missing(path, missing)
+    _check_unique(path, sets)
+    refs = sets["validation"] or sets["labeled"]
+    if not refs:
+        raise ValueError(
+            f"manifest {path} lists no labeled case to score; give 'validation' (or "
+            "'labeled') entries with an 'image' and a 'label'"
+        )
+    return refs
 
 
 def spec_from_h5_list(

@@ -42,6 +42,7 @@ from fbanet.demo.phantoms import DEFAULT_SPACING, as_case, make_cohort
 from fbanet.infer.config import InferenceConfig
 from fbanet.infer.files import segment_file
 from fbanet.infer.segmenter import Segmenter
+from fbanet.io.preview import save_preview
 from fbanet.io.segmentation import read_segmentation, write_segmentation
 from fbanet.io.segments import segments_from_model
 from fbanet.io.volumes import Volume, atomic_write, write_volume
@@ -286,11 +287,14 @@ def run_demo(
             device=parse_enum(DeviceKind, device), precision=parse_enum(Precision, precision)
         ),
     )
-    written = segment_file(
-        segmenter, image_path, out / "test_phantom.seg.nrrd", preview=out / "test_phantom.png"
-    )
+    written = segment_file(segmenter, image_path, out / "test_phantom.seg.nrrd")
     # Score the file as written, so the check covers the whole path to Slicer.
     predicted, _ = read_segmentation(written.segmentation)
+    # The picture shows the prediction and the true outline, with a legend.
+    save_preview(
+        test_volume, predicted, out / "test_phantom.png", reference=label_volume,
+        colors={s.label_value: s.color for s in segmenter.segments}, title=image_path.name,
+    )  # fmt: skip
     metrics = compute_metrics(predicted.array == 1, test_label == 1, test_volume.geometry.spacing)
     result = DemoResult(
         out_dir=out, run_dir=run_dir, model_path=model_path, image_path=image_path,

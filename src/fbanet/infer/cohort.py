@@ -28,6 +28,16 @@ logger = logging.getLogger(__name__)
 CASE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError)
 
 
+class CancelledRunError(Exception):
+    """Raised inside a worker (from a progress callback) once the run was interrupted."""
+
+
+def check_cancelled(cancel: threading.Event | None) -> None:
+    """Raise :class:`CancelledRunError` when ``cancel`` is set (call it between windows)."""
+    if cancel is not None and cancel.is_set():
+        raise CancelledRunError("interrupted")
+
+
 @dataclasses.dataclass(frozen=True)
 class CaseJob:
     """One scan to segment.
@@ -114,8 +124,13 @@ def segment_cohort(
     load: Callable[[str], Any],
     segment: Callable[[Any, CaseJob, str], SegmentOutputs],
     on_outcome: Callable[[CaseOutcome], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[CaseOutcome]:
     """Segment ``jobs`` with one worker per device; the outcomes in input order.
+
+    One device: the worker runs in the calling thread. Several: on Ctrl-C ``cancel`` is set,
+    ``segment`` stops at its next window (:func:`check_cancelled`), every worker is joined
+    and the interrupt raised again: no thread outlives the call.
 
     Args:
         jobs: The scans.
@@ -123,6 +138,7 @@ def segment_cohort(
         load: Builds a worker's segmenter, called in that worker with its device current.
         segment: Segments one scan with a worker's segmenter on its device.
         on_outcome: Called (from the workers, one at a time) as each scan ends.
+        cancel: Set on Ctrl-C (a new event when None).
 
     Raises:
         Whatever ``load`` raises in a worker (a model that cannot load fails them all), or
@@ -130,6 +146,7 @@ def segment_cohort(
     """
     if not devices:
         raise ValueError("no device to segment on")
+    cancel = cancel if cancel is not None else threading.Event()
     pending: queue.Queue[CaseJob] = queue.Queue()
     for job in jobs:
         pending.put(job)
@@ -147,33 +164,63 @@ def segment_cohort(
         try:
             use_device(device)
             segmenter = load(device)
-            while not failures:
+            while not failures and not cancel.is_set():
                 try:
                     job = pending.get_nowait()
                 except queue.Empty:
                     return
-                report(_run_one(segment, segmenter, job, device))
+                report(_run_one(segment, segmenter, job, device, log=len(jobs) > 1))
         except BaseException as error:  # re-raised in the caller's thread
             failures.append(error)
 
-    threads = [threading.Thread(target=work, args=(d,), name=f"fbanet-{d}") for d in devices]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    if len(devices) == 1:
+        # One worker runs in the calling thread: Ctrl-C interrupts it directly, and no
+        # thread of ours is left to finish its C++ teardown while Python exits.
+        work(devices[0])
+    else:
+        _run_threads(work, devices, cancel)
     if failures:
         raise failures[0]
     return [outcomes[job.index] for job in jobs]
 
 
+def _run_threads(
+    work: Callable[[str], None], devices: Sequence[str], cancel: threading.Event
+) -> None:
+    """One thread per device; on Ctrl-C, set ``cancel`` and join them all before re-raising."""
+    threads = [threading.Thread(target=work, args=(d,), name=f"fbanet-{d}") for d in devices]
+    try:
+        for thread in threads:
+            thread.start()
+        _join(threads)
+    except KeyboardInterrupt:
+        cancel.set()
+        _join(threads, interruptible=False)
+        raise
+
+
+def _join(threads: Sequence[threading.Thread], interruptible: bool = True) -> None:
+    """Wait for every thread; in short waits, so that Ctrl-C reaches the calling thread."""
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join(0.1)
+            except KeyboardInterrupt:
+                if interruptible:
+                    raise
+
+
 def _run_one(
     segment: Callable[[Any, CaseJob, str], SegmentOutputs], segmenter: Any, job: CaseJob,
-    device: str,
+    device: str, log: bool,
 ) -> CaseOutcome:  # fmt: skip
+    """One scan's outcome; ``log`` reports a failure as it happens (one of several scans; a
+    lone scan's error is the command's own error line)."""
     try:
         return CaseOutcome(job, device, outputs=segment(segmenter, job, device))
     except CASE_ERRORS as error:
-        logger.error("%s failed on %s: %s", job.image, device, error)
+        if log:
+            logger.error("%s failed on %s: %s", job.image, device, error)
         bad_input = isinstance(error, (ValueError, FileNotFoundError))
         return CaseOutcome(job, device, error=str(error) or type(error).__name__,
                            bad_input=bad_input, exception=error)  # fmt: skip

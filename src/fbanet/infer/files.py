@@ -74,6 +74,7 @@ def output_paths(
     Raises:
         ValueError: Unsupported extension, or two inputs with the same name.
     """
+    extension = extension if extension.startswith(".") else f".{extension}"  # nii -> .nii
     if extension not in SUPPORTED_EXTENSIONS:
         raise ValueError(
             f"output format {extension!r} is not one of {sorted(SUPPORTED_EXTENSIONS)}"
@@ -130,6 +131,18 @@ def _sibling(path: Path, suffix: str) -> Path:
         else split_extension(path)[0]
     )
     return path.with_name(f"{stem}{suffix}")
+
+
+def sibling_outputs(output_path: Path, probability: bool, uncertainty: bool) -> list[Path]:
+    """The map files :func:`segment_file` writes next to ``output_path`` when asked to."""
+    return [
+        _sibling(output_path, suffix)
+        for suffix, wanted in (
+            ("-probability.nrrd", probability),
+            ("-uncertainty.nrrd", uncertainty),
+        )
+        if wanted
+    ]
 
 
 def segment_file(

@@ -130,6 +130,43 @@ def check_image(volume: Volume) -> None:
         )
 
 
+# The fewest voxels along each axis, at the model's spacing, that a 3D model segments. The
+# V-Net halves the resolution four times and pads a window to a multiple of 16; with fewer
+# than 4 voxels over three quarters of that axis would be padding and the second halving
+# would leave less than one voxel of the scan: one slice, or two or three, is not a 3D scan.
+MIN_EXTENT_VOXELS = PATCH_MULTIPLE // 4
+
+
+def check_extent(
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    model_spacing: Sequence[float] | None,
+) -> None:
+    """Refuse a region too thin for a 3D model (a single slice, a 2D image stored as 3D).
+
+    Args:
+        shape: The region's size in voxels (X, Y, Z).
+        spacing: Its voxel spacing (mm).
+        model_spacing: The model's spacing (mm); None segments at the scan's own spacing.
+
+    Raises:
+        ValueError: Fewer than :data:`MIN_EXTENT_VOXELS` voxels along an axis at the model's
+            spacing, with the size the region has and the size it needs.
+    """
+    target = model_spacing if model_spacing is not None else spacing
+    voxels = [n * s / t for n, s, t in zip(shape, spacing, target, strict=True)]
+    if min(voxels) >= MIN_EXTENT_VOXELS:
+        return
+    have = " x ".join(f"{v:.4g}" for v in voxels)
+    need = " x ".join(f"{MIN_EXTENT_VOXELS * t:.4g}" for t in target)
+    at = " x ".join(f"{t:.4g}" for t in target)
+    raise ValueError(
+        f"the region to segment is {' x '.join(str(n) for n in shape)} voxels, {have} voxels "
+        f"at the model's spacing ({at} mm); a 3D model needs at least {MIN_EXTENT_VOXELS} "
+        f"along each axis ({need} mm): give a 3D scan (or a larger --roi) that covers it"
+    )
+
+
 class Segmenter:
     """Segments volumes with an FBA-Net model (nnU-Net's predictor object, in small).
 
@@ -272,6 +309,7 @@ class Segmenter:
         started = time.monotonic()
         check_image(volume)
         box = roi or IndexBox((0, 0, 0), volume.array.shape)
+        check_extent(box.shape, volume.geometry.spacing, self.metadata.spacing)
         prepared = prepare_input(
             volume, normalization=self.metadata.normalization, spacing=self.metadata.spacing,
             normalized=normalized, roi=box,

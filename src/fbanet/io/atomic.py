@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -188,3 +188,36 @@ def staged_writes() -> Iterator[None]:
             for later, _ in stage[index:]:
                 later.unlink(missing_ok=True)
             raise _user_error(path, error) from error
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: after resolving ``..``, ``.`` and links, or a hard link."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[Path | None], inputs: Mapping[str, Iterable[Path | None]]
+) -> None:
+    """Refuse to write any output over an input (the image, a ROI, the model, a manifest).
+
+    Args:
+        outputs: Every file the command will write (None entries are skipped).
+        inputs: What each group of inputs is (e.g. ``"image"``, ``"model"``) and its files.
+
+    Raises:
+        ValueError: An output resolves to an input, however it is spelled; the input would be
+            lost, so nothing is written.
+    """
+    named = [(what, Path(p)) for what, paths in inputs.items() for p in paths if p is not None]
+    for output in (Path(p) for p in outputs if p is not None):
+        for what, source in named:
+            if _same_file(output, source):
+                raise ValueError(
+                    f"the output {str(output)!r} is the input {what} {str(source)!r}: writing "
+                    "it would destroy the input; choose another output name"
+                )

@@ -28,6 +28,8 @@ PANEL_PIXELS = 384  # longest side of the largest panel
 MIN_WIDTH = 800  # the three panels together, at least: large enough to inspect
 GAP = 6  # pixels between panels
 CAPTION_HEIGHT = 14
+# The reference (true) outline, when one is drawn: a green no segment colour uses by default.
+REFERENCE_COLOR: Color = (0.2, 0.95, 0.35)
 # Percentiles are computed on at most about this many voxels: plenty for a display window.
 _PERCENTILE_SAMPLE = 2_000_000
 
@@ -118,25 +120,37 @@ def _outline(labels: np.ndarray) -> np.ndarray:
     return edge & (labels != 0)
 
 
+def _resized(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    # Resample the labels to the panel grid first so outlines stay one pixel thin.
+    return np.asarray(
+        Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST)
+    )
+
+
 def _render_panel(
     gray: np.ndarray,
     labels: np.ndarray | None,
     size: tuple[int, int],
     lookup: Mapping[int, Color],
+    reference: np.ndarray | None = None,
 ) -> Image.Image:
-    """One panel: ``gray``/``labels`` are (rows, cols) already oriented for display."""
+    """One panel: ``gray``/``labels``/``reference`` are (rows, cols) oriented for display."""
     image = Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR).convert("RGB")
-    if labels is None:
+    if labels is None and reference is None:
         return image
-    # Resample the labels to the panel grid first so outlines stay one pixel thin.
-    resized = np.asarray(
-        Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST)
-    )
-    edge = _outline(resized)
     rgb = np.array(image)
-    for value, color in lookup.items():
-        rgb[edge & (resized == value)] = np.round(np.asarray(color) * 255).astype(np.uint8)
+    if reference is not None:  # under the prediction's outline where both run together
+        rgb[_outline(_resized(reference, size))] = _rgb8(REFERENCE_COLOR)
+    if labels is not None:
+        resized = _resized(labels, size)
+        edge = _outline(resized)
+        for value, color in lookup.items():
+            rgb[edge & (resized == value)] = _rgb8(color)
     return Image.fromarray(rgb)
+
+
+def _rgb8(color: Sequence[float]) -> np.ndarray:
+    return np.round(np.asarray(color) * 255).astype(np.uint8)
 
 
 def _check_inputs(image: Volume, labelmap: Volume | None) -> None:
@@ -168,6 +182,7 @@ def save_preview(
     *,
     colors: ColorsArg = None,
     title: str | None = None,
+    reference: Volume | None = None,
 ) -> Path:
     """Save a PNG of axial, coronal and sagittal slices with segment outlines.
 
@@ -184,6 +199,8 @@ def save_preview(
             with background first (like ``ModelConfig.class_colors``). Missing labels get
             default colours.
         title: Optional text drawn above the panels.
+        reference: A true labelmap on the same grid: its outline is drawn in
+            :data:`REFERENCE_COLOR` and a legend names both outlines.
 
     Returns:
         ``path`` as a Path.
@@ -196,32 +213,20 @@ def save_preview(
     if path.suffix.lower() != ".png":
         raise ValueError(f"preview path must end with .png, got {path.name!r}")
     _check_inputs(image, labelmap)
-    array = image.array
+    if reference is not None:
+        _check_inputs(image, reference)
     labels = None if labelmap is None else labelmap.array
-    low, high = _window(array)
-    scale = 255.0 / (high - low) if high > low else 0.0
     lookup = {} if labels is None else _color_lookup(colors, [int(v) for v in np.unique(labels)])
     lookup.pop(0, None)
-
-    spacing = image.geometry.spacing
-    mm_per_px = _scale(array.shape, spacing)
-
-    rendered: list[tuple[str, Image.Image]] = []
-    for caption, index, h_axis, v_axis, flip in _panels(_center(labels, array.shape)):
-        plane = np.nan_to_num(array[index].astype(np.float64), nan=low)
-        gray = np.clip((plane - low) * scale, 0, 255).astype(np.uint8).T  # rows = v_axis
-        label_plane = None if labels is None else labels[index].T
-        if flip:
-            gray = gray[::-1]
-            label_plane = None if label_plane is None else label_plane[::-1]
-        size = _panel_size(
-            (array.shape[h_axis], array.shape[v_axis]),
-            (spacing[h_axis], spacing[v_axis]),
-            mm_per_px,
-        )
-        rendered.append((caption, _render_panel(gray, label_plane, size, lookup)))
-
-    canvas = _compose(rendered, title)
+    truth = None if reference is None else reference.array
+    rendered = _render_panels(image, labels, truth, lookup)
+    legend = None
+    if reference is not None:
+        legend = [
+            (f"prediction{'' if len(lookup) == 1 else f' {v}'}", c) for v, c in lookup.items()
+        ]
+        legend.append(("reference", REFERENCE_COLOR))
+    canvas = _compose(rendered, title, legend)
 
     def write(tmp: Path) -> None:
         canvas.save(tmp, format="PNG")
@@ -231,15 +236,53 @@ def save_preview(
     return path
 
 
-def _compose(panels: Sequence[tuple[str, Image.Image]], title: str | None) -> Image.Image:
-    """Panels side by side on black, captions below, optional title on top."""
-    top = CAPTION_HEIGHT + GAP if title else GAP
+def _render_panels(
+    image: Volume,
+    labels: np.ndarray | None,
+    truth: np.ndarray | None,
+    lookup: Mapping[int, Color],
+) -> list[tuple[str, Image.Image]]:
+    """The three captioned panels: windowed slices with the outlines drawn in."""
+    array, spacing = image.array, image.geometry.spacing
+    low, high = _window(array)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    mm_per_px = _scale(array.shape, spacing)
+    rendered: list[tuple[str, Image.Image]] = []
+    for caption, index, h_axis, v_axis, flip in _panels(_center(labels, array.shape)):
+        plane = np.nan_to_num(array[index].astype(np.float64), nan=low)
+        gray = np.clip((plane - low) * scale, 0, 255).astype(np.uint8).T  # rows = v_axis
+        planes = [None if a is None else a[index].T for a in (labels, truth)]
+        if flip:
+            gray = gray[::-1]
+            planes = [None if p is None else p[::-1] for p in planes]
+        size = _panel_size(
+            (array.shape[h_axis], array.shape[v_axis]),
+            (spacing[h_axis], spacing[v_axis]),
+            mm_per_px,
+        )
+        rendered.append((caption, _render_panel(gray, planes[0], size, lookup, planes[1])))
+    return rendered
+
+
+def _compose(
+    panels: Sequence[tuple[str, Image.Image]],
+    title: str | None,
+    legend: Sequence[tuple[str, Color]] | None = None,
+) -> Image.Image:
+    """Panels side by side on black, captions below, optional title and legend on top."""
+    top = CAPTION_HEIGHT + GAP if title or legend else GAP
     width = sum(p.width for _, p in panels) + GAP * (len(panels) + 1)
     height = top + max(p.height for _, p in panels) + CAPTION_HEIGHT + GAP
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((GAP, 2), title, fill=(255, 255, 255))
+    x = width - GAP - sum(24 + 6 * len(name) for name, _ in legend or ())
+    for name, color in legend or ():  # a coloured line, then its name, at the top right
+        rgb = tuple(int(v) for v in _rgb8(color))
+        draw.line((x, 8, x + 12, 8), fill=rgb, width=3)
+        draw.text((x + 16, 2), name, fill=rgb)
+        x += 24 + 6 * len(name)
     x = GAP
     for caption, panel in panels:
         canvas.paste(panel, (x, top))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -83,6 +83,7 @@ def load_model_file(
         ValueError: The file is corrupt, foreign, or its weights do not fit its metadata.
     """
     metadata = read_model_header(path)
+    _check_stored_shapes(path, metadata)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -107,6 +108,30 @@ def load_model_file(
             f"{str(path)!r}: weights do not match its architecture: {error}"
         ) from error
     return model.to(device).eval(), metadata
+
+
+def _check_stored_shapes(path: str | Path, metadata: ModelMetadata) -> None:
+    """Compare the tensors' shapes in the file with its architecture, allocating nothing.
+
+    Raises:
+        ValueError: A tensor's recorded shape differs from what the header's architecture
+            needs (the file is damaged or was edited).
+    """
+    with torch.device("meta"):  # shapes only: no memory behind the parameters
+        layout = FBANet(metadata.model, with_contrast=False).state_dict()
+    expected = {key: tuple(value.shape) for key, value in layout.items()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{str(path)!r} is damaged (cannot read its weights: {error})") from error
+    wrong = [k for k, shape in stored.items() if k in expected and expected[k] != shape]
+    if wrong:
+        key = wrong[0]
+        raise ValueError(
+            f"{str(path)!r}: weight {key!r} has the shape {list(stored[key])}, its architecture "
+            f"needs {list(expected[key])}; the file is damaged or was edited"
+        )
 
 
 def safe_torch_load(path: str | Path, what: str, advice: str) -> Any:

@@ -72,6 +72,45 @@ class ModelMetadata:
         return cls(**data)
 
 
+# Sane bounds of every size a model header sets: a file claiming more is refused before
+# anything is allocated (a patch of 100000^3 voxels would ask for terabytes).
+HEADER_BOUNDS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 16),
+    "num_classes": (2, 64),
+    "base_filters": (1, 64),
+    "projection_dim": (1, 4096),
+    "patch_size side": (16, 512),
+}
+MAX_PATCH_VOXELS = 256**3
+SPACING_RANGE_MM = (1e-3, 100.0)
+MAX_ITERATIONS = 10**9
+
+
+def _out_of_bounds(metadata: ModelMetadata) -> str | None:
+    """What in ``metadata`` lies outside sane bounds, or None."""
+    model = metadata.model
+    values = {name: getattr(model, name) for name in list(HEADER_BOUNDS)[:-1]}
+    for name, value in [*values.items(), *(("patch_size side", s) for s in model.patch_size)]:
+        low, high = HEADER_BOUNDS[name]
+        if not low <= value <= high:
+            return f"{name} {value} (must be {low} to {high})"
+    voxels = model.patch_size[0] * model.patch_size[1] * model.patch_size[2]
+    if voxels > MAX_PATCH_VOXELS:
+        return f"patch_size {list(model.patch_size)} ({voxels} voxels, at most {MAX_PATCH_VOXELS})"
+    low_mm, high_mm = SPACING_RANGE_MM
+    if metadata.spacing is not None and not all(low_mm <= s <= high_mm for s in metadata.spacing):
+        return f"spacing {list(metadata.spacing)} mm (each must be {low_mm} to {high_mm})"
+    if (
+        not metadata.decoders
+        or 0 not in metadata.decoders
+        or not set(metadata.decoders) <= {0, 1, 2}
+    ):
+        return f"decoders {list(metadata.decoders)} (among 0, 1, 2, with 0)"
+    if not 0 <= metadata.iterations <= MAX_ITERATIONS:
+        return f"iterations {metadata.iterations}"
+    return None
+
+
 def read_model_header(path: str | Path) -> ModelMetadata:
     """Read only the metadata of a model file (fast: no weights are loaded)."""
     path = Path(path)
@@ -109,7 +148,7 @@ def read_model_header(path: str | Path) -> ModelMetadata:
             f"entry (architecture and preprocessing); {rewrite}"
         )
     try:
-        return ModelMetadata.from_json(meta["fbanet"])
+        metadata = ModelMetadata.from_json(meta["fbanet"])
     except KeyError as error:
         raise ValueError(
             f"{str(path)!r} has incomplete fbanet metadata (no {error.args[0]!r} setting); "
@@ -119,3 +158,7 @@ def read_model_header(path: str | Path) -> ModelMetadata:
         raise ValueError(
             f"{str(path)!r} has damaged fbanet metadata ({error}); {rewrite}"
         ) from error
+    problem = _out_of_bounds(metadata)
+    if problem is not None:
+        raise ValueError(f"{str(path)!r} claims an impossible {problem}; {rewrite}")
+    return metadata

@@ -236,12 +236,12 @@ def _loss_panel(
             axes.draw_series(draw, x, series[key], _blend(color, _FAINT), 1)
     for key, color in zip(LOSS_KEYS, LOSS_COLORS, strict=True):
         axes.draw_series(draw, x, smooth[key], color, 2)
-    _legend(
-        draw,
-        axes.box,
-        font,
-        [(k.replace("_loss", ""), c) for k, c in zip(LOSS_KEYS, LOSS_COLORS, strict=True)],
-    )
+    logged = [  # a supervised run logs no consistency or contrastive term: no legend for them
+        (k.replace("_loss", ""), c)
+        for k, c in zip(LOSS_KEYS, LOSS_COLORS, strict=True)
+        if np.isfinite(series[k]).any()
+    ]
+    _legend(draw, axes.box, font, logged)
     note = gradient_note(series.get(GRADIENT_KEY, np.array([])))
     if note:
         left, _, _, bottom = axes.box

@@ -20,6 +20,8 @@ class TrainingData:
         validation: Held-out labeled cases, scored every ``validate_every`` iterations.
         spacing: Voxel spacing (mm) of the training volumes, recorded in the model file.
         normalization: How the images were normalized, recorded in the model file.
+        source: Where the cases came from (the command's data flags), recorded in
+            config.json so that ``--resume`` needs no data flags.
     """
 
     labeled: Sequence[Case]
@@ -27,6 +29,7 @@ class TrainingData:
     validation: Sequence[Case] = ()
     spacing: tuple[float, float, float] | None = None
     normalization: IntensityNormalization = IntensityNormalization.ZSCORE
+    source: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Counts and names, for config.json."""
@@ -36,6 +39,7 @@ class TrainingData:
             "validation": [c.name for c in self.validation],
             "spacing": list(self.spacing) if self.spacing else None,
             "normalization": self.normalization.value,
+            **({"source": self.source} if self.source is not None else {}),
         }
 
 

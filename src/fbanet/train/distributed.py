@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
 
 from fbanet.config import DeviceKind, SyncBatchNorm, TrainConfig
+from fbanet.train.collectives import gather_from_processes, sum_over_processes
 from fbanet.train.progress import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -199,12 +199,12 @@ class RankBatch:
 
     def rows(self, local: Tensor, labeled: int) -> Tensor:
         """All processes' rows, labeled rows of every process first (one-process order)."""
-        parts = dist_nn.all_gather(local)
+        parts = gather_from_processes(local)
         return torch.cat([p[:labeled] for p in parts] + [p[labeled:] for p in parts])
 
     def sum(self, local: Tensor) -> Tensor:
         """Sum over the processes, with gradients."""
-        return dist_nn.all_reduce(local)
+        return sum_over_processes(local)
 
     def mean_value(self, local: Tensor) -> Tensor:
         """The mean over the processes as value, the local gradient (a constant shift)."""

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from fbanet.config import IntensityNormalization, ModelConfig, TrainConfig, from_dict, parse_enum
+from fbanet.config import (
+    IntensityNormalization,
+    ModelConfig,
+    TrainConfig,
+    TrainingMode,
+    from_dict,
+    parse_enum,
+)
 from fbanet.data.cases import Case, load_cases
 from fbanet.data.manifest import CaseRef, DatasetSpec
 from fbanet.data.preprocess import resample
@@ -87,6 +94,7 @@ def load_training_data(
     num_classes: int = 2,
     h5_spacing: Sequence[float] | None = None,
     spacing: Sequence[float] | None = None,
+    allow_partial_labels: bool = False,
 ) -> TrainingData:
     """Read every case of ``spec`` into memory, validated and normalized.
 
@@ -101,6 +109,8 @@ def load_training_data(
             (required for those).
         spacing: Resample every case to this spacing (mm); the model file records it and
             inference resamples scans to it. None keeps the data's own spacing.
+        allow_partial_labels: Accept labels (on another grid) that cover only part of their
+            image, the rest taken as background; refused by default.
 
     Returns:
         The data, with its normalization recorded (for the model file).
@@ -114,6 +124,7 @@ def load_training_data(
     options = {
         "num_classes": num_classes,
         "h5_spacing": None if h5_spacing is None else tuple(h5_spacing),
+        "allow_partial_label": allow_partial_labels,
     }
     labeled = _load(spec.labeled, normalization, True, **options)
     unlabeled = _load(spec.unlabeled, normalization, False, **options)
@@ -159,6 +170,19 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(document.get("model", {})), dict(document.get("train", {}))
 
 
+def _supervised_batch(train_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings where a supervised run's batch is all labeled unless its share was set.
+
+    Supervised training uses no unlabeled patch, so it needs no unlabeled scan.
+    """
+    settings = dict(train_settings)
+    mode = settings.get("mode", TrainConfig.mode)
+    supervised = str(getattr(mode, "value", mode)).strip().lower() == TrainingMode.SUPERVISED.value
+    if supervised and "labeled_batch_size" not in settings:
+        settings["labeled_batch_size"] = settings.get("batch_size", TrainConfig.batch_size)
+    return settings
+
+
 def build_configs(
     model_settings: Mapping[str, Any], train_settings: Mapping[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
@@ -167,6 +191,7 @@ def build_configs(
     Raises:
         ValueError: An unknown setting, or a value of the wrong type or range, named.
     """
+    train_settings = _supervised_batch(train_settings)
     try:
         return from_dict(ModelConfig, model_settings), from_dict(TrainConfig, train_settings)
     except TypeError as error:  # a value of the wrong type is bad input here, not a bug

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
+
+from fbanet.train.collectives import sum_over_processes
 
 
 class GroupBatchNorm3d(nn.BatchNorm3d):
@@ -35,9 +36,9 @@ class GroupBatchNorm3d(nn.BatchNorm3d):
         total = float(count.item())
         if total <= 1:
             raise ValueError(f"batch norm needs more than 1 value per channel, got {total:.0f}")
-        mean = dist_nn.all_reduce(x.sum(dims)) / total
+        mean = sum_over_processes(x.sum(dims)) / total
         centered = x - mean.view(shape)
-        var = dist_nn.all_reduce((centered * centered).sum(dims)) / total
+        var = sum_over_processes((centered * centered).sum(dims)) / total
         out = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

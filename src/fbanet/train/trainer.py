@@ -28,6 +28,7 @@ from fbanet.config import (
     IntensityNormalization,
     ModelConfig,
     TrainConfig,
+    TrainingMode,
     from_dict,
     level_sizes,
     to_dict,
@@ -49,10 +50,13 @@ from fbanet.train.checkpoints import (
 from fbanet.train.curves import plot_training_curves
 from fbanet.train.data import TrainingData, check_training_data
 from fbanet.train.progress import ProgressReporter, StopRequest, truncate_progress
-from fbanet.train.schedule import learning_rate_at
+from fbanet.train.schedule import check_resumed_schedule, learning_rate_at
 from fbanet.train.scoring import validation_dice
 
 logger = logging.getLogger(__name__)
+
+# What a supervised (Dice-only) step reports: it has no consistency or contrastive term.
+SUPERVISED_TERMS = ("loss", "dice_loss")
 
 
 class TrainingDivergedError(FloatingPointError, RuntimeError):
@@ -212,6 +216,12 @@ class Trainer:
                 f"the checkpoint was written for another architecture ({saved_model}); resume "
                 f"with the run's own config.json or start a new run folder"
             )
+        saved_train = json.loads(state["train_config"])
+        check_resumed_schedule(
+            (saved_train.get("lr_schedule", "constant"), int(saved_train["iterations"])),
+            (self.config.lr_schedule, self.config.iterations),
+            str(self.run_dir),
+        )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -250,9 +260,12 @@ class Trainer:
         if not torch.isfinite(terms.total):
             raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        contrast_grad = contrastive_gradient_norm(
-            terms, out.contrast_inputs, self.config.contrastive_weight
-        )
+        supervised = self.config.mode is TrainingMode.SUPERVISED
+        contrast_grad = 0.0  # a supervised step has no contrastive term (and reports none)
+        if not supervised:
+            contrast_grad = contrastive_gradient_norm(
+                terms, out.contrast_inputs, self.config.contrastive_weight
+            )
         terms.total.backward()
         lr = learning_rate_at(
             self.config.learning_rate,
@@ -265,7 +278,10 @@ class Trainer:
         self.optimizer.step()
         self.iteration += 1
         values = terms.as_floats()
-        values["contrastive_grad_norm"] = contrast_grad
+        if supervised:  # Dice only: no consistency or contrastive term to report
+            values = {k: v for k, v in values.items() if k in SUPERVISED_TERMS}
+        else:
+            values["contrastive_grad_norm"] = contrast_grad
         values["lr"] = lr
         return values
 
