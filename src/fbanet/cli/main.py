@@ -53,6 +53,7 @@ _TRAIN_FLAGS = {
     "region_margin_mm": "region_margin_mm",
     "intensity_scale": "intensity_scale",
     "intensity_shift": "intensity_shift",
+    "region_crop_probability": "region_crop_probability",
 }
 _MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters", "contrast": "contrast"}
 
@@ -130,6 +131,11 @@ def _add_train_parser(commands: Any) -> None:
     )
     p.add_argument("--intensity-scale", type=float, help="random intensity scale +- (0.1)")
     p.add_argument("--intensity-shift", type=float, help="random intensity shift +- (0.1)")
+    p.add_argument(
+        "--region-crop-probability",
+        type=float,
+        help="how often the voxels outside that region are blanked, as a crop (0.5)",
+    )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--validate-every", type=int)
     p.add_argument("--log-every", type=int)
