@@ -157,16 +157,20 @@ def markdown(records: list[dict]) -> str:
 
 
 def load_la_split(
-    data_dir: Path, validation: int, spacing: float
+    data_dir: Path, validation: int, spacing: float, normalization: str = "zscore"
 ) -> tuple[TrainingData, list[str]]:
     """Every training case of train.list with its label, resampled to ``spacing`` mm, and the
-    names of the last ``validation`` cases (held out; each arm decides what it may see)."""
+    names of the last ``validation`` cases (held out; each arm decides what it may see).
+
+    ``normalization`` is fbanet's (``zscore``, the default) or ``as-stored`` (the authors')."""
     names = [n for n in (data_dir / "train.list").read_text().split() if n]
     spec = spec_from_h5_list(
         data_dir / "train", data_dir / "train.list", len(names) - validation, validation
     )
     started = time.monotonic()
-    data = load_training_data(spec, h5_spacing=LA_SPACING, spacing=(spacing,) * 3)
+    data = load_training_data(
+        spec, normalization=normalization, h5_spacing=LA_SPACING, spacing=(spacing,) * 3
+    )
     logger.info("loaded and resampled the data in %.0f s", time.monotonic() - started)
     return data, [ref.name for ref in spec.validation]
 
@@ -198,7 +202,11 @@ def main() -> None:
         args.arms, args.labeled, args.iterations = ["b"], 16, 15000
         args.patch, args.spacing = (112, 112, 80), LA_SPACING[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    data, args.validation_names = load_la_split(args.data, args.validation, args.spacing)
+    # The paper's run feeds the HDF5 images as stored, as the authors' code does.
+    normalization = "as-stored" if args.paper else "zscore"
+    data, args.validation_names = load_la_split(
+        args.data, args.validation, args.spacing, normalization
+    )
     records = [run_arm(arm, data, args) for arm in args.arms]
     table = markdown(records)
     (args.out / "results.md").write_text(table + "\n")

@@ -272,6 +272,8 @@ class TrainConfig:
             learns every crop a user may give; z-scored data only).
         intensity_scale: Then multiplied by a factor in [1 - this, 1 + this].
         intensity_shift: Then shifted by an offset in [-this, this].
+        region_crop_probability: How often the voxels outside that region are set to 0, as
+            inference pads a user's crop.
     """
 
     iterations: int = 15000
@@ -303,6 +305,7 @@ class TrainConfig:
     region_margin_mm: float = 30.0
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    region_crop_probability: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -338,6 +341,11 @@ class TrainConfig:
         _check_positive_number("intensity_scale", self.intensity_scale, allow_zero=True)
         if self.intensity_scale >= 1:
             raise ValueError(f"intensity_scale must be < 1, got {self.intensity_scale!r}")
+        _check_positive_number("region_crop_probability", self.region_crop_probability, True)
+        if self.region_crop_probability > 1:
+            raise ValueError(
+                f"region_crop_probability must be <= 1, got {self.region_crop_probability!r}"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         object.__setattr__(self, "mode", parse_enum(TrainingMode, self.mode))

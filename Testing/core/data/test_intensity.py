@@ -8,8 +8,8 @@ import pytest
 from fbanet.data.intensity import (
     RegionNormalization,
     foreground_box,
-    patch_coefficients,
     random_region,
+    region_normalized,
     zscore_coefficients,
 )
 from fbanet.data.preprocess import IndexBox, zscore
@@ -69,28 +69,70 @@ def test_zscore_coefficients_by_hand() -> None:
     )
 
 
-def test_patch_coefficients_zscore_a_region_then_scale_and_shift_within_bounds() -> None:
+def _bright_structure() -> tuple[np.ndarray, IndexBox]:
     rng = np.random.default_rng(3)
     image = rng.normal(3.0, 2.0, size=(30, 30, 10)).astype(np.float32)
-    image[10:20, 10:20, 3:7] += 5.0  # a bright structure
+    image[10:20, 10:20, 3:7] += 5.0
     label = np.zeros(image.shape, np.uint8)
     label[10:20, 10:20, 3:7] = 1
     focus = foreground_box(label)
+    assert focus is not None
+    return image, focus
+
+
+def test_region_normalized_zscores_a_random_region_of_the_volume() -> None:
+    image, focus = _bright_structure()
     exact = RegionNormalization((4, 4, 2), scale=0.0, shift=0.0)
-    a, b = patch_coefficients(image, focus, exact, np.random.default_rng(4))
+    out = region_normalized(image, focus, exact, np.random.default_rng(4))
     region = random_region(image.shape, focus, (4, 4, 2), np.random.default_rng(4))
+    assert out.dtype == np.float32 and out.shape == image.shape
     np.testing.assert_allclose(
-        (image * a + b)[region.slices], zscore(image[region.slices]), rtol=1e-4, atol=1e-5
+        out[region.slices], zscore(image[region.slices]), rtol=1e-4, atol=1e-5
     )
+    # Not cropped: the voxels outside follow the same affine map.
+    slope, intercept = np.polyfit(image.ravel(), out.ravel(), 1)
+    np.testing.assert_allclose(out, image * slope + intercept, atol=1e-4)
+
+
+def test_region_normalized_scales_and_shifts_within_bounds() -> None:
+    image, focus = _bright_structure()
+    exact = RegionNormalization((4, 4, 2), scale=0.0, shift=0.0)
     jitter = RegionNormalization((4, 4, 2), scale=0.1, shift=0.2)
     gains = []
-    for seed in range(200):
-        a2, b2 = patch_coefficients(image, focus, jitter, np.random.default_rng(seed))
-        a0, b0 = patch_coefficients(image, focus, exact, np.random.default_rng(seed))
-        gain = a2 / a0
-        assert 0.9 <= gain <= 1.1 and abs(b2 - b0 * gain) <= 0.2 + 1e-9
+    for seed in range(100):
+        base = region_normalized(image, focus, exact, np.random.default_rng(seed))
+        moved = region_normalized(image, focus, jitter, np.random.default_rng(seed))
+        gain, offset = np.polyfit(base.ravel(), moved.ravel(), 1)
+        assert 0.9 - 1e-4 <= gain <= 1.1 + 1e-4 and abs(offset) <= 0.2 + 1e-4
         gains.append(gain)
     assert max(gains) - min(gains) > 0.15  # the jitter is used, not a constant
+
+
+def test_region_normalized_blanks_outside_the_region_as_a_crop() -> None:
+    image, focus = _bright_structure()
+    crop = RegionNormalization((4, 4, 2), scale=0.0, shift=0.0, crop_probability=1.0)
+    out = region_normalized(image, focus, crop, np.random.default_rng(5))
+    region = random_region(image.shape, focus, (4, 4, 2), np.random.default_rng(5))
+    inside = np.zeros(image.shape, bool)
+    inside[region.slices] = True
+    assert not out[~inside].any() and (~inside).any()
+    np.testing.assert_allclose(out[inside], zscore(image[region.slices]).ravel(), atol=1e-5)
+    # Half the time, over many draws.
+    half = RegionNormalization((4, 4, 2), crop_probability=0.5)
+    rng = np.random.default_rng(6)
+    cropped = [not region_normalized(image, focus, half, rng).all() for _ in range(200)]
+    assert 70 <= sum(cropped) <= 130
+
+
+def test_tight_regions_are_common() -> None:
+    focus = IndexBox((20, 20, 20), (30, 30, 30))
+    rng = np.random.default_rng(7)
+    regions = [random_region((50, 50, 50), focus, (20, 20, 20), rng) for _ in range(2000)]
+    tight = [min(r.start) >= 16 and max(r.stop) <= 34 for r in regions]
+    wide = [min(r.start) <= 5 or max(r.stop) >= 45 for r in regions]
+    # One shared width: within 4 voxels of the box on all six sides about a quarter of the
+    # time (six independent margins of 0-20 would give (5/21)**6, 2 in 10,000).
+    assert 0.15 < np.mean(tight) < 0.35 and np.mean(wide) > 0.15
 
 
 def test_region_normalization_checks_and_converts_millimetres() -> None:
@@ -102,3 +144,5 @@ def test_region_normalization_checks_and_converts_millimetres() -> None:
         RegionNormalization((1, 1, 1), scale=1.0)
     with pytest.raises(ValueError, match="shift"):
         RegionNormalization((1, 1, 1), shift=-0.1)
+    with pytest.raises(ValueError, match="crop_probability"):
+        RegionNormalization((1, 1, 1), crop_probability=1.5)

@@ -5,7 +5,9 @@ region of interest in it (:func:`fbanet.data.preprocess.prepare_input`). How muc
 the structure in that region is the user's choice, and it moves the mean and spread that the
 z-score divides out. So training z-scores each patch over a random region around the
 structure, from tight to the whole volume, and then scales and shifts it a little: the network
-learns the intensities of every crop a user may give, not of one.
+learns the intensities of every crop a user may give, not of one. Often it also blanks what
+lies outside that region to 0, as inference pads a small crop, so a tight crop's missing
+context is no surprise either.
 
 Arrays are (X, Y, Z). Everything here is a pure function of its inputs and a random generator.
 """
@@ -35,11 +37,14 @@ class RegionNormalization:
             make the region, each side drawn uniformly from 0 to it; clipped to the volume.
         scale: Multiply by a factor drawn uniformly from [1 - scale, 1 + scale].
         shift: Then add an offset drawn uniformly from [-shift, shift].
+        crop_probability: How often the voxels outside the region are set to 0 (inference
+            pads a region with 0 up to its window), as if the user had cropped there.
     """
 
     margin: Triple
     scale: float = 0.1
     shift: float = 0.1
+    crop_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.margin) != 3 or any(int(m) != m or m < 0 for m in self.margin):
@@ -48,14 +53,21 @@ class RegionNormalization:
             raise ValueError(f"scale must be in [0, 1), got {self.scale!r}")
         if not self.shift >= 0:
             raise ValueError(f"shift must be >= 0, got {self.shift!r}")
+        if not 0 <= self.crop_probability <= 1:
+            raise ValueError(f"crop_probability must be in [0, 1], got {self.crop_probability!r}")
 
     @classmethod
     def from_mm(
-        cls, margin_mm: float, spacing: Sequence[float], scale: float, shift: float
+        cls,
+        margin_mm: float,
+        spacing: Sequence[float],
+        scale: float,
+        shift: float,
+        crop_probability: float = 0.0,
     ) -> RegionNormalization:
         """The margin given in millimetres, at the training volumes' ``spacing`` (X, Y, Z)."""
         margin = tuple(round(margin_mm / float(s)) for s in spacing)
-        return cls(margin, scale, shift)  # type: ignore[arg-type]
+        return cls(margin, scale, shift, crop_probability)  # type: ignore[arg-type]
 
 
 def foreground_box(label: np.ndarray) -> IndexBox | None:
@@ -75,21 +87,25 @@ def random_region(
 
     Args:
         shape: The volume (X, Y, Z).
-        focus: The structure's box: the region holds it, with a random margin from 0 to
-            ``margin`` on each side. None (no label): each side of the region spans between
-            half and all of the volume, at a random place.
+        focus: The structure's box: the region holds it, with a random margin on each side.
+            The margins share one random width, a fraction of ``margin`` drawn uniformly, so
+            tight regions are as common as wide ones; each side then draws from 0 to that
+            width. None (no label): each side of the region spans between half and all of
+            the volume, at a random place.
         margin: Largest margin per axis (voxels).
         rng: Random generator.
     """
     start, stop = [], []
+    width = float(rng.uniform())
     for axis, size in enumerate(shape):
         if focus is None:
             length = int(rng.integers(int(np.ceil(size * UNLABELED_MIN_FRACTION)), size + 1))
             low = int(rng.integers(0, size - length + 1))
             high = low + length
         else:
-            low = max(0, focus.start[axis] - int(rng.integers(0, margin[axis] + 1)))
-            high = min(size, focus.stop[axis] + int(rng.integers(0, margin[axis] + 1)))
+            most = round(margin[axis] * width)
+            low = max(0, focus.start[axis] - int(rng.integers(0, most + 1)))
+            high = min(size, focus.stop[axis] + int(rng.integers(0, most + 1)))
         start.append(low)
         stop.append(high)
     return IndexBox(tuple(start), tuple(stop))  # type: ignore[arg-type]
@@ -107,18 +123,30 @@ def zscore_coefficients(image: np.ndarray, region: IndexBox) -> tuple[float, flo
     return 1.0 / std, -mean / std
 
 
-def patch_coefficients(
+def region_normalized(
     image: np.ndarray,
     focus: IndexBox | None,
     settings: RegionNormalization,
     rng: np.random.Generator,
-) -> tuple[float, float]:
-    """``(a, b)``: z-score ``image`` over a random region, then scale and shift at random.
+) -> np.ndarray:
+    """``image`` z-scored over a random region, scaled and shifted at random, maybe cropped.
 
-    Apply as ``patch * a + b`` to any patch of ``image`` (rotated or flipped alike).
+    Args:
+        image: The whole training volume (X, Y, Z).
+        focus: The structure's box (see :func:`random_region`), or None.
+        settings: Margins, scale, shift and how often to crop.
+        rng: Random generator.
+
+    Returns:
+        A new float32 array of ``image``'s shape; with probability
+        ``settings.crop_probability`` every voxel outside the region is 0.
     """
     region = random_region(image.shape, focus, settings.margin, rng)
     a, b = zscore_coefficients(image, region)
     gain = float(rng.uniform(1 - settings.scale, 1 + settings.scale))
-    offset = float(rng.uniform(-settings.shift, settings.shift))
-    return a * gain, b * gain + offset
+    a, b = np.float32(a * gain), np.float32(b * gain + rng.uniform(-settings.shift, settings.shift))
+    if rng.uniform() < settings.crop_probability:
+        out = np.zeros(image.shape, dtype=np.float32)
+        out[region.slices] = image[region.slices] * a + b
+        return out
+    return (image * a + b).astype(np.float32, copy=False)

@@ -15,7 +15,7 @@ import numpy as np
 
 from fbanet.config import check_int
 from fbanet.data.cases import Case
-from fbanet.data.intensity import RegionNormalization, foreground_box, patch_coefficients
+from fbanet.data.intensity import RegionNormalization, foreground_box, region_normalized
 from fbanet.data.preprocess import IndexBox
 
 logger = logging.getLogger(__name__)
@@ -208,8 +208,9 @@ class PatchBatcher:
         seed: Seeds the case order and the augmentation: an int, or several (e.g. (seed, rank)
             for the shard of one process of data-parallel training).
         augment: Random in-plane rotation/flip before cropping.
-        intensity: Z-score each patch over a random region of its volume, then scale and
-            shift it (:mod:`fbanet.data.intensity`); None keeps the intensities as loaded.
+        intensity: Z-score each patch over a random region of its volume, scale and shift it,
+            sometimes blank what lies outside the region (:mod:`fbanet.data.intensity`); None
+            keeps the intensities as loaded.
     """
 
     def __init__(
@@ -261,11 +262,10 @@ class PatchBatcher:
     def _patch(self, case: Case, with_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
         image, label = case.image, case.label if with_label else None
         if self.intensity is not None:
-            a, b = patch_coefficients(
-                case.image, self._focus_box(case), self.intensity, self._intensity_rng
-            )
             # Before the crop, so that padding stays 0, as inference pads its windows.
-            image = image * np.float32(a) + np.float32(b)
+            image = region_normalized(
+                image, self._focus_box(case), self.intensity, self._intensity_rng
+            )
         if self.augment:
             image, label = rot_flip_views(image, label, self._rng)
         return crop_views(image, label, self.patch_size, self._rng)

@@ -159,6 +159,7 @@ class Trainer:
         return RegionNormalization.from_mm(
             self.config.region_margin_mm, spacing,
             self.config.intensity_scale, self.config.intensity_shift,
+            self.config.region_crop_probability,
         )  # fmt: skip
 
     # -- paths -------------------------------------------------------------------------------
