@@ -5,6 +5,7 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); CPU, gloo, float32, one threa
 
 - ``step``: one step of a tiny network; every process saves the batch it drew.
 - ``resume``: 4 iterations in one go; 2 (rank 1 alone asks to stop) and 2 more resumed.
+- ``ends``: runs whose last iteration writes a checkpoint, and their resume.
 - ``die``: rank 1 dies during the second iteration; rank 0 writes the error it gets.
 """
 
@@ -150,6 +151,16 @@ def _resume(env: Any, out: Path) -> None:
     _trainer(env, out / "split", config, resume=True).run()
 
 
+def _ends(env: Any, out: Path) -> None:
+    """Runs whose last iteration is a checkpoint iteration: 4 by 2, resumed to 6, 2 by 2."""
+    done = []
+    for name, iterations, resume in (("run", 4, False), ("run", 6, True), ("short", 2, False)):
+        config = settings(iterations=iterations, checkpoint_every=2)
+        result = _trainer(env, out / name, config, resume=resume).run()
+        done.append(result.iterations)
+    (out / f"ends{env.rank}.txt").write_text(" ".join(map(str, done)))
+
+
 def _die(env: Any, out: Path) -> None:
     trainer = _trainer(env, out / "run", settings(iterations=6))
     step = trainer.step
@@ -274,7 +285,7 @@ def compare_step(tmp_path: Path) -> tuple[float, float]:
     return error, update
 
 
-SCENARIOS = {"step": _step, "resume": _resume, "die": _die}
+SCENARIOS = {"step": _step, "resume": _resume, "ends": _ends, "die": _die}
 
 
 def main() -> None:

@@ -61,6 +61,16 @@ def test_resume_after_a_stop_continues_exactly(tmp_path: Path) -> None:
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2, 3, 4]
 
 
+def test_a_run_ending_on_a_checkpoint_iteration_ends_in_every_process(tmp_path: Path) -> None:
+    # Every process must know that the last iteration was just checkpointed: the final
+    # checkpoint is a collective, taken by all processes or by none.
+    check_ok(launch("ends", tmp_path))
+    assert [(tmp_path / f"ends{r}.txt").read_text() for r in (0, 1)] == ["4 6 2"] * 2
+    for name, iterations in (("run", 6), ("short", 2)):
+        state = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+        assert state["iteration"] == iterations and len(state["ranks"]) == 2
+
+
 def test_a_dead_process_ends_the_job_with_a_clear_message(tmp_path: Path) -> None:
     (code0, output0), (code1, output1) = launch("die", tmp_path, timeout=180)
     assert code1 == 3, output1[-2000:]

@@ -156,6 +156,9 @@ class DataParallelTrainer(Trainer):
             super()._checkpoint()
         else:
             self.state()  # take part in gathering the processes' states
+            # Every process records the checkpoint, so all take the same decisions after
+            # it (run() skips the final checkpoint, a collective, on all or on none).
+            self._saved_iteration = self.iteration
 
     def _maybe_validate(self, reporter: ProgressReporter) -> None:
         if not self.data.validation or self.iteration % self.config.validate_every:
