@@ -184,8 +184,12 @@ class FeatureContrastModule(nn.Module):
 
     def forward(self, features: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Map features (B, f, X, Y, Z) and logits (B, K, X, Y, Z) to fg, bg vectors (B, D)."""
-        weight = torch.softmax(logits.float(), dim=1)[:, 1:2]
-        values = features.float()
+        # At least float32 (bfloat16 autocast pools in float32), float64 stays float64.
+        dtype = torch.promote_types(
+            torch.promote_types(features.dtype, logits.dtype), torch.float32
+        )
+        weight = torch.softmax(logits.to(dtype), dim=1)[:, 1:2]
+        values = features.to(dtype)
         axes = (2, 3, 4)
         # A patch without foreground (or background) pools over a tiny mass; the floor
         # keeps the mean finite there.
