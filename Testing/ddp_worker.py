@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from fbanet.config import ContrastModule, ModelConfig, TrainConfig
 from fbanet.data.cases import Case
-from fbanet.model.losses import fba_loss
+from fbanet.model.losses import contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet
 from fbanet.train.checkpoints import load_checkpoint
 from fbanet.train.distributed import (
@@ -45,6 +45,7 @@ from fbanet.train.trainer import Trainer, TrainingData
 # No dropout: its masks are drawn per process, so they could not match one process's.
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8, dropout=0.0)
 TINY_LEARNING = dataclasses.replace(TINY, contrast=ContrastModule.LEARNING)
+MODULES = {"authors": TINY, "learning": TINY_LEARNING}
 
 
 def settings(**changes: Any) -> TrainConfig:
@@ -112,38 +113,42 @@ def _step(env: Any, out: Path) -> None:
 
 def _float64_gradients(env: Any, out: Path) -> None:
     """The distributed loss and batch norm in float64, without DDP: gradients (averaged as
-    DDP does) against one process's on the whole batch; rank 0 writes their relative
-    difference, the largest over both contrastive modules (float64 shows the arithmetic is
-    exact; float32 only rounds differently)."""
-    errors = [_float64_error(env, TINY), _float64_error(env, TINY_LEARNING)]
+    DDP does) against one process's on the whole batch, for both contrastive modules; rank 0
+    writes the largest relative difference (float64 shows the arithmetic is exact; float32
+    only rounds differently) and the contrastive gradient norms, one process's and the
+    distributed one, of each module."""
+    results = {kind: _float64_check(env, config) for kind, config in MODULES.items()}
     if env.rank == 0:
-        (out / "float64.txt").write_text(repr(max(errors)))
+        (out / "float64.txt").write_text(repr(max(r["error"] for r in results.values())))
+        (out / "grad_norms.json").write_text(json.dumps(results))
 
 
-def _float64_error(env: Any, model_config: ModelConfig) -> float:
+def _float64_check(env: Any, model_config: ModelConfig) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(4, 1, 16, 16, 16)))
     y = torch.from_numpy((rng.random((2, 16, 16, 16)) > 0.6).astype(np.int64))
     config = settings()
 
-    def gradients(model: torch.nn.Module, rows: list[int], group: Any) -> dict[str, torch.Tensor]:
+    def gradients(model: torch.nn.Module, rows: list[int], group: Any) -> Any:
         out = model(x[rows])
         labels = y[[r for r in rows if r < 2]]
-        fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group).total.backward()
-        return {n: p.grad for n, p in model.named_parameters()}
+        terms = fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group)
+        contrast = contrastive_gradient_norm(terms, out.contrast_inputs, 1.0, group)
+        terms.total.backward()
+        return {n: p.grad for n, p in model.named_parameters()}, contrast
 
     torch.manual_seed(7)
-    reference = gradients(FBANet(model_config).double(), [0, 1, 2, 3], None)
+    reference, one = gradients(FBANet(model_config).double(), [0, 1, 2, 3], None)
     torch.manual_seed(7)
     model = convert_batchnorm(FBANet(model_config).double(), torch.device("cpu"))
-    mine = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
+    mine, two = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
     error = norm = 0.0
     for name, grad in mine.items():
         dist.all_reduce(grad)
         grad /= env.world_size
         error += float(((grad - reference[name]) ** 2).sum())
         norm += float((reference[name] ** 2).sum())
-    return (error / norm) ** 0.5
+    return {"error": (error / norm) ** 0.5, "one": one, "two": two}
 
 
 def _resume(env: Any, out: Path) -> None:
@@ -173,10 +178,10 @@ def _die(env: Any, out: Path) -> None:
     trainer = _trainer(env, out / "run", settings(iterations=6))
     step = trainer.step
 
-    def dying_step() -> dict[str, float]:
+    def dying_step(measure: bool = True) -> dict[str, float]:
         if env.rank == 1 and trainer.iteration == 1:
             os._exit(3)
-        return step()
+        return step(measure)
 
     trainer.step = dying_step  # type: ignore[method-assign]
     try:
@@ -290,6 +295,9 @@ def compare_step(tmp_path: Path) -> tuple[float, float]:
     expected = [json.loads(line) for line in (tmp_path / "one" / "progress.jsonl").open()]
     for key in ("loss", "dice_loss", "consistency_loss", "contrastive_loss"):
         assert math.isclose(logged[0][key], expected[0][key], rel_tol=1e-5), key
+    # What the contrastive term sends into the network, over the whole batch.
+    norms = logged[0]["contrastive_grad_norm"], expected[0]["contrastive_grad_norm"]
+    assert norms[1] > 0 and math.isclose(*norms, rel_tol=1e-4), norms
     return error, update
 
 

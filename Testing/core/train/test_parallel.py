@@ -43,6 +43,10 @@ def test_two_processes_take_the_step_of_one_process_on_their_batch(tmp_path: Pat
     assert error / update < 1e-2, (error, update)
     # In float64 the distributed loss and batch norm give one process's gradients exactly.
     assert float((tmp_path / "float64.txt").read_text()) < 1e-8
+    # And the contrastive gradient norm, for both modules (2 processes logged ~2x).
+    for kind, result in json.loads((tmp_path / "grad_norms.json").read_text()).items():
+        assert result["one"] > 0, kind
+        assert result["two"] == pytest.approx(result["one"], rel=1e-6), (kind, result)
 
 
 def test_resume_after_a_stop_continues_exactly(tmp_path: Path) -> None:

@@ -117,6 +117,8 @@ class BatchGroup(Protocol):
     whole batch; this is how :func:`fba_loss` reaches the other processes' parts.
     """
 
+    world_size: int  # processes in the group
+
     def rows(self, local: Tensor, labeled: int) -> Tensor:
         """Every process's rows (B_local, ...) as one (B, ...) tensor, with gradients, ordered
         as a one-process batch: the labeled rows of every process first, then the others."""
@@ -209,20 +211,32 @@ class LossTerms:
         }
 
 
-def contrastive_gradient_norm(terms: LossTerms, inputs: Sequence[Tensor], weight: float) -> float:
+def contrastive_gradient_norm(
+    terms: LossTerms, inputs: Sequence[Tensor], weight: float, group: BatchGroup | None = None
+) -> float:
     """L2 norm of the gradient that the weighted contrastive term sends into the network.
 
     Measured at the activations the contrastive modules read (``FBANetOutput
     .contrast_inputs``): the term reaches the encoder and decoders only through them, so 0
     here means the term teaches the network nothing (the authors' module after step 1).
     The graph is kept for the main backward pass.
+
+    With a ``group`` (a collective: every process calls it) the norm is over the whole
+    batch: each process's copy of the term sends its gradient back through the gather to
+    every process's rows, so a process's rows receive ``world_size`` times their share (the
+    data-parallel average divides it out of the weights' gradients, and so does this norm).
     """
     contrast = terms.contrastive
     if weight == 0 or not contrast.requires_grad or not inputs:
         return 0.0
     grads = torch.autograd.grad(contrast, list(inputs), retain_graph=True, allow_unused=True)
-    squares = [g.float().square().sum() for g in grads if g is not None]
-    return weight * math.sqrt(float(sum(squares))) if squares else 0.0
+    squares = contrast.new_zeros((), dtype=torch.float64)
+    for g in grads:
+        if g is not None:
+            squares = squares + g.double().square().sum()
+    if group is not None:
+        squares = group.sum(squares.detach()) / group.world_size**2
+    return weight * math.sqrt(float(squares))
 
 
 def contrastive_loss(fg: Tensor, bg: Tensor, config: TrainConfig) -> Tensor:

@@ -35,7 +35,7 @@ from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.io.volumes import atomic_write
 from fbanet.model.files import ModelMetadata, initialize_from_model_file, save_model_file
-from fbanet.model.losses import LossTerms, contrastive_gradient_norm, fba_loss
+from fbanet.model.losses import BatchGroup, LossTerms, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import (
@@ -139,6 +139,8 @@ class Trainer:
             train_config.unlabeled_batch_size,
             seed=train_config.seed,
         )
+        # The processes sharing each batch (data-parallel training), or None.
+        self._group: BatchGroup | None = None
         self.iteration = 0
         self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
@@ -224,8 +226,13 @@ class Trainer:
         )
 
     # -- the loop ----------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        """One optimizer step on a fresh batch; returns the loss terms."""
+    def step(self, measure: bool = True) -> dict[str, float]:
+        """One optimizer step on a fresh batch; returns the loss terms.
+
+        Args:
+            measure: Also measure ``contrastive_grad_norm`` (an extra partial backward
+                pass, and a collective under torchrun: the same on every process).
+        """
         images, labels = self.batcher.next()
         device, fmt = self.setup.device, self.setup.memory_format
         x = torch.from_numpy(images).to(device).contiguous(memory_format=fmt)
@@ -237,8 +244,12 @@ class Trainer:
         if not torch.isfinite(terms.total):
             raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        contrast_grad = contrastive_gradient_norm(
-            terms, out.contrast_inputs, self.config.contrastive_weight
+        contrast_grad = (
+            contrastive_gradient_norm(
+                terms, out.contrast_inputs, self.config.contrastive_weight, self._group
+            )
+            if measure
+            else None
         )
         terms.total.backward()
         lr = learning_rate_at(
@@ -252,9 +263,14 @@ class Trainer:
         self.optimizer.step()
         self.iteration += 1
         values = terms.as_floats()
-        values["contrastive_grad_norm"] = contrast_grad
+        if contrast_grad is not None:
+            values["contrastive_grad_norm"] = contrast_grad
         values["lr"] = lr
         return values
+
+    def _logs(self, iteration: int) -> bool:
+        """Whether ``iteration`` (counted from 1) writes a progress line."""
+        return iteration % self.config.log_every == 0 or iteration == 1
 
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
         return fba_loss(out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config)
@@ -347,9 +363,10 @@ class Trainer:
                 if self.stop.requested:
                     stopped = True
                     break
-                values = self.step()
+                logged = self._logs(self.iteration + 1)
+                values = self.step(measure=logged)
                 lr = values.pop("lr")  # the contract carries it as a field of its own
-                if self.iteration % self.config.log_every == 0 or self.iteration == 1:
+                if logged:
                     reporter.iteration(self.iteration, values, lr)
                 self._maybe_validate(reporter)
                 if self.iteration % self.config.checkpoint_every == 0:
