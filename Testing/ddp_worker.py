@@ -7,6 +7,7 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); CPU, gloo, float32, one threa
 - ``resume``: 4 iterations in one go; 2 (rank 1 alone asks to stop) and 2 more resumed.
 - ``ends``: runs whose last iteration writes a checkpoint, and their resume.
 - ``die``: rank 1 dies during the second iteration; rank 0 writes the error it gets.
+- ``slow``: rank 0 sleeps, rank 1 waits for it (for the test of the job deadline).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,13 @@ def _ends(env: Any, out: Path) -> None:
     (out / f"ends{env.rank}.txt").write_text(" ".join(map(str, done)))
 
 
+def _slow(env: Any, out: Path) -> None:
+    """Rank 0 takes its time (a loaded machine); the others wait for it."""
+    if env.rank == 0:
+        time.sleep(120)
+    dist.barrier()
+
+
 def _die(env: Any, out: Path) -> None:
     trainer = _trainer(env, out / "run", settings(iterations=6))
     step = trainer.step
@@ -192,12 +200,6 @@ def _die(env: Any, out: Path) -> None:
 
 
 # -- for the tests (in the test process) -----------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(rank: int, world: int, port: int) -> dict[str, str]:
     return {
         **os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
@@ -206,12 +208,43 @@ def _env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> list[Any]:
-    """Run this script's ``scenario`` in ``world`` processes; their (exit code, output)."""
+    """Run this script's ``scenario`` in ``world`` processes; their (exit code, output).
+
+    This process hosts the job's rendezvous store, as torchrun's agent does, on a port the
+    system gives it and holds until the job ends: a port chosen first and bound later by
+    rank 0 could be taken in between (rank 0 then fails and the others wait on a stranger).
+    The job has one deadline: past it every process is killed together and the test fails
+    saying so (killing rank 0 alone at its own limit made the others fail as if they had
+    lost it).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
     command = [sys.executable, str(Path(__file__).resolve()), scenario, str(out)]
-    procs = [_start(command, env=_env(r, world, port)) for r in range(world)]
-    return [_finish(proc, timeout) for proc in procs]
+    logs = [out / f"{scenario}-rank{r}.log" for r in range(world)]
+    procs = []
+    for rank, log in enumerate(logs):
+        env = {**_env(rank, world, store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+        with log.open("w", encoding="utf-8") as handle:
+            procs.append(_start(command, env=env, stdout=handle))
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [proc.wait(timeout=max(deadline - time.monotonic(), 0.1)) for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+        tails = [f"rank {r}: {_read(log)[-1500:]}" for r, log in enumerate(logs)]
+        raise AssertionError(
+            f"the {scenario!r} job did not end within {timeout} s:\n" + "\n".join(tails)
+        ) from None
+    finally:
+        for proc in procs:
+            proc.wait()
+    return [(code, _read(log)) for code, log in zip(codes, logs, strict=True)]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def run_job(command: list[str], timeout: float = 300, **options: Any) -> Any:
@@ -233,16 +266,6 @@ def _start(command: list[str], **options: Any) -> Any:
     settings = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "encoding": "utf-8",
                 "errors": "replace", "start_new_session": True, **options}  # fmt: skip
     return subprocess.Popen(command, **settings)
-
-
-def _finish(proc: Any, timeout: float) -> tuple[int, str]:
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        output, _ = proc.communicate()
-        return -9, output + f"\n(killed after {timeout} s)"
-    return proc.returncode, output
 
 
 def check_ok(results: list[Any]) -> None:
@@ -301,7 +324,7 @@ def compare_step(tmp_path: Path) -> tuple[float, float]:
     return error, update
 
 
-SCENARIOS = {"step": _step, "resume": _resume, "ends": _ends, "die": _die}
+SCENARIOS = {"step": _step, "resume": _resume, "ends": _ends, "die": _die, "slow": _slow}
 
 
 def main() -> None:
