@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from fbanet.config import ContrastModule, ModelConfig, TrainConfig
 from fbanet.data.cases import Case
-from fbanet.model.losses import contrastive_gradient_norm, fba_loss
+from fbanet.model.losses import balance_contrast, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet
 from fbanet.train.checkpoints import load_checkpoint
 from fbanet.train.distributed import (
@@ -137,21 +137,30 @@ def _float64_check(env: Any, model_config: ModelConfig) -> dict[str, float]:
         labels = y[[r for r in rows if r < 2]]
         terms = fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group)
         contrast = contrastive_gradient_norm(terms, out.contrast_inputs, 1.0, group)
+        scale = 1.0
+        if model_config.contrast is ContrastModule.LEARNING:  # as the trainer weighs it
+            terms, scale, capped = balance_contrast(terms, out.contrast_inputs, 1.0, group)
+            assert math.isclose(capped, scale * contrast, rel_tol=1e-9)
         terms.total.backward()
-        return {n: p.grad for n, p in model.named_parameters()}, contrast
+        return {n: p.grad for n, p in model.named_parameters()}, (contrast, scale)
 
     torch.manual_seed(7)
-    reference, one = gradients(FBANet(model_config).double(), [0, 1, 2, 3], None)
+    reference, (one, one_scale) = gradients(FBANet(model_config).double(), [0, 1, 2, 3], None)
     torch.manual_seed(7)
     model = convert_batchnorm(FBANet(model_config).double(), torch.device("cpu"))
-    mine, two = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
+    mine, (two, two_scale) = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
     error = norm = 0.0
     for name, grad in mine.items():
         dist.all_reduce(grad)
         grad /= env.world_size
         error += float(((grad - reference[name]) ** 2).sum())
         norm += float((reference[name] ** 2).sum())
-    return {"error": (error / norm) ** 0.5, "one": one, "two": two}
+    return {
+        "error": (error / norm) ** 0.5,
+        "one": one,
+        "two": two,
+        "scales": [one_scale, two_scale],
+    }
 
 
 def _resume(env: Any, out: Path) -> None:

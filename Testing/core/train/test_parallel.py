@@ -49,6 +49,9 @@ def test_two_processes_take_the_step_of_one_process_on_their_batch(tmp_path: Pat
     for kind, result in json.loads((tmp_path / "grad_norms.json").read_text()).items():
         assert result["one"] > 0, kind
         assert result["two"] == pytest.approx(result["one"], rel=1e-6), (kind, result)
+    # The learning term's cap (balance_contrast) is the same over 2 processes as in one.
+    scales = json.loads((tmp_path / "grad_norms.json").read_text())["learning"]["scales"]
+    assert scales[0] < 1 and scales[1] == pytest.approx(scales[0], rel=1e-6)
 
 
 def test_resume_after_a_stop_continues_exactly(tmp_path: Path) -> None:

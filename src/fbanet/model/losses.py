@@ -13,6 +13,7 @@ All losses compute in float32 whatever the autocast dtype of their inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -237,6 +238,51 @@ def contrastive_gradient_norm(
     if group is not None:
         squares = group.sum(squares.detach()) / group.world_size**2
     return weight * math.sqrt(float(squares))
+
+
+def balance_contrast(
+    terms: LossTerms, inputs: Sequence[Tensor], weight: float, group: BatchGroup | None = None
+) -> tuple[LossTerms, float, float]:
+    """Cap the contrastive term's pull at ``weight`` times the segmentation terms' pull.
+
+    For the learning module (its term reaches the network through the decoders' last
+    features, ``inputs``): the contrastive term is scaled by s = min(1, |g_seg| / |g_con|),
+    a constant of the step, where g_seg and g_con are the gradients that the segmentation
+    terms (Dice, consistency) and the contrastive term send into those features. So
+    ``weight * s * g_con`` is never larger than ``weight * g_seg``: at initialisation
+    foreground and background pool nearly the same features through one head, where the
+    negative loss is steepest, and unscaled the term's gradient is 50-1400 times the
+    segmentation's (benchmarks/contrast_stability.py). A collective with a ``group``: the
+    norms span the whole batch.
+
+    Args:
+        terms: The step's loss, its total weighing the contrastive term by ``weight``.
+        inputs: The features the term reaches the network through.
+        weight: The contrastive weight in ``terms.total``.
+        group: The processes sharing the batch, or None.
+
+    Returns:
+        The terms with the total rebalanced, the scale s, and the norm of what the weighted,
+        scaled term sends into the network (as :func:`contrastive_gradient_norm`).
+    """
+    contrast = terms.contrastive
+    if weight == 0 or not contrast.requires_grad or not inputs:
+        return terms, 1.0, 0.0
+    segmentation = terms.total - weight * contrast
+    squares = []
+    for part in (segmentation, contrast):
+        grads = torch.autograd.grad(part, list(inputs), retain_graph=True, allow_unused=True)
+        squares.append(sum((g.double().square().sum() for g in grads if g is not None),
+                           contrast.new_zeros((), dtype=torch.float64)))  # fmt: skip
+    both = torch.stack(squares).detach()
+    if group is not None:
+        # Every process's rows receive world_size times their share of each gradient (the
+        # gathers' and sums' backward), which the ratio cancels and the norm divides out.
+        both = group.sum(both) / group.world_size**2
+    seg_norm, con_norm = (math.sqrt(float(v)) for v in both)
+    scale = 1.0 if con_norm == 0 else min(1.0, seg_norm / con_norm)
+    total = terms.total + weight * (scale - 1.0) * contrast
+    return dataclasses.replace(terms, total=total), scale, weight * scale * con_norm
 
 
 def contrastive_loss(fg: Tensor, bg: Tensor, config: TrainConfig) -> Tensor:

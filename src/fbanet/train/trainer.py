@@ -25,6 +25,7 @@ import torch
 
 from fbanet import __version__
 from fbanet.config import (
+    ContrastModule,
     ModelConfig,
     TrainConfig,
     from_dict,
@@ -35,7 +36,13 @@ from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.io.volumes import atomic_write
 from fbanet.model.files import ModelMetadata, initialize_from_model_file, save_model_file
-from fbanet.model.losses import BatchGroup, LossTerms, contrastive_gradient_norm, fba_loss
+from fbanet.model.losses import (
+    BatchGroup,
+    LossTerms,
+    balance_contrast,
+    contrastive_gradient_norm,
+    fba_loss,
+)
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import (
@@ -244,13 +251,16 @@ class Trainer:
         if not torch.isfinite(terms.total):
             raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        contrast_grad = (
-            contrastive_gradient_norm(
-                terms, out.contrast_inputs, self.config.contrastive_weight, self._group
+        weight, scale, contrast_grad = self.config.contrastive_weight, None, 0.0
+        if self.model_config.contrast is ContrastModule.LEARNING:
+            # Its pull is capped at the segmentation terms' (stable from step 1).
+            terms, scale, contrast_grad = balance_contrast(
+                terms, out.contrast_inputs, weight, self._group
             )
-            if measure
-            else None
-        )
+        elif measure:
+            contrast_grad = contrastive_gradient_norm(
+                terms, out.contrast_inputs, weight, self._group
+            )
         terms.total.backward()
         lr = learning_rate_at(
             self.config.learning_rate,
@@ -263,8 +273,10 @@ class Trainer:
         self.optimizer.step()
         self.iteration += 1
         values = terms.as_floats()
-        if contrast_grad is not None:
+        if measure:
             values["contrastive_grad_norm"] = contrast_grad
+        if scale is not None:
+            values["contrastive_scale"] = scale
         values["lr"] = lr
         return values
 
