@@ -230,8 +230,9 @@ def _conv_gradients(
         out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
     )
     (out * weights.to(out.dtype)).sum().backward()
-    assert x.grad is not None and layer.weight.grad is not None
-    return layer.weight.grad, x.grad
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor) and weight.grad is not None and x.grad is not None
+    return weight.grad, x.grad
 
 
 @functools.lru_cache(maxsize=64)
