@@ -237,8 +237,9 @@ class Trainer:
         """One optimizer step on a fresh batch; returns the loss terms.
 
         Args:
-            measure: Also measure ``contrastive_grad_norm`` (an extra partial backward
-                pass, and a collective under torchrun: the same on every process).
+            measure: Also log ``contrastive_grad_norm`` (an extra partial backward pass,
+                and a collective under torchrun: the same on every process). The learning
+                module measures it every step anyway: its cap needs it.
         """
         images, labels = self.batcher.next()
         device, fmt = self.setup.device, self.setup.memory_format
