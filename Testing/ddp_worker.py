@@ -31,7 +31,7 @@ from fbanet.config import ContrastModule, ModelConfig, TrainConfig
 from fbanet.data.cases import Case
 from fbanet.model.losses import balance_contrast, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet
-from fbanet.train.checkpoints import load_checkpoint
+from fbanet.train.checkpoints import load_checkpoint, save_checkpoint
 from fbanet.train.distributed import (
     RankBatch,
     close_process_group,
@@ -184,6 +184,16 @@ def _ends(env: Any, out: Path) -> None:
         result = _trainer(env, out / name, config, resume=resume).run()
         done.append(result.iterations)
     (out / f"ends{env.rank}.txt").write_text(" ".join(map(str, done)))
+    # A checkpoint of the fixed shards of fbanet 0.2.0 (no "sampling") does not resume.
+    if env.rank == 0:
+        state = load_checkpoint(out / "short" / "checkpoints" / "last.pt")
+        del state["sampling"]
+        save_checkpoint(out / "old" / "checkpoints" / "last.pt", state)
+    dist.barrier()
+    try:
+        _trainer(env, out / "old", settings(iterations=4), resume=True).run()
+    except ValueError as error:
+        (out / f"old{env.rank}.txt").write_text(str(error))
 
 
 def _slow(env: Any, out: Path) -> None:

@@ -78,6 +78,8 @@ def test_a_run_ending_on_a_checkpoint_iteration_ends_in_every_process(tmp_path: 
     for name, iterations in (("run", 6), ("short", 2)):
         state = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
         assert state["iteration"] == iterations and len(state["ranks"]) == 2
+    for rank in (0, 1):
+        assert "fbanet 0.2.0 or earlier" in (tmp_path / f"old{rank}.txt").read_text()
 
 
 def test_a_dead_process_ends_the_job_with_a_clear_message(tmp_path: Path) -> None:

@@ -49,6 +49,10 @@ from fbanet.train.trainer import Trainer, TrainingData, TrainResult
 logger = logging.getLogger(__name__)
 
 
+# How a checkpoint's processes drew their cases (absent: fixed shards, fbanet <= 0.2.0).
+SHARED_ORDER = "shared-order"
+
+
 class ProcessLostError(RuntimeError):
     """Another process of the job died or stopped answering."""
 
@@ -143,11 +147,20 @@ class DataParallelTrainer(Trainer):
         mine = {"batcher": state["batcher"], "rng": state["rng"]}
         state["world_size"] = self.env.world_size
         state["ranks"] = gather_objects(mine)
+        state["sampling"] = SHARED_ORDER
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         ranks = state.get("ranks")
-        if int(state.get("world_size", 1)) == self.env.world_size and ranks is not None:
+        same_world = int(state.get("world_size", 1)) == self.env.world_size
+        if same_world and state.get("sampling") != SHARED_ORDER:
+            raise ValueError(
+                "the checkpoint was written by fbanet 0.2.0 or earlier, whose processes drew "
+                "from fixed shards of the cases; the processes now share one case order, so "
+                "the run cannot continue exactly: start a new run folder (--init-model with "
+                "this run's model.safetensors keeps its weights)"
+            )
+        if same_world and ranks is not None:
             state = {**state, **ranks[self.env.rank]}
         super().load_state(state)
 
