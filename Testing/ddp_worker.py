@@ -138,8 +138,10 @@ def _float64_check(env: Any, model_config: ModelConfig) -> dict[str, float]:
         terms = fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group)
         contrast = contrastive_gradient_norm(terms, out.contrast_inputs, 1.0, group)
         scale = 1.0
-        if model_config.contrast is ContrastModule.LEARNING:  # as the trainer weighs it
-            terms, scale, capped = balance_contrast(terms, out.contrast_inputs, 1.0, group)
+        if model_config.contrast is ContrastModule.LEARNING:  # the trainer's cap on its pull
+            # (Its float32 losses would add ~1e-8 of rounding to the gradients compared
+            # below, so those stay the loss's own.)
+            _, scale, capped = balance_contrast(terms, out.contrast_inputs, config, group)
             assert math.isclose(capped, scale * contrast, rel_tol=1e-9)
         terms.total.backward()
         return {n: p.grad for n, p in model.named_parameters()}, (contrast, scale)

@@ -66,7 +66,7 @@ def measure(trainer: Trainer, mode: str) -> dict[str, float]:
     if mode == "ramp":
         weight *= consistency_rampup(t, 1.0, config.rampup_length, config.rampup_interval)
     elif mode == "balance" and trainer.model_config.contrast is ContrastModule.LEARNING:
-        weight *= balance_contrast(terms, out.contrast_inputs, 1.0)[1]
+        weight *= balance_contrast(terms, out.contrast_inputs, config)[1]
     seg = config.dice_weight * terms.dice + terms.consistency_weight * terms.consistency
     g_seg = torch.autograd.grad(seg, params, retain_graph=True, allow_unused=True)
     g_con = torch.autograd.grad(weight * terms.contrastive, params, allow_unused=True)

@@ -241,9 +241,9 @@ def contrastive_gradient_norm(
 
 
 def balance_contrast(
-    terms: LossTerms, inputs: Sequence[Tensor], weight: float, group: BatchGroup | None = None
+    terms: LossTerms, inputs: Sequence[Tensor], config: TrainConfig, group: BatchGroup | None = None
 ) -> tuple[LossTerms, float, float]:
-    """Cap the contrastive term's pull at ``weight`` times the segmentation terms' pull.
+    """Cap the contrastive term's pull at ``contrastive_weight`` times the segmentation's.
 
     For the learning module (its term reaches the network through the decoders' last
     features, ``inputs``): the contrastive term is scaled by s = min(1, |g_seg| / |g_con|),
@@ -251,24 +251,25 @@ def balance_contrast(
     terms (Dice, consistency) and the contrastive term send into those features. So
     ``weight * s * g_con`` is never larger than ``weight * g_seg``: at initialisation
     foreground and background pool nearly the same features through one head, where the
-    negative loss is steepest, and unscaled the term's gradient is 50-1400 times the
+    negative loss is steepest, and unscaled the term's gradient is about 190-1500 times the
     segmentation's (benchmarks/contrast_stability.py). A collective with a ``group``: the
     norms span the whole batch.
 
     Args:
-        terms: The step's loss, its total weighing the contrastive term by ``weight``.
+        terms: The step's loss (:func:`fba_loss` with ``config``).
         inputs: The features the term reaches the network through.
-        weight: The contrastive weight in ``terms.total``.
+        config: The loss weights ``terms`` was made with.
         group: The processes sharing the batch, or None.
 
     Returns:
         The terms with the total rebalanced, the scale s, and the norm of what the weighted,
         scaled term sends into the network (as :func:`contrastive_gradient_norm`).
     """
-    contrast = terms.contrastive
+    contrast, weight = terms.contrastive, config.contrastive_weight
     if weight == 0 or not contrast.requires_grad or not inputs:
         return terms, 1.0, 0.0
-    segmentation = terms.total - weight * contrast
+    # The total of fba_loss without its contrastive part, from the parts (no cancellation).
+    segmentation = config.dice_weight * terms.dice + terms.consistency_weight * terms.consistency
     squares = []
     for part in (segmentation, contrast):
         grads = torch.autograd.grad(part, list(inputs), retain_graph=True, allow_unused=True)
@@ -281,7 +282,7 @@ def balance_contrast(
         both = group.sum(both) / group.world_size**2
     seg_norm, con_norm = (math.sqrt(float(v)) for v in both)
     scale = 1.0 if con_norm == 0 else min(1.0, seg_norm / con_norm)
-    total = terms.total + weight * (scale - 1.0) * contrast
+    total = segmentation + (weight * scale) * contrast
     return dataclasses.replace(terms, total=total), scale, weight * scale * con_norm
 
 

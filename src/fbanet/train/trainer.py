@@ -256,7 +256,7 @@ class Trainer:
         if self.model_config.contrast is ContrastModule.LEARNING:
             # Its pull is capped at the segmentation terms' (stable from step 1).
             terms, scale, contrast_grad = balance_contrast(
-                terms, out.contrast_inputs, weight, self._group
+                terms, out.contrast_inputs, self.config, self._group
             )
         elif measure:
             contrast_grad = contrastive_gradient_norm(
