@@ -5,17 +5,20 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); CPU, gloo, float32, one threa
 
 - ``step``: one step of a tiny network; every process saves the batch it drew.
 - ``resume``: 4 iterations in one go; 2 (rank 1 alone asks to stop) and 2 more resumed.
+- ``ends``: runs whose last iteration writes a checkpoint, and their resume.
 - ``die``: rank 1 dies during the second iteration; rank 0 writes the error it gets.
+- ``slow``: rank 0 sleeps, rank 1 waits for it (for the test of the job deadline).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fbanet.config import ModelConfig, TrainConfig
+from fbanet.config import ContrastModule, ModelConfig, TrainConfig
 from fbanet.data.cases import Case
-from fbanet.model.losses import fba_loss
+from fbanet.model.losses import balance_contrast, contrastive_gradient_norm, fba_loss
 from fbanet.model.network import FBANet
-from fbanet.train.checkpoints import load_checkpoint
+from fbanet.train.checkpoints import load_checkpoint, save_checkpoint
 from fbanet.train.distributed import (
     RankBatch,
     close_process_group,
@@ -42,6 +45,8 @@ from fbanet.train.trainer import Trainer, TrainingData
 
 # No dropout: its masks are drawn per process, so they could not match one process's.
 TINY = ModelConfig(base_filters=4, patch_size=(16, 16, 16), projection_dim=8, dropout=0.0)
+TINY_LEARNING = dataclasses.replace(TINY, contrast=ContrastModule.LEARNING)
+MODULES = {"authors": TINY, "learning": TINY_LEARNING}
 
 
 def settings(**changes: Any) -> TrainConfig:
@@ -52,8 +57,10 @@ def settings(**changes: Any) -> TrainConfig:
         "validate_every": 100, "rampup_length": 0.0, "sync_batchnorm": "on",
         # FBANET_TEST_DEVICE=cuda: the same jobs on GPUs with NCCL (Testing/core/test_cuda.py).
         "device": os.environ.get("FBANET_TEST_DEVICE", "cpu"),
-        # Contiguous layout: this CPU's channels-last fp32 conv3d gradients differ by ~3 %
-        # from the contiguous ones, which would hide what the test compares.
+        # Contiguous layout, as measured: this tiny network's float32 gradient is percents
+        # off float64 in either layout (batch norm over 4 values at its 1x1x1 bottleneck,
+        # the ranked loss), the two layouts differently, while single convolutions are exact
+        # to rounding in both (benchmarks/channels_last_gradients.py).
         "channels_last": False,
     }  # fmt: skip
     import json
@@ -109,32 +116,53 @@ def _step(env: Any, out: Path) -> None:
 
 def _float64_gradients(env: Any, out: Path) -> None:
     """The distributed loss and batch norm in float64, without DDP: gradients (averaged as
-    DDP does) against one process's on the whole batch; rank 0 writes their relative
-    difference (float64 shows the arithmetic is exact; float32 only rounds differently)."""
+    DDP does) against one process's on the whole batch, for both contrastive modules; rank 0
+    writes the largest relative difference (float64 shows the arithmetic is exact; float32
+    only rounds differently) and the contrastive gradient norms, one process's and the
+    distributed one, of each module."""
+    results = {kind: _float64_check(env, config) for kind, config in MODULES.items()}
+    if env.rank == 0:
+        (out / "float64.txt").write_text(repr(max(r["error"] for r in results.values())))
+        (out / "grad_norms.json").write_text(json.dumps(results))
+
+
+def _float64_check(env: Any, model_config: ModelConfig) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(4, 1, 16, 16, 16)))
     y = torch.from_numpy((rng.random((2, 16, 16, 16)) > 0.6).astype(np.int64))
     config = settings()
 
-    def gradients(model: torch.nn.Module, rows: list[int], group: Any) -> dict[str, torch.Tensor]:
+    def gradients(model: torch.nn.Module, rows: list[int], group: Any) -> Any:
         out = model(x[rows])
         labels = y[[r for r in rows if r < 2]]
-        fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group).total.backward()
-        return {n: p.grad for n, p in model.named_parameters()}
+        terms = fba_loss(out.logits, out.fg, out.bg, labels, 1, config, group)
+        contrast = contrastive_gradient_norm(terms, out.contrast_inputs, 1.0, group)
+        scale = 1.0
+        if model_config.contrast is ContrastModule.LEARNING:  # the trainer's cap on its pull
+            # (Its float32 losses would add ~1e-8 of rounding to the gradients compared
+            # below, so those stay the loss's own.)
+            _, scale, capped = balance_contrast(terms, out.contrast_inputs, config, group)
+            assert math.isclose(capped, scale * contrast, rel_tol=1e-9)
+        terms.total.backward()
+        return {n: p.grad for n, p in model.named_parameters()}, (contrast, scale)
 
     torch.manual_seed(7)
-    reference = gradients(FBANet(TINY).double(), [0, 1, 2, 3], None)
+    reference, (one, one_scale) = gradients(FBANet(model_config).double(), [0, 1, 2, 3], None)
     torch.manual_seed(7)
-    model = convert_batchnorm(FBANet(TINY).double(), torch.device("cpu"))
-    mine = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
+    model = convert_batchnorm(FBANet(model_config).double(), torch.device("cpu"))
+    mine, (two, two_scale) = gradients(model, [env.rank, 2 + env.rank], RankBatch(env.world_size))
     error = norm = 0.0
     for name, grad in mine.items():
         dist.all_reduce(grad)
         grad /= env.world_size
         error += float(((grad - reference[name]) ** 2).sum())
         norm += float((reference[name] ** 2).sum())
-    if env.rank == 0:
-        (out / "float64.txt").write_text(repr((error / norm) ** 0.5))
+    return {
+        "error": (error / norm) ** 0.5,
+        "one": one,
+        "two": two,
+        "scales": [one_scale, two_scale],
+    }
 
 
 def _resume(env: Any, out: Path) -> None:
@@ -150,14 +178,41 @@ def _resume(env: Any, out: Path) -> None:
     _trainer(env, out / "split", config, resume=True).run()
 
 
+def _ends(env: Any, out: Path) -> None:
+    """Runs whose last iteration is a checkpoint iteration: 4 by 2, resumed to 6, 2 by 2."""
+    done = []
+    for name, iterations, resume in (("run", 4, False), ("run", 6, True), ("short", 2, False)):
+        config = settings(iterations=iterations, checkpoint_every=2)
+        result = _trainer(env, out / name, config, resume=resume).run()
+        done.append(result.iterations)
+    (out / f"ends{env.rank}.txt").write_text(" ".join(map(str, done)))
+    # A checkpoint of the fixed shards of fbanet 0.2.0 (no "sampling") does not resume.
+    if env.rank == 0:
+        state = load_checkpoint(out / "short" / "checkpoints" / "last.pt")
+        del state["sampling"]
+        save_checkpoint(out / "old" / "checkpoints" / "last.pt", state)
+    dist.barrier()
+    try:
+        _trainer(env, out / "old", settings(iterations=4), resume=True).run()
+    except ValueError as error:
+        (out / f"old{env.rank}.txt").write_text(str(error))
+
+
+def _slow(env: Any, out: Path) -> None:
+    """Rank 0 takes its time (a loaded machine); the others wait for it."""
+    if env.rank == 0:
+        time.sleep(120)
+    dist.barrier()
+
+
 def _die(env: Any, out: Path) -> None:
     trainer = _trainer(env, out / "run", settings(iterations=6))
     step = trainer.step
 
-    def dying_step() -> dict[str, float]:
+    def dying_step(measure: bool = True) -> dict[str, float]:
         if env.rank == 1 and trainer.iteration == 1:
             os._exit(3)
-        return step()
+        return step(measure)
 
     trainer.step = dying_step  # type: ignore[method-assign]
     try:
@@ -168,12 +223,6 @@ def _die(env: Any, out: Path) -> None:
 
 
 # -- for the tests (in the test process) -----------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(rank: int, world: int, port: int) -> dict[str, str]:
     return {
         **os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
@@ -182,12 +231,43 @@ def _env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def launch(scenario: str, out: Path, world: int = 2, timeout: float = 240) -> list[Any]:
-    """Run this script's ``scenario`` in ``world`` processes; their (exit code, output)."""
+    """Run this script's ``scenario`` in ``world`` processes; their (exit code, output).
+
+    This process hosts the job's rendezvous store, as torchrun's agent does, on a port the
+    system gives it and holds until the job ends: a port chosen first and bound later by
+    rank 0 could be taken in between (rank 0 then fails and the others wait on a stranger).
+    The job has one deadline: past it every process is killed together and the test fails
+    saying so (killing rank 0 alone at its own limit made the others fail as if they had
+    lost it).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
     command = [sys.executable, str(Path(__file__).resolve()), scenario, str(out)]
-    procs = [_start(command, env=_env(r, world, port)) for r in range(world)]
-    return [_finish(proc, timeout) for proc in procs]
+    logs = [out / f"{scenario}-rank{r}.log" for r in range(world)]
+    procs = []
+    for rank, log in enumerate(logs):
+        env = {**_env(rank, world, store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+        with log.open("w", encoding="utf-8") as handle:
+            procs.append(_start(command, env=env, stdout=handle))
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [proc.wait(timeout=max(deadline - time.monotonic(), 0.1)) for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+        tails = [f"rank {r}: {_read(log)[-1500:]}" for r, log in enumerate(logs)]
+        raise AssertionError(
+            f"the {scenario!r} job did not end within {timeout} s:\n" + "\n".join(tails)
+        ) from None
+    finally:
+        for proc in procs:
+            proc.wait()
+    return [(code, _read(log)) for code, log in zip(codes, logs, strict=True)]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def run_job(command: list[str], timeout: float = 300, **options: Any) -> Any:
@@ -209,16 +289,6 @@ def _start(command: list[str], **options: Any) -> Any:
     settings = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "encoding": "utf-8",
                 "errors": "replace", "start_new_session": True, **options}  # fmt: skip
     return subprocess.Popen(command, **settings)
-
-
-def _finish(proc: Any, timeout: float) -> tuple[int, str]:
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        output, _ = proc.communicate()
-        return -9, output + f"\n(killed after {timeout} s)"
-    return proc.returncode, output
 
 
 def check_ok(results: list[Any]) -> None:
@@ -271,10 +341,13 @@ def compare_step(tmp_path: Path) -> tuple[float, float]:
     expected = [json.loads(line) for line in (tmp_path / "one" / "progress.jsonl").open()]
     for key in ("loss", "dice_loss", "consistency_loss", "contrastive_loss"):
         assert math.isclose(logged[0][key], expected[0][key], rel_tol=1e-5), key
+    # What the contrastive term sends into the network, over the whole batch.
+    norms = logged[0]["contrastive_grad_norm"], expected[0]["contrastive_grad_norm"]
+    assert norms[1] > 0 and math.isclose(*norms, rel_tol=1e-4), norms
     return error, update
 
 
-SCENARIOS = {"step": _step, "resume": _resume, "die": _die}
+SCENARIOS = {"step": _step, "resume": _resume, "ends": _ends, "die": _die, "slow": _slow}
 
 
 def main() -> None:

@@ -89,3 +89,33 @@ def test_the_start_up_log_says_why_bf16_is_or_is_not_used(
         setup = device.compute_setup("cpu", precision)
     assert (setup.autocast_dtype is not None) == (native and precision == "auto")
     assert "compute: cpu" in caplog.text and expected in caplog.text
+
+
+def test_channels_last_float32_gradients_are_exact_to_rounding_here() -> None:
+    # Against float64, single convolutions of each kind: channels-last 6.8e-07 at worst
+    # (3x3x3 weight gradient, 12^3), contiguous 2.5e-07; a wrong kernel is >= 1e-2 off.
+    for size in [(12, 12, 12), (7, 7, 5), (2, 2, 2)]:
+        assert device.channels_last_gradients_ok(size), size
+
+
+def test_training_turns_channels_last_off_where_its_gradients_are_wrong(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    probed: list[tuple[int, int, int]] = []
+
+    def probe(size: tuple[int, int, int]) -> bool:
+        probed.append(size)
+        return size != (7, 7, 5)
+
+    monkeypatch.setattr(device, "channels_last_gradients_ok", probe)
+    with caplog.at_level(logging.WARNING, logger="fbanet.device"):
+        setup = device.compute_setup("cpu", "fp32", True, level_sizes((112, 112, 80)))
+    assert not setup.channels_last
+    assert setup.memory_format is torch.contiguous_format
+    assert "7x7x5" in caplog.text and "contiguous layout" in caplog.text
+    assert probed[0] == (12, 12, 12)  # whole patches are probed at a small size
+    # Where the probe passes, and for inference, the layout stays as asked.
+    monkeypatch.setattr(device, "channels_last_gradients_ok", lambda size: True)
+    assert device.compute_setup("cpu", "fp32", True, level_sizes((112, 112, 80))).channels_last
+    monkeypatch.setattr(device, "channels_last_gradients_ok", lambda size: False)
+    assert device.compute_setup("cpu", "fp32", True).channels_last

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import training_support as support
-from ddp_worker import free_port, run_job
+from ddp_worker import run_job
 from FBANetTrainingLib import jobexport
 from training_support import ROOT, WORKER_ENV, dataset, selftest
 
@@ -46,8 +46,9 @@ def test_the_exported_job_trains_under_torchrun_and_its_model_imports(tmp_path: 
 
     # Run the exact torchrun command from the job folder (2 CPU processes here).
     command = list(job.torchrunCommand)
-    command[:1] = [sys.executable, "-m", "torch.distributed.run", "--master-port",
-                   str(free_port())]  # fmt: skip
+    # --standalone: torchrun's agent binds a free port itself (a port chosen here first
+    # could be taken before the agent binds it).
+    command[:1] = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(ROOT / "src")}
     code, _, stderr = run_job(command, cwd=folder, env=env)
     assert code == 0, stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 from collections.abc import Iterator, Sequence
@@ -163,9 +164,75 @@ def compute_setup(
             logger.warning("%straining in float32 instead", reason)
             dtype = None
             why = "float32 because this CPU's bfloat16 convolution gradients are wrong here"
+    if channels_last and torch_device.type == "cpu" and training_sizes:
+        bad = [s for s in training_sizes if not channels_last_gradients_ok(_probe_size(s))]
+        if bad:
+            logger.warning(
+                "this CPU's float32 convolution gradients in the channels-last layout are "
+                "wrong at the feature-map size %s; training in the contiguous layout instead",
+                "x".join(map(str, _probe_size(bad[0]))),
+            )
+            channels_last = False
     setup = ComputeSetup(torch_device, dtype, channels_last)
     logger.info("compute: %s (%s)", setup.describe(), why)
     return setup
+
+
+def _probe_size(size: tuple[int, int, int]) -> tuple[int, int, int]:
+    # Float64 references of whole training patches would take seconds; the layout's kernels
+    # are chosen by shape class, which sides up to 12 reach.
+    return tuple(min(side, 12) for side in size)  # type: ignore[return-value]
+
+
+# What the layouts' float32 gradients may differ from float64 by: rounding gives ~1e-7 to
+# ~2e-6 here (channels-last up to 10x the contiguous layout); a wrong kernel gives >= 1e-2.
+CHANNELS_LAST_TOLERANCE = 1e-4
+
+
+@functools.lru_cache(maxsize=64)
+def channels_last_gradients_ok(size: tuple[int, int, int]) -> bool:
+    """Whether float32 3D convolution gradients in the channels-last layout are exact here.
+
+    The kinds of convolution FBA-Net trains (3x3x3, 2x2x2 stride 2, 2x2x2 transposed
+    stride 2) run once in float32 channels-last, their weight and input gradients compared
+    with float64 (relative error below :data:`CHANNELS_LAST_TOLERANCE`). Small networks'
+    whole gradients are no test: batch norm over a few values and the ranked contrastive
+    loss amplify any rounding, so there float32 is percents off float64 in either layout.
+
+    Args:
+        size: Spatial size (X, Y, Z) of the feature map (a few milliseconds at 12^3).
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, *size, generator=generator, dtype=torch.float64)
+    layers: list[torch.nn.Module] = [torch.nn.Conv3d(8, 8, 3, padding=1)]
+    if min(size) >= 2:
+        layers.append(torch.nn.Conv3d(8, 8, 2, stride=2))
+    layers.append(torch.nn.ConvTranspose3d(8, 8, 2, stride=2))
+    for layer in layers:
+        layer = layer.double()
+        reference = _conv_gradients(layer, x, torch.contiguous_format)
+        layout = _conv_gradients(layer.float(), x.float(), torch.channels_last_3d)
+        for got, want in zip(layout, reference, strict=True):
+            error = float((got.double() - want).norm() / want.norm().clamp_min(1e-30))
+            if not error < CHANNELS_LAST_TOLERANCE:  # NaN fails too
+                return False
+    return True
+
+
+def _conv_gradients(
+    layer: torch.nn.Module, x: torch.Tensor, fmt: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and input gradients of sum(out * r), r fixed, in layout ``fmt``."""
+    layer = copy.deepcopy(layer).to(memory_format=fmt)  # type: ignore[call-overload]
+    x = x.detach().contiguous(memory_format=fmt).requires_grad_()
+    out = layer(x)
+    weights = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    (out * weights.to(out.dtype)).sum().backward()
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor) and weight.grad is not None and x.grad is not None
+    return weight.grad, x.grad
 
 
 @functools.lru_cache(maxsize=64)

@@ -44,7 +44,9 @@ class Mirroring(str, Enum):
     ALL = "all"  # also mirrored along X and Y at once: 4 passes
 
 
-# Array axes of a window batch (B, C, X, Y, Z) that each Mirroring mirrors; () = as is.
+# Array axes of a window batch (B, C, X, Y, Z) that each Mirroring mirrors; () = as is. The
+# segmenter puts the scan's axes in the patient's order first (infer.orientation), so X and Y
+# are the in-plane axes of training's augmentation whatever the acquisition plane.
 MIRROR_AXES: dict[Mirroring, tuple[tuple[int, ...], ...]] = {
     Mirroring.NONE: ((),),
     Mirroring.AXES: ((), (2,), (3,)),

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from fbanet.data.preprocess import prepare_input
 from fbanet.infer.files import read_scan
+from fbanet.infer.orientation import training_axis_order
 from fbanet.infer.segmenter import check_image
 from fbanet.io.volumes import Volume, split_extension
 from fbanet.model.files import ModelMetadata
@@ -136,8 +137,8 @@ def disagreement(
     check_image(volume)
     metadata = segmenter.metadata
     image = prepare_input(
-        volume, normalization=metadata.normalization, spacing=metadata.spacing,
-        normalized=normalized,
+        training_axis_order(volume.geometry).volume(volume),  # as the segmenter sees it
+        normalization=metadata.normalization, spacing=metadata.spacing, normalized=normalized,
     ).network.array  # fmt: skip
     probabilities = segmenter.predict(image, decoders)
     foreground = probabilities[:, 1:].sum(axis=1)

@@ -19,6 +19,7 @@ from fbanet.config import PATCH_MULTIPLE
 from fbanet.data.preprocess import IndexBox, prepare_input, resample_channels
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.infer.config import MIRROR_AXES, Blend, InferenceConfig, Mirroring, Protocol, Window
+from fbanet.infer.orientation import training_axis_order
 from fbanet.infer.sliding_window import paper_protocol_inference, sliding_window_inference
 from fbanet.infer.windows import Triple, paper_starts, patch_starts, whole_window
 from fbanet.io.segments import SegmentInfo, segments_from_model
@@ -296,7 +297,8 @@ class Segmenter:
         """Segment ``volume``; the result lies on its grid voxel for voxel.
 
         Args:
-            volume: The scan, any size, spacing and orientation.
+            volume: The scan, any size, spacing and orientation (the network sees it with
+                its axes in the patient's order, as in training: :mod:`.orientation`).
             roi: Region to segment (default: the whole volume).
             normalized: The image is in the LA HDF5 layout, already normalized as stored;
                 only models trained on that layout as stored use it so
@@ -310,9 +312,11 @@ class Segmenter:
         check_image(volume)
         box = roi or IndexBox((0, 0, 0), volume.array.shape)
         check_extent(box.shape, volume.geometry.spacing, self.metadata.spacing)
+        # The network sees the scan in the training's axis order (axial planes in X, Y).
+        order = training_axis_order(volume.geometry)
         prepared = prepare_input(
-            volume, normalization=self.metadata.normalization, spacing=self.metadata.spacing,
-            normalized=normalized, roi=box,
+            order.volume(volume), normalization=self.metadata.normalization,
+            spacing=self.metadata.spacing, normalized=normalized, roi=order.box(box),
         )  # fmt: skip
         region, network_input = prepared.region, prepared.network
         available = self.metadata.decoders
@@ -338,6 +342,7 @@ class Segmenter:
             channels = resample_channels(
                 channels, network_input.geometry, region.geometry, region.array.shape
             )
+        channels = order.restore(channels)
         result = self._assemble(volume, box, channels, probability, uncertainty)
         result.seconds = time.monotonic() - started
         return result

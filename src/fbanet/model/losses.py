@@ -13,6 +13,7 @@ All losses compute in float32 whatever the autocast dtype of their inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ class BatchGroup(Protocol):
     whole batch; this is how :func:`fba_loss` reaches the other processes' parts.
     """
 
+    world_size: int  # processes in the group
+
     def rows(self, local: Tensor, labeled: int) -> Tensor:
         """Every process's rows (B_local, ...) as one (B, ...) tensor, with gradients, ordered
         as a one-process batch: the labeled rows of every process first, then the others."""
@@ -209,20 +212,78 @@ class LossTerms:
         }
 
 
-def contrastive_gradient_norm(terms: LossTerms, inputs: Sequence[Tensor], weight: float) -> float:
+def contrastive_gradient_norm(
+    terms: LossTerms, inputs: Sequence[Tensor], weight: float, group: BatchGroup | None = None
+) -> float:
     """L2 norm of the gradient that the weighted contrastive term sends into the network.
 
     Measured at the activations the contrastive modules read (``FBANetOutput
     .contrast_inputs``): the term reaches the encoder and decoders only through them, so 0
     here means the term teaches the network nothing (the authors' module after step 1).
     The graph is kept for the main backward pass.
+
+    With a ``group`` (a collective: every process calls it) the norm is over the whole
+    batch: each process's copy of the term sends its gradient back through the gather to
+    every process's rows, so a process's rows receive ``world_size`` times their share (the
+    data-parallel average divides it out of the weights' gradients, and so does this norm).
     """
     contrast = terms.contrastive
     if weight == 0 or not contrast.requires_grad or not inputs:
         return 0.0
     grads = torch.autograd.grad(contrast, list(inputs), retain_graph=True, allow_unused=True)
-    squares = [g.float().square().sum() for g in grads if g is not None]
-    return weight * math.sqrt(float(sum(squares))) if squares else 0.0
+    squares = contrast.new_zeros((), dtype=torch.float64)
+    for g in grads:
+        if g is not None:
+            squares = squares + g.double().square().sum()
+    if group is not None:
+        squares = group.sum(squares.detach()) / group.world_size**2
+    return weight * math.sqrt(float(squares))
+
+
+def balance_contrast(
+    terms: LossTerms, inputs: Sequence[Tensor], config: TrainConfig, group: BatchGroup | None = None
+) -> tuple[LossTerms, float, float]:
+    """Cap the contrastive term's pull at ``contrastive_weight`` times the segmentation's.
+
+    For the learning module (its term reaches the network through the decoders' last
+    features, ``inputs``): the contrastive term is scaled by s = min(1, |g_seg| / |g_con|),
+    a constant of the step, where g_seg and g_con are the gradients that the segmentation
+    terms (Dice, consistency) and the contrastive term send into those features. So
+    ``weight * s * g_con`` is never larger than ``weight * g_seg``: at initialisation
+    foreground and background pool nearly the same features through one head, where the
+    negative loss is steepest, and unscaled the term's gradient is about 190-1500 times the
+    segmentation's (benchmarks/contrast_stability.py). A collective with a ``group``: the
+    norms span the whole batch.
+
+    Args:
+        terms: The step's loss (:func:`fba_loss` with ``config``).
+        inputs: The features the term reaches the network through.
+        config: The loss weights ``terms`` was made with.
+        group: The processes sharing the batch, or None.
+
+    Returns:
+        The terms with the total rebalanced, the scale s, and the norm of what the weighted,
+        scaled term sends into the network (as :func:`contrastive_gradient_norm`).
+    """
+    contrast, weight = terms.contrastive, config.contrastive_weight
+    if weight == 0 or not contrast.requires_grad or not inputs:
+        return terms, 1.0, 0.0
+    # The total of fba_loss without its contrastive part, from the parts (no cancellation).
+    segmentation = config.dice_weight * terms.dice + terms.consistency_weight * terms.consistency
+    squares = []
+    for part in (segmentation, contrast):
+        grads = torch.autograd.grad(part, list(inputs), retain_graph=True, allow_unused=True)
+        squares.append(sum((g.double().square().sum() for g in grads if g is not None),
+                           contrast.new_zeros((), dtype=torch.float64)))  # fmt: skip
+    both = torch.stack(squares).detach()
+    if group is not None:
+        # Every process's rows receive world_size times their share of each gradient (the
+        # gathers' and sums' backward), which the ratio cancels and the norm divides out.
+        both = group.sum(both) / group.world_size**2
+    seg_norm, con_norm = (math.sqrt(float(v)) for v in both)
+    scale = 1.0 if con_norm == 0 else min(1.0, seg_norm / con_norm)
+    total = segmentation + (weight * scale) * contrast
+    return dataclasses.replace(terms, total=total), scale, weight * scale * con_norm
 
 
 def contrastive_loss(fg: Tensor, bg: Tensor, config: TrainConfig) -> Tensor:

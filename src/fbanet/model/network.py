@@ -184,8 +184,12 @@ class FeatureContrastModule(nn.Module):
 
     def forward(self, features: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Map features (B, f, X, Y, Z) and logits (B, K, X, Y, Z) to fg, bg vectors (B, D)."""
-        weight = torch.softmax(logits.float(), dim=1)[:, 1:2]
-        values = features.float()
+        # At least float32 (bfloat16 autocast pools in float32), float64 stays float64.
+        dtype = torch.promote_types(
+            torch.promote_types(features.dtype, logits.dtype), torch.float32
+        )
+        weight = torch.softmax(logits.to(dtype), dim=1)[:, 1:2]
+        values = features.to(dtype)
         axes = (2, 3, 4)
         # A patch without foreground (or background) pools over a tiny mass; the floor
         # keeps the mean finite there.
@@ -202,9 +206,9 @@ class FBANetOutput:
         logits: Decoder logits, each (B, K, X, Y, Z).
         fg: Foreground projections, each (B, D).
         bg: Background projections, each (B, D).
-        contrast_inputs: The activations the contrastive modules read (the logits, and with
-            the learning module the decoders' last features): the contrastive term's
-            gradient reaches the network only through these.
+        contrast_inputs: Where the contrastive term's gradient enters the encoder and
+            decoders, once: the logits the authors' modules read, or the decoders' last
+            features that the learning modules pool (directly and through the logits).
     """
 
     logits: list[Tensor]
@@ -250,7 +254,7 @@ class FBANet(nn.Module):
             last = [decoder.last_features(features) for decoder in decoders]
             logits = [decoder.classify(f) for decoder, f in zip(decoders, last, strict=True)]
             pairs = [m(f, out) for m, f, out in zip(self.contrast, last, logits, strict=True)]
-            inputs = [*logits, *last]
+            inputs = last  # the logits are computed from them: they carry both paths
         else:
             logits = [decoder(features) for decoder in self.decoders]
             pairs = [module(out) for module, out in zip(self.contrast, logits, strict=True)]

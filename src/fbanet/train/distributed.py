@@ -6,8 +6,8 @@ own to run on many GPUs or nodes. The pieces here are what every process shares:
 
 - the process group (NCCL on CUDA, gloo on CPU);
 - the global batch, split evenly: :func:`per_rank_batch`;
-- the case shards, each with its own random streams seeded from (seed, rank):
-  :func:`shard`;
+- one case order for the whole job, each process drawing its slice of every global batch:
+  :class:`SharedOrderSampler` (augmentation has its own random streams per process);
 - the batch-dependent loss parts, computed over the whole batch: :class:`RankBatch`;
 - one stop decision for all: :class:`AgreedStop`.
 """
@@ -18,23 +18,25 @@ import dataclasses
 import datetime
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from fbanet.config import DeviceKind, SyncBatchNorm, TrainConfig
+from fbanet.data.sampling import TwoStreamSampler
 from fbanet.train.collectives import gather_from_processes, sum_over_processes
 from fbanet.train.progress import StopRequest
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 # What torchrun (torch.distributed.run) sets in every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Mixed into the seed of the job's shared case order (apart from the per-process streams).
+SHARED_ORDER_STREAM = 0x5EED0DE5
 # How long a process waits for the others in one collective before giving up (a dead or
 # stuck peer); validation on rank 0 must fit in it.
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
@@ -165,18 +167,47 @@ def per_rank_batch(config: TrainConfig, world_size: int) -> RankBatchSize:
     return RankBatchSize(labeled // world_size, unlabeled // world_size)
 
 
-def shard(items: Sequence[T], env: DistributedEnv, what: str) -> list[T]:
-    """This process's share of ``items``: every ``world_size``-th, from its rank.
+class SharedOrderSampler(TwoStreamSampler):
+    """This process's part of one case order shared by the whole job.
 
-    Raises:
-        ValueError: Fewer items than processes (some process would have none).
+    Every process walks the same shuffled passes over all cases (the same seed on every
+    process), drawing the indices of the global batch, and keeps the slice of its rank. So
+    every case is drawn equally often whatever the number of processes; a fixed split of
+    the cases into shards would draw the cases of a smaller shard more often (7 cases over
+    2 processes: 4/3 as often).
+
+    Args:
+        num_labeled: All labeled cases of the job.
+        num_unlabeled: All unlabeled cases of the job.
+        batch: This process's share of the global batch.
+        env: This process's place in the job.
+        seed: The run's seed (not the rank's).
     """
-    if len(items) < env.world_size:
-        raise ValueError(
-            f"{len(items)} {what} case(s) cannot be shared by {env.world_size} processes "
-            f"(each needs at least one): add {what} cases or start fewer processes"
+
+    def __init__(
+        self,
+        num_labeled: int,
+        num_unlabeled: int,
+        batch: RankBatchSize,
+        env: DistributedEnv,
+        seed: int,
+    ) -> None:
+        world = env.world_size
+        rng = np.random.default_rng(np.random.SeedSequence([seed, SHARED_ORDER_STREAM]))
+        super().__init__(
+            num_labeled, num_unlabeled, batch.labeled * world, batch.unlabeled * world, rng
         )
-    return list(items[env.rank :: env.world_size])
+        self.batch = batch
+        self.rank = env.rank
+
+    def next_batch(self) -> tuple[list[int], list[int]]:
+        """This process's (labeled indices, unlabeled indices) of the next global batch."""
+        labeled, unlabeled = super().next_batch()
+        lab, unl = self.batch.labeled, self.batch.unlabeled
+        return (
+            labeled[self.rank * lab : (self.rank + 1) * lab],
+            unlabeled[self.rank * unl : (self.rank + 1) * unl],
+        )
 
 
 def wants_sync_batchnorm(mode: SyncBatchNorm, batch: RankBatchSize) -> bool:

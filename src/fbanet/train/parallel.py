@@ -1,8 +1,9 @@
 """The data-parallel trainer: one :class:`Trainer` per process of a ``torchrun`` job.
 
-Every process holds the whole network (wrapped in ``DistributedDataParallel``), its own
-shard of the labeled and of the unlabeled cases, and draws its part of the global batch
-from random streams seeded from (seed, rank). The loss's batch-dependent parts span the
+Every process holds the whole network (wrapped in ``DistributedDataParallel``) and all the
+cases; the processes walk one shared case order, each drawing its slice of every global
+batch (:class:`~fbanet.train.distributed.SharedOrderSampler`: every case equally often),
+and augment with random streams seeded from (seed, rank). The loss's batch-dependent parts span the
 whole batch (:class:`~fbanet.train.distributed.RankBatch`), batch norm optionally too, so
 one step of N processes with B/N patches each equals one step of one process with B.
 
@@ -23,20 +24,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from fbanet.config import ModelConfig, TrainConfig, TrainingMode
-from fbanet.data.cases import Case
 from fbanet.data.sampling import PatchBatcher
 from fbanet.model.losses import LossTerms, fba_loss
 from fbanet.model.network import FBANetOutput
+from fbanet.train.data import check_training_data
 from fbanet.train.distributed import (
     AgreedStop,
     DistributedEnv,
     RankBatch,
+    RankBatchSize,
+    SharedOrderSampler,
     all_agree,
     broadcast_object,
     gather_objects,
     init_process_group,
     per_rank_batch,
-    shard,
     torchrun_environment,
     wants_sync_batchnorm,
 )
@@ -45,6 +47,10 @@ from fbanet.train.sync_batchnorm import convert_batchnorm
 from fbanet.train.trainer import Trainer, TrainingData, TrainResult
 
 logger = logging.getLogger(__name__)
+
+
+# How a checkpoint's processes drew their cases (absent: fixed shards, fbanet <= 0.2.0).
+SHARED_ORDER = "shared-order"
 
 
 class ProcessLostError(RuntimeError):
@@ -79,8 +85,7 @@ class DataParallelTrainer(Trainer):
         if not dist.is_initialized() or dist.get_world_size() != env.world_size:
             raise RuntimeError("join the process group first (distributed.init_process_group)")
         self.env = env
-        self.rank_batch = per_rank_batch(train_config, env.world_size)
-        labeled, unlabeled = check_job(train_config, data, env)
+        self.rank_batch = check_job(train_config, data, env)
         main = env.is_main
         super().__init__(
             model_config, train_config, data, run_dir,
@@ -90,10 +95,13 @@ class DataParallelTrainer(Trainer):
             **kwargs,
         )  # fmt: skip
         self.batcher = PatchBatcher(
-            labeled, unlabeled, model_config.patch_size,
+            data.labeled, data.unlabeled, model_config.patch_size,
             self.rank_batch.labeled, self.rank_batch.unlabeled,
             seed=(train_config.seed, env.rank), intensity=self.region_normalization(),
         )  # fmt: skip
+        self.batcher.sampler = SharedOrderSampler(
+            len(data.labeled), len(data.unlabeled), self.rank_batch, env, train_config.seed
+        )
         self.sync_batchnorm = wants_sync_batchnorm(train_config.sync_batchnorm, self.rank_batch)
         if self.sync_batchnorm:
             convert_batchnorm(self.model, self.setup.device)
@@ -105,8 +113,9 @@ class DataParallelTrainer(Trainer):
         torch.manual_seed(_rank_seed(train_config.seed, env.rank))
         self._group = RankBatch(env.world_size)
         logger.info(
-            "process %d of %d: %d labeled + %d unlabeled cases, %d + %d patches a step, "
-            "sync batch norm %s", env.rank, env.world_size, len(labeled), len(unlabeled),
+            "process %d of %d: its slice of one order over %d labeled + %d unlabeled cases, "
+            "%d + %d patches a step, sync batch norm %s", env.rank, env.world_size,
+            len(data.labeled), len(data.unlabeled),
             self.rank_batch.labeled, self.rank_batch.unlabeled,
             "on" if self.sync_batchnorm else "off",
         )  # fmt: skip
@@ -138,11 +147,20 @@ class DataParallelTrainer(Trainer):
         mine = {"batcher": state["batcher"], "rng": state["rng"]}
         state["world_size"] = self.env.world_size
         state["ranks"] = gather_objects(mine)
+        state["sampling"] = SHARED_ORDER
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         ranks = state.get("ranks")
-        if int(state.get("world_size", 1)) == self.env.world_size and ranks is not None:
+        same_world = int(state.get("world_size", 1)) == self.env.world_size
+        if same_world and state.get("sampling") != SHARED_ORDER:
+            raise ValueError(
+                "the checkpoint was written by fbanet 0.2.0 or earlier, whose processes drew "
+                "from fixed shards of the cases; the processes now share one case order, so "
+                "the run cannot continue exactly: start a new run folder (--init-model with "
+                "this run's model.safetensors keeps its weights)"
+            )
+        if same_world and ranks is not None:
             state = {**state, **ranks[self.env.rank]}
         super().load_state(state)
 
@@ -156,6 +174,9 @@ class DataParallelTrainer(Trainer):
             super()._checkpoint()
         else:
             self.state()  # take part in gathering the processes' states
+            # Every process records the checkpoint, so all take the same decisions after
+            # it (run() skips the final checkpoint, a collective, on all or on none).
+            self._saved_iteration = self.iteration
 
     def _maybe_validate(self, reporter: ProgressReporter) -> None:
         if not self.data.validation or self.iteration % self.config.validate_every:
@@ -190,19 +211,15 @@ class DataParallelTrainer(Trainer):
         )
 
 
-def check_job(
-    train_config: TrainConfig, data: TrainingData, env: DistributedEnv
-) -> tuple[list[Case], list[Case]]:
-    """This process's labeled and unlabeled cases, once the job is known to fit.
+def check_job(train_config: TrainConfig, data: TrainingData, env: DistributedEnv) -> RankBatchSize:
+    """This process's share of the global batch, once the job is known to fit.
 
     Raises:
-        ValueError: The batch does not split over the processes, or some process would get
-            no case of a kind it draws.
+        ValueError: The batch does not split over the processes, or the cases do not fit
+            the batch (e.g. unlabeled patches but no unlabeled case).
     """
-    batch = per_rank_batch(train_config, env.world_size)
-    labeled = shard(data.labeled, env, "labeled")
-    unlabeled = shard(data.unlabeled, env, "unlabeled") if batch.unlabeled else []
-    return labeled, unlabeled
+    check_training_data(data, train_config)
+    return per_rank_batch(train_config, env.world_size)
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -222,7 +239,7 @@ def _is_communication_error(error: RuntimeError) -> bool:
 def join_torchrun_job(train_config: TrainConfig, data: TrainingData) -> DistributedEnv | None:
     """Join torchrun's process group if this process was started by torchrun (else None).
 
-    The job is checked first (the batch splits, every process gets cases), so that bad
+    The job is checked first (the batch splits, the cases fit it), so that bad
     settings fail in every process alike, before any of them waits for the others. Leave
     the group with :func:`~fbanet.train.distributed.close_process_group` at the end.
     """

@@ -25,6 +25,7 @@ import torch
 
 from fbanet._version import __version__
 from fbanet.config import (
+    ContrastModule,
     IntensityNormalization,
     ModelConfig,
     TrainConfig,
@@ -38,7 +39,13 @@ from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.io.volumes import atomic_write
 from fbanet.model.files import ModelMetadata, initialize_from_model_file, save_model_file
-from fbanet.model.losses import LossTerms, contrastive_gradient_norm, fba_loss
+from fbanet.model.losses import (
+    BatchGroup,
+    LossTerms,
+    balance_contrast,
+    contrastive_gradient_norm,
+    fba_loss,
+)
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import (
@@ -146,6 +153,8 @@ class Trainer:
             seed=train_config.seed,
             intensity=self.region_normalization(),
         )
+        # The processes sharing each batch (data-parallel training), or None.
+        self._group: BatchGroup | None = None
         self.iteration = 0
         self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
@@ -248,8 +257,14 @@ class Trainer:
         )
 
     # -- the loop ----------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        """One optimizer step on a fresh batch; returns the loss terms."""
+    def step(self, measure: bool = True) -> dict[str, float]:
+        """One optimizer step on a fresh batch; returns the loss terms.
+
+        Args:
+            measure: Also log ``contrastive_grad_norm`` (an extra partial backward pass,
+                and a collective under torchrun: the same on every process). The learning
+                module measures it every step anyway: its cap needs it.
+        """
         images, labels = self.batcher.next()
         device, fmt = self.setup.device, self.setup.memory_format
         x = torch.from_numpy(images).to(device).contiguous(memory_format=fmt)
@@ -262,10 +277,16 @@ class Trainer:
             raise self._diverged(float(terms.total.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         supervised = self.config.mode is TrainingMode.SUPERVISED
-        contrast_grad = 0.0  # a supervised step has no contrastive term (and reports none)
-        if not supervised:
+        # A supervised step has no contrastive term (and reports none).
+        weight, scale, contrast_grad = self.config.contrastive_weight, None, 0.0
+        if not supervised and self.model_config.contrast is ContrastModule.LEARNING:
+            # Its pull is capped at the segmentation terms' (stable from step 1).
+            terms, scale, contrast_grad = balance_contrast(
+                terms, out.contrast_inputs, self.config, self._group
+            )
+        elif not supervised and measure:
             contrast_grad = contrastive_gradient_norm(
-                terms, out.contrast_inputs, self.config.contrastive_weight
+                terms, out.contrast_inputs, weight, self._group
             )
         terms.total.backward()
         lr = learning_rate_at(
@@ -281,10 +302,16 @@ class Trainer:
         values = terms.as_floats()
         if supervised:  # Dice only: no consistency or contrastive term to report
             values = {k: v for k, v in values.items() if k in SUPERVISED_TERMS}
-        else:
+        elif measure:
             values["contrastive_grad_norm"] = contrast_grad
+        if scale is not None:
+            values["contrastive_scale"] = scale
         values["lr"] = lr
         return values
+
+    def _logs(self, iteration: int) -> bool:
+        """Whether ``iteration`` (counted from 1) writes a progress line."""
+        return iteration % self.config.log_every == 0 or iteration == 1
 
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
         return fba_loss(out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config)
@@ -377,9 +404,10 @@ class Trainer:
                 if self.stop.requested:
                     stopped = True
                     break
-                values = self.step()
+                logged = self._logs(self.iteration + 1)
+                values = self.step(measure=logged)
                 lr = values.pop("lr")  # the contract carries it as a field of its own
-                if self.iteration % self.config.log_every == 0 or self.iteration == 1:
+                if logged:
                     reporter.iteration(self.iteration, values, lr)
                 self._maybe_validate(reporter)
                 if self.iteration % self.config.checkpoint_every == 0:
