@@ -206,7 +206,8 @@ class PatchBatcher:
         labeled_per_batch: Labeled patches per batch.
         unlabeled_per_batch: Unlabeled patches per batch.
         seed: Seeds the case order and the augmentation: an int, or several (e.g. (seed, rank)
-            for the shard of one process of data-parallel training).
+            for one process of data-parallel training, whose trainer then replaces the case
+            order with the order all processes share).
         augment: Random in-plane rotation/flip before cropping.
         intensity: Z-score each patch over a random region of its volume, scale and shift it,
             sometimes blank what lies outside the region (:mod:`fbanet.data.intensity`); None
