@@ -80,7 +80,7 @@ def thresholdModel(path: str | Path, threshold: float = 2.5) -> Path:
     """
     import torch
 
-    from fbanet.config import ModelConfig
+    from fbanet.config import IntensityNormalization, ModelConfig
     from fbanet.model.files import ModelMetadata, save_model_file
     from fbanet.model.network import FBANet
 
@@ -107,6 +107,9 @@ def thresholdModel(path: str | Path, threshold: float = 2.5) -> Path:
     metadata = ModelMetadata(
         model=config,
         spacing=None,
+        # Its threshold is on the whole image's z-score, also where a ROI cuts the ellipsoid:
+        # the as-stored convention z-scores a file over all of it before cropping.
+        normalization=IntensityNormalization.AS_STORED,
         largest_component=True,
         description=f"test model: z-scored intensity above {threshold} (not for real images)",
     )
