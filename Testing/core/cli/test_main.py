@@ -409,3 +409,13 @@ def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> N
     text = " ".join(capsys.readouterr().out.split())
     assert "calls the library" not in text and "``" not in text
     assert "'fbanet demo'" in text and "left-atrium segmentation" in text
+
+
+def test_init_model_bundled_names_the_bundled_model(tmp_path: Path) -> None:
+    from fbanet.cli.main import build_parser
+    from fbanet.model.bundled import default_model_path
+
+    args = build_parser().parse_args(["train", "--init-model", "bundled", "-o", str(tmp_path)])
+    assert args.init_model == default_model_path() and args.init_model.is_file()
+    other = build_parser().parse_args(["train", "--init-model", "m.safetensors", "-o", "x"])
+    assert other.init_model == Path("m.safetensors")

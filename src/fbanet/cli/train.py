@@ -95,7 +95,11 @@ def add_train_parser(commands: Any) -> None:
         action="store_true",
         help="continue the run in --out, on the data it records (no data flags needed)",
     )
-    p.add_argument("--init-model", type=Path, help="start from this fbanet model file")
+    p.add_argument(
+        "--init-model",
+        type=_init_model,
+        help="start from this fbanet model file, or 'bundled' for the bundled left-atrium model",
+    )
     p.add_argument("--iterations", type=int)
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--base-filters", type=int)
@@ -198,6 +202,20 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     if args.no_channels_last:
         train["channels_last"] = False
     return model, train
+
+
+def _init_model(value: str) -> Path:
+    """``--init-model``: a model file, or ``bundled`` for the model that ships with fbanet."""
+    if value != "bundled":
+        return Path(value)
+    from fbanet.model.bundled import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        raise argparse.ArgumentTypeError(
+            "this installation ships no bundled model; give the path of a model file"
+        )
+    return path
 
 
 # The files a training run writes into its folder.
