@@ -317,3 +317,25 @@ def test_zscored_data_trains_on_patches_normalized_over_random_regions(tmp_path:
     # The LA HDF5 layout as stored (the paper's protocol) keeps its intensities.
     stored = dataclasses.replace(data, normalization=IntensityNormalization.AS_STORED)
     assert _trainer(tmp_path / "s", config, stored).batcher.intensity is None
+
+
+def test_a_fine_tune_is_validated_at_iteration_0_and_never_ends_worse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _data(num_validation=2)
+    # 40 steps reach a validation Dice of about 0.7 on these blobs.
+    warm = _settings(iterations=40, validate_every=100, learning_rate=0.05)
+    start = _trainer(tmp_path / "start", warm, data).run()
+    # A learning rate far too high makes every later state worse than the starting one.
+    config = _settings(iterations=4, validate_every=2, learning_rate=5.0)
+    with caplog.at_level("WARNING"):
+        result = _trainer(tmp_path / "ft", config, data, init_model=start.model_path).run()
+    events = _events(tmp_path / "ft", "validation")
+    assert [e["iteration"] for e in events] == [0, 2, 4]
+    assert result.best_validation_dice == pytest.approx(max(e["dice"] for e in events))
+    assert all(e["dice"] < events[0]["dice"] for e in events[1:]), events
+    assert read_model_header(result.best_model_path).iterations == 0
+    assert "no validation beat the starting model" in caplog.text
+    # A run from random weights is not validated before it learns anything.
+    fresh = _trainer(tmp_path / "fresh", _settings(iterations=2, validate_every=2), data).run()
+    assert [e["iteration"] for e in _events(fresh.run_dir, "validation")] == [2]

@@ -132,6 +132,7 @@ class Trainer:
         )
         torch.manual_seed(train_config.seed)
         self.model = FBANet(model_config)
+        self.init_model = init_model
         if init_model is not None:
             initialize_from_model_file(self.model, init_model)
         # torch's stubs leave out Module.to's memory_format keyword.
@@ -158,6 +159,7 @@ class Trainer:
         self.iteration = 0
         self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
+        self.best_iteration: int | None = None
         self.last_dice: float | None = None
 
     def region_normalization(self) -> RegionNormalization | None:
@@ -205,6 +207,7 @@ class Trainer:
             "rng": rng,
             "batcher": json.dumps(self.batcher.state_dict()),
             "best_dice": self.best_dice,
+            "best_iteration": self.best_iteration,
             "last_dice": self.last_dice,
             "model_config": json.dumps(to_dict(self.model_config)),
             "train_config": json.dumps(to_dict(self.config)),
@@ -240,6 +243,7 @@ class Trainer:
         self.batcher.load_state_dict(json.loads(state["batcher"]))
         self.iteration = int(state["iteration"])
         self.best_dice = state.get("best_dice")
+        self.best_iteration = state.get("best_iteration")
         self.last_dice = state.get("last_dice")
 
     def metadata(self) -> ModelMetadata:
@@ -361,7 +365,7 @@ class Trainer:
         self.last_dice = self.validate()
         improved = self.best_dice is None or self.last_dice > self.best_dice
         if improved:
-            self.best_dice = self.last_dice
+            self.best_dice, self.best_iteration = self.last_dice, self.iteration
             save_model_file(self.best_model_path, self.model, self.metadata())
         logger.info(
             "iteration %d: validation Dice %.4f (best %.4f, %.1f s)",
@@ -400,6 +404,9 @@ class Trainer:
         started = time.monotonic()
         stopped = False
         try:
+            if self.iteration == 0 and self.init_model is not None:
+                # A fine-tune's curve and best model start from the model it starts from.
+                self._maybe_validate(reporter)
             while self.iteration < self.config.iterations:
                 if self.stop.requested:
                     stopped = True
@@ -426,6 +433,11 @@ class Trainer:
             "%s at iteration %d after %.0f s; model: %s",
             "stopped" if stopped else "finished", self.iteration, seconds, self.model_path,
         )  # fmt: skip
+        if self.best_iteration == 0 and self.iteration > 0:
+            logger.warning(
+                "no validation beat the starting model (Dice %.4f): best_model.safetensors is "
+                "the model this run started from", self.best_dice or 0.0,
+            )  # fmt: skip
         best = self.best_model_path if self.best_model_path.exists() else None
         return TrainResult(
             self.run_dir, self.iteration, stopped, self.model_path, best, self.best_dice, seconds
