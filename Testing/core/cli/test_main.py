@@ -419,3 +419,26 @@ def test_init_model_bundled_names_the_bundled_model(tmp_path: Path) -> None:
     assert args.init_model == default_model_path() and args.init_model.is_file()
     other = build_parser().parse_args(["train", "--init-model", "m.safetensors", "-o", "x"])
     assert other.init_model == Path("m.safetensors")
+
+
+def test_train_time_budget_ends_the_run_with_exit_0(
+    manifest: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        code = main(["train", "--manifest", str(manifest), "-o", str(out), "--iterations",
+                     "100000", "--time-budget", "1.5", *TINY_FLAGS])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    events = _json_lines(captured.out)
+    assert events[-1]["event"] == "finished" and events[-1]["iteration"] < 100000
+    assert "stopped on its time budget" in caplog.text
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["train", "--manifest", str(manifest), "-o", str(tmp_path / "ddp"),
+                 "--time-budget", "60", *TINY_FLAGS])  # fmt: skip
+    assert code == 2
+    assert "--time-budget works in one process" in capsys.readouterr().err

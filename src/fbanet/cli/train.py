@@ -157,6 +157,13 @@ def add_train_parser(commands: Any) -> None:
         "a process), on or off",
     )
     p.add_argument("--stop-file", type=Path, help="stop cleanly once this file exists")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="train for this long, then stop with the best validated model kept (exit 0); "
+        "validates at least every fifth of it; one process only",
+    )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout, no bar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
@@ -247,7 +254,6 @@ def _train(args: argparse.Namespace) -> int:
     from fbanet.cli.rundata import data_source, resume_data_flags
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
-    from fbanet.train.progress import StopRequest
     from fbanet.train.runlog import RunLog
     from fbanet.train.runs import build_configs, load_training_data
 
@@ -255,7 +261,7 @@ def _train(args: argparse.Namespace) -> int:
     _refuse_run_overwrites(args)
     model_settings, train_settings = _settings(args)
     model_config, train_config = build_configs(model_settings, train_settings)
-    stop = StopRequest(args.stop_file)
+    stop = _stop_request(args)
     # One training per run folder; the folder and its train.log stay only once the run starts.
     with _folder_lock(args.out), RunLog(args.out) as run_log:
         data = load_training_data(
@@ -294,4 +300,23 @@ def _train(args: argparse.Namespace) -> int:
     if result.stopped:
         logger.warning("stopped at iteration %d; resume with --resume", result.iterations)
         return ExitCode.STOPPED
+    if result.budget_spent:
+        logger.info(
+            "the %g s time budget ended the run at iteration %d; best model: %s",
+            args.time_budget, result.iterations, result.best_model_path or result.model_path,
+        )  # fmt: skip
     return ExitCode.OK
+
+
+def _stop_request(args: argparse.Namespace) -> Any:
+    """The run's stop request: a stop file and signals, and the time budget if one is set."""
+    from fbanet.train.progress import StopRequest, TimeBudget
+
+    if args.time_budget is None:
+        return StopRequest(args.stop_file)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "--time-budget works in one process: under torchrun the processes would disagree "
+            "about when to validate; use --stop-file or --iterations instead"
+        )
+    return TimeBudget(args.time_budget, args.stop_file)

@@ -65,6 +65,72 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    # A plain request has no time budget; :class:`TimeBudget` overrides these.
+    def start(self) -> None:
+        """Training starts now (the budget's clock starts)."""
+
+    @property
+    def spent(self) -> bool:
+        """Whether the run stops because its time budget is spent."""
+        return False
+
+    def validation_due(self) -> bool:
+        """Whether the budget asks for a validation now, beyond ``validate_every``."""
+        return False
+
+    def validated(self) -> None:
+        """A validation was just run."""
+
+
+class TimeBudget(StopRequest):
+    """Stops training once ``seconds`` have passed, and asks for a validation every fifth.
+
+    So a short run is validated at least five times and its best model is never older than a
+    fifth of the budget. One process only: under torchrun the processes' clocks would
+    disagree about when to validate.
+
+    Args:
+        seconds: The budget, from :meth:`start` (the first step), not counting data loading.
+        stop_file: Also stop once this file exists.
+        clock: Seconds (monotonic); a fake one in tests.
+    """
+
+    PARTS = 5
+
+    def __init__(
+        self,
+        seconds: float,
+        stop_file: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(stop_file)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"--time-budget must be a number of seconds > 0, got {seconds!r}")
+        self.seconds = float(seconds)
+        self._clock = clock
+        self._started: float | None = None
+        self._last_validation = 0.0
+
+    def start(self) -> None:
+        self._started = self._last_validation = self._clock()
+
+    @property
+    def spent(self) -> bool:
+        return self._started is not None and self._clock() - self._started >= self.seconds
+
+    @property
+    def requested(self) -> bool:
+        return super().requested or self.spent
+
+    def validation_due(self) -> bool:
+        return (
+            self._started is not None
+            and self._clock() - self._last_validation >= self.seconds / self.PARTS
+        )
+
+    def validated(self) -> None:
+        self._last_validation = self._clock()
+
 
 def truncate_progress(path: str | Path, iteration: int) -> int:
     """Drop the events after ``iteration`` (and torn lines) from a ``progress.jsonl``.

@@ -81,6 +81,7 @@ class TrainResult:
     best_model_path: Path | None
     best_validation_dice: float | None
     seconds: float
+    budget_spent: bool = False  # ended on its time budget (a finished run, not a stopped one)
 
 
 class Trainer:
@@ -160,6 +161,7 @@ class Trainer:
         self._saved_iteration: int | None = None  # of the checkpoint on disk
         self.best_dice: float | None = None
         self.best_iteration: int | None = None
+        self._validated_at: int | None = None  # iteration of the last validation
         self.last_dice: float | None = None
 
     def region_normalization(self) -> RegionNormalization | None:
@@ -358,9 +360,14 @@ class Trainer:
         except (OSError, ValueError) as error:  # a picture must never stop training
             logger.warning("could not draw the training curves: %s", error)
 
-    def _maybe_validate(self, reporter: ProgressReporter) -> None:
-        if not self.data.validation or self.iteration % self.config.validate_every:
+    def _maybe_validate(self, reporter: ProgressReporter, *, now: bool = False) -> None:
+        if not self.data.validation or self._validated_at == self.iteration:
             return
+        due = self.iteration % self.config.validate_every == 0 or self.stop.validation_due()
+        if not (due or now):
+            return
+        self._validated_at = self.iteration
+        self.stop.validated()
         started = time.monotonic()
         self.last_dice = self.validate()
         improved = self.best_dice is None or self.last_dice > self.best_dice
@@ -402,14 +409,16 @@ class Trainer:
             show_bar=self.show_progress,
         )
         started = time.monotonic()
-        stopped = False
+        stopped = budget_spent = False
         try:
+            self.stop.start()
             if self.iteration == 0 and self.init_model is not None:
                 # A fine-tune's curve and best model start from the model it starts from.
                 self._maybe_validate(reporter)
             while self.iteration < self.config.iterations:
                 if self.stop.requested:
-                    stopped = True
+                    budget_spent = self.stop.spent
+                    stopped = not budget_spent
                     break
                 logged = self._logs(self.iteration + 1)
                 values = self.step(measure=logged)
@@ -419,6 +428,8 @@ class Trainer:
                 self._maybe_validate(reporter)
                 if self.iteration % self.config.checkpoint_every == 0:
                     self._checkpoint()
+            if budget_spent:  # the best model is validated up to the last step
+                self._maybe_validate(reporter, now=True)
             if self._saved_iteration != self.iteration:  # not twice for the same state
                 self._checkpoint()
             seconds = time.monotonic() - started
@@ -429,9 +440,12 @@ class Trainer:
             )  # fmt: skip
         finally:
             reporter.close()
+        ending = "stopped" if stopped else "finished"
+        if budget_spent:
+            ending = "stopped on its time budget"
         logger.info(
             "%s at iteration %d after %.0f s; model: %s",
-            "stopped" if stopped else "finished", self.iteration, seconds, self.model_path,
+            ending, self.iteration, seconds, self.model_path,
         )  # fmt: skip
         if self.best_iteration == 0 and self.iteration > 0:
             logger.warning(
@@ -440,5 +454,6 @@ class Trainer:
             )  # fmt: skip
         best = self.best_model_path if self.best_model_path.exists() else None
         return TrainResult(
-            self.run_dir, self.iteration, stopped, self.model_path, best, self.best_dice, seconds
-        )
+            self.run_dir, self.iteration, stopped, self.model_path, best, self.best_dice, seconds,
+            budget_spent,
+        )  # fmt: skip
