@@ -178,13 +178,16 @@ class DataParallelTrainer(Trainer):
             # it (run() skips the final checkpoint, a collective, on all or on none).
             self._saved_iteration = self.iteration
 
-    def _maybe_validate(self, reporter: ProgressReporter) -> None:
-        if not self.data.validation or self.iteration % self.config.validate_every:
+    def _maybe_validate(self, reporter: ProgressReporter, *, now: bool = False) -> None:
+        # Decided on the iteration alone, the same in every process (a time budget, whose
+        # clock would differ between them, is refused under torchrun).
+        if not self.data.validation or (self.iteration % self.config.validate_every and not now):
             return
         if self.env.is_main:
-            super()._maybe_validate(reporter)
+            super()._maybe_validate(reporter, now=now)
         # The others wait here, then hold the same scores (they go into the checkpoint).
-        self.last_dice, self.best_dice = broadcast_object((self.last_dice, self.best_dice))
+        scores = (self.last_dice, self.best_dice, self.best_iteration)
+        self.last_dice, self.best_dice, self.best_iteration = broadcast_object(scores)
 
     def run(self) -> TrainResult:
         """Train (see :meth:`Trainer.run`); a lost process raises :class:`ProcessLostError`."""
