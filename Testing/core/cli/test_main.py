@@ -437,7 +437,10 @@ def test_train_time_budget_ends_the_run_with_exit_0(
     events = _json_lines(captured.out)
     assert events[-1]["event"] == "finished" and events[-1]["iteration"] < 100000
     assert "stopped on its time budget" in caplog.text
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500"}  # fmt: skip
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
     code = main(["train", "--manifest", str(manifest), "-o", str(tmp_path / "ddp"),
                  "--time-budget", "60", *TINY_FLAGS])  # fmt: skip
     assert code == 2

@@ -310,11 +310,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _stop_request(args: argparse.Namespace) -> Any:
     """The run's stop request: a stop file and signals, and the time budget if one is set."""
+    from fbanet.train.distributed import torchrun_environment
     from fbanet.train.progress import StopRequest, TimeBudget
 
     if args.time_budget is None:
         return StopRequest(args.stop_file)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if torchrun_environment() is not None:
         raise ValueError(
             "--time-budget works in one process: under torchrun the processes would disagree "
             "about when to validate; use --stop-file or --iterations instead"
