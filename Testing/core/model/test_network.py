@@ -92,8 +92,13 @@ def test_inference_model_has_no_heads() -> None:
     assert keys and not any(k.startswith("contrast.") for k in keys)
     bare = FBANet(TINY, with_contrast=False)
     bare.load_state_dict(keys, strict=True)
-    with pytest.raises(RuntimeError, match="without contrastive"):
-        bare(torch.randn(2, 1, *TINY.patch_size))
+    # Without heads (a run without a contrastive term) training gets the logits alone.
+    x = torch.randn(2, 1, *TINY.patch_size)
+    bare.eval()
+    out = bare(x)
+    assert (out.fg, out.bg, out.contrast_inputs) == ([], [], [])
+    for logits, expected in zip(out.logits, bare.decode(x, (0, 1, 2)), strict=True):
+        torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 def test_wrong_patch_size_in_training_is_explained() -> None:

@@ -92,7 +92,8 @@ def _first_step_move(folder: Path, seed: int, weight: float) -> float:
 def test_a_zero_weight_sends_nothing(tmp_path: Path) -> None:
     events = _run(tmp_path, "learning", contrastive_weight=0.0)
     assert [e["contrastive_grad_norm"] for e in events] == [0.0] * 5
-    assert all(e["contrastive_loss"] > 0 for e in events)  # still measured, not used
+    # Not computed either: a run without the term builds no heads (nor saves them).
+    assert [e["contrastive_loss"] for e in events] == [0.0] * 5
 
 
 def test_the_gradient_norm_is_measured_on_logged_steps_only(tmp_path: Path) -> None:

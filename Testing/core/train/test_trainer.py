@@ -339,3 +339,36 @@ def test_a_fine_tune_is_validated_at_iteration_0_and_never_ends_worse(
     # A run from random weights is not validated before it learns anything.
     fresh = _trainer(tmp_path / "fresh", _settings(iterations=2, validate_every=2), data).run()
     assert [e["iteration"] for e in _events(fresh.run_dir, "validation")] == [2]
+
+
+def test_a_run_without_a_contrastive_term_checkpoints_no_heads(tmp_path: Path) -> None:
+    config = _settings(mode="supervised", labeled_batch_size=4)
+    _trainer(tmp_path / "slim", config).run()
+    slim = load_checkpoint(tmp_path / "slim" / "checkpoints" / "last.pt")
+    assert not any(k.startswith("contrast.") for k in slim["model"])
+    _trainer(tmp_path / "heads", _settings()).run()
+    heads = load_checkpoint(tmp_path / "heads" / "checkpoints" / "last.pt")
+    assert any(k.startswith("contrast.") for k in heads["model"])
+
+
+def test_a_supervised_checkpoint_with_heads_still_resumes_exactly(tmp_path: Path) -> None:
+    # Runs before 0.4 kept the heads; such a run resumes as if it never had them.
+    config = _settings(mode="supervised", labeled_batch_size=4, iterations=4)
+    _trainer(tmp_path / "whole", config).run()
+    stop = StopRequest()
+    _trainer(tmp_path / "old", config, stop=stop, json_stream=_StopAt(stop, 2)).run()
+    path = tmp_path / "old" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    with_heads = training.FBANet(TINY)
+    model = {**state["model"], **{k: v for k, v in with_heads.state_dict().items()
+                                   if k.startswith("contrast.")}}  # fmt: skip
+    count = len(state["optimizer"]["param_groups"][0]["params"])
+    extra = len(list(with_heads.contrast.parameters()))  # type: ignore[union-attr]
+    group = dict(state["optimizer"]["param_groups"][0], params=list(range(count + extra)))
+    state = {**state, "model": model, "optimizer": {**state["optimizer"], "param_groups": [group]}}
+    state.pop("format")
+    training.save_checkpoint(path, state)
+    _trainer(tmp_path / "old", config, resume=True).run()
+    assert [e["loss"] for e in _events(tmp_path / "old")] == [
+        e["loss"] for e in _events(tmp_path / "whole")
+    ]

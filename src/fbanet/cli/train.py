@@ -89,7 +89,12 @@ def add_train_parser(commands: Any) -> None:
     _add_data_options(p)
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help='JSON with {"model": {...}, "train": {...}}')
-    p.add_argument("--preset", help="la-paper (the paper's LA configuration, for a GPU) or la-cpu")
+    p.add_argument(
+        "--preset",
+        help="finetune (the bundled model, or --init-model, fine-tuned on your scans within "
+        "a short CPU budget: use with --time-budget), la-paper (the paper's LA configuration, "
+        "for a GPU) or la-cpu",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -211,6 +216,26 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     return model, train
 
 
+def _inherit(args: argparse.Namespace, model_settings: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tune keeps its starting model's spacing, patch and architecture unless set."""
+    from fbanet.model.header import read_model_header
+    from fbanet.train.runs import inherit_from_model
+
+    metadata = read_model_header(args.init_model)
+    model_settings, args.spacing, notes = inherit_from_model(model_settings, args.spacing, metadata)
+    if notes:
+        logger.warning(
+            "this run differs from the model it starts from (%s) in: %s; leave those settings "
+            "out to keep the model's", args.init_model, "; ".join(notes),
+        )  # fmt: skip
+    logger.info(
+        "fine-tuning %s at %s mm, patch %s", args.init_model,
+        "the data's spacing" if args.spacing is None else list(args.spacing),
+        list(model_settings["patch_size"]),
+    )  # fmt: skip
+    return model_settings
+
+
 def _init_model(value: str) -> Path:
     """``--init-model``: a model file, or ``bundled`` for the model that ships with fbanet."""
     if value != "bundled":
@@ -255,15 +280,19 @@ def _train(args: argparse.Namespace) -> int:
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
     from fbanet.train.runlog import RunLog
-    from fbanet.train.runs import build_configs, load_training_data
+    from fbanet.train.runs import FINETUNE, build_configs, load_training_data
 
     resume_data_flags(args)  # on --resume, the run folder's own data
+    if args.preset == FINETUNE and args.init_model is None and not args.resume:
+        args.init_model = _init_model("bundled")
     _refuse_run_overwrites(args)
-    model_settings, train_settings = _settings(args)
-    model_config, train_config = build_configs(model_settings, train_settings)
     stop = _stop_request(args)
     # One training per run folder; the folder and its train.log stay only once the run starts.
     with _folder_lock(args.out), RunLog(args.out) as run_log:
+        model_settings, train_settings = _settings(args)
+        if args.init_model is not None and not args.resume:
+            model_settings = _inherit(args, model_settings)
+        model_config, train_config = build_configs(model_settings, train_settings)
         data = load_training_data(
             _data_spec(args),
             normalization=args.normalization,

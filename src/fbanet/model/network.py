@@ -243,12 +243,15 @@ class FBANet(nn.Module):
     def forward(self, x: Tensor) -> FBANetOutput:
         """Training pass over all decoders and contrastive modules.
 
+        A network built without contrastive modules gives the logits alone (``fg``, ``bg``
+        and ``contrast_inputs`` empty): for training without a contrastive term.
+
         Args:
             x: Images (B, C_in, X, Y, Z), (X, Y, Z) equal to the configured patch size.
         """
-        if self.contrast is None:
-            raise RuntimeError("this FBANet was built without contrastive modules; use segment()")
         features = self.encoder(x)
+        if self.contrast is None:  # a run without a contrastive term (supervised, weight 0)
+            return FBANetOutput([decoder(features) for decoder in self.decoders], [], [])
         if self.config.contrast is ContrastModule.LEARNING:
             decoders = cast(list[VNetDecoder], list(self.decoders))
             last = [decoder.last_features(features) for decoder in decoders]

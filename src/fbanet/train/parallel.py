@@ -14,7 +14,6 @@ continues exactly. All processes stop after the same iteration.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from fbanet.config import ModelConfig, TrainConfig, TrainingMode
+from fbanet.config import ModelConfig, TrainConfig
 from fbanet.data.sampling import PatchBatcher
 from fbanet.model.losses import LossTerms, fba_loss
 from fbanet.model.network import FBANetOutput
@@ -130,15 +129,11 @@ class DataParallelTrainer(Trainer):
         return super().progress_path if self.env.is_main else None
 
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
-        terms = fba_loss(
+        # DDP reduces a gradient for every parameter: a run without a contrastive term builds
+        # no heads (fbanet.train.checkpoints.uses_contrast), so every parameter has one.
+        return fba_loss(
             out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config, self._group
         )
-        if self.config.mode is TrainingMode.SUPERVISED:
-            # DDP reduces a gradient for every parameter; the Dice-only loss leaves the
-            # contrastive heads out, so they join with weight 0 (same value and gradients).
-            unused = sum(v.sum() for v in (*out.fg, *out.bg))
-            terms = dataclasses.replace(terms, total=terms.total + 0.0 * unused)
-        return terms
 
     # -- state: every process's streams in rank 0's checkpoint ------------------------------
     def state(self) -> dict[str, Any]:

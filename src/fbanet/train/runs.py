@@ -18,11 +18,13 @@ from fbanet.config import (
     TrainingMode,
     from_dict,
     parse_enum,
+    to_dict,
 )
 from fbanet.data.cases import Case, load_cases
 from fbanet.data.manifest import CaseRef, DatasetSpec
 from fbanet.data.preprocess import resample
 from fbanet.io.volumes import Geometry, Volume
+from fbanet.model.header import ModelMetadata
 from fbanet.train.trainer import TrainingData
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "checkpoint_every": 100, "log_every": 10,
         },
     },
+    # Fine-tuning a model (the bundled one unless --init-model) on a user's scans within a
+    # short CPU budget (--time-budget): the patch, width and module come from that model;
+    # the rest is what benchmarks/site_adaptation.py found best.
+    "finetune": {
+        "model": {},
+        "train": {
+            "iterations": 1000, "learning_rate": 0.003, "lr_schedule": "constant",
+            "rampup_interval": 2, "validate_every": 50, "checkpoint_every": 25, "log_every": 5,
+        },
+    },
 }  # fmt: skip
+# The preset that starts from the bundled model when no --init-model is given.
+FINETUNE = "finetune"
 
 
 def preset_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -196,3 +210,45 @@ def build_configs(
         return from_dict(ModelConfig, model_settings), from_dict(TrainConfig, train_settings)
     except TypeError as error:  # a value of the wrong type is bad input here, not a bug
         raise ValueError(str(error)) from error
+
+
+def _same_setting(name: str, given: Any, stored: Any) -> bool:
+    """Whether a model setting as given equals its value as a model file stores it."""
+    try:
+        return bool(to_dict(from_dict(ModelConfig, {name: given}))[name] == stored)
+    except (TypeError, ValueError):  # refused with a message when the configs are built
+        return False
+
+
+def inherit_from_model(
+    model_settings: Mapping[str, Any],
+    spacing: Sequence[float] | None,
+    metadata: ModelMetadata,
+) -> tuple[dict[str, Any], tuple[float, ...] | None, list[str]]:
+    """A fine-tune's settings: what the user left unset comes from the starting model.
+
+    A network trained at one spacing and patch sees other anatomy at another, so the
+    starting model's spacing, patch and architecture are kept unless the user sets them.
+
+    Args:
+        model_settings: The model settings given (preset, config file, flags).
+        spacing: The training spacing given (mm), or None.
+        metadata: The starting model's header.
+
+    Returns:
+        The model settings, the spacing, and one line per setting given that differs from
+        the starting model's (for the log).
+    """
+    settings = dict(model_settings)
+    theirs = to_dict(metadata.model)
+    notes = []
+    for name, value in theirs.items():
+        if name not in settings:
+            settings[name] = value
+        elif not _same_setting(name, settings[name], value):
+            notes.append(f"{name} {settings[name]!r} (the starting model's: {value!r})")
+    if spacing is None:
+        spacing = metadata.spacing
+    elif metadata.spacing is not None and not np.allclose(spacing, metadata.spacing):
+        notes.append(f"spacing {list(spacing)} mm (the starting model's: {list(metadata.spacing)})")
+    return settings, None if spacing is None else tuple(float(s) for s in spacing), notes

@@ -49,10 +49,12 @@ from fbanet.model.losses import (
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import (
+    drop_contrast_state,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
     state_dict_to_cpu,
+    uses_contrast,
 )
 from fbanet.train.curves import plot_training_curves
 from fbanet.train.data import TrainingData, check_training_data
@@ -133,6 +135,10 @@ class Trainer:
         )
         torch.manual_seed(train_config.seed)
         self.model = FBANet(model_config)
+        if not uses_contrast(train_config.mode, train_config.contrastive_weight):
+            # Built, then dropped: their initialisation draws from the run's random stream,
+            # which then stays the same as in runs that keep them (dropout masks, patches).
+            self.model.contrast = None
         self.init_model = init_model
         if init_model is not None:
             initialize_from_model_file(self.model, init_model)
@@ -237,6 +243,8 @@ class Trainer:
             (self.config.lr_schedule, self.config.iterations),
             str(self.run_dir),
         )
+        if self.model.contrast is None and any(k.startswith("contrast.") for k in state["model"]):
+            state = drop_contrast_state(state, len(list(self.model.parameters())))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])

@@ -1,0 +1,238 @@
+"""Does fine-tuning on a few of a user's own scans help, within 10 minutes on a CPU?
+
+The user's scanner is not the one the bundled model learned from. ``../shared/site``
+simulates a second site on the real LA anatomy (site B: 2.5 mm slices, another contrast, a
+bias field, noise). This writes site-B versions of ``../shared/la/train`` (make_site.py, into
+``--out``/site-b, never committed), then for each number K of labeled scans:
+
+- labeled: the first K cases of train.list; unlabeled: the next 64; validation: the last 8
+  (never trained on; the standard test split is never used, so every number is a validation
+  number; the best model of a run is chosen on these same 8 cases, as a user's run does);
+- arms, each run by the command line a user types, with the same wall-clock budget::
+
+      fbanet train --manifest M --preset finetune --time-budget 600 -o RUN [arm flags]
+      fbanet evaluate --manifest V -m RUN/best_model.safetensors --csv RUN/validation.csv
+
+  ``bundled`` (no training), ``supervised`` (--mode supervised), ``consistency``
+  (semi-supervised, mutual consistency only), ``authors`` (+ the paper's contrast) and
+  ``learning`` (+ the learning contrast at weight 0.1, capped at the segmentation's pull).
+
+Scoring is the default inference on the site-B grid (``fbanet evaluate``). Each (K, arm,
+seed) run lives in its own folder and writes ``record.json`` when done; finished runs are
+read back, an unfinished one is started again (a time budget cannot be resumed fairly). Run
+it on an otherwise idle machine so the budgets mean the same in every arm::
+
+    python benchmarks/site_adaptation.py --out runs/site --labeled 4 2      # ~2 h
+    python benchmarks/site_adaptation.py --out runs/site --labeled 4 --arms supervised \
+        --budget 30                                                          # smoke test
+
+Prints (and writes to ``--out``/report.md) per arm the mean ± std validation Dice over the
+runs' per-case scores, the minimum case, the iterations and seconds used, and a paired
+Wilcoxon test of the best semi-supervised arm against supervised over (case, seed) pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from la_tta import cpu_description
+from scipy.stats import wilcoxon
+
+logger = logging.getLogger("site_adaptation")
+
+# Arm -> the flags it adds to `fbanet train --preset finetune`; None: no training.
+ARMS: dict[str, list[str] | None] = {
+    "bundled": None,
+    "supervised": ["--mode", "supervised"],
+    "consistency": ["--mode", "semi-supervised", "--contrastive-weight", "0"],
+    "authors": ["--mode", "semi-supervised", "--contrast", "authors", "--contrastive-weight", "1"],
+    "learning": [
+        "--mode", "semi-supervised", "--contrast", "learning", "--contrastive-weight", "0.1",
+    ],
+}  # fmt: skip
+SEMI = ("consistency", "authors", "learning")
+UNLABELED = 64
+VALIDATION = 8
+
+
+def make_site(la: Path, site: Path, out: Path) -> Path:
+    """Site-B NRRD files of every case of train.list (written once)."""
+    folder = out / "site-b"
+    if not (folder / ".done").exists():
+        subprocess.run(
+            [sys.executable, str(site / "make_site.py"), str(la / "train"),
+             str(la / "train.list"), str(folder)],
+            check=True,
+        )  # fmt: skip
+        (folder / ".done").write_text("")
+    return folder
+
+
+def write_manifests(folder: Path, names: list[str], labeled: int, out: Path) -> tuple[Path, Path]:
+    """The training manifest (K labeled, 64 unlabeled, 8 validation) and the scoring one."""
+
+    def entry(name: str, with_label: bool = True) -> dict[str, str]:
+        found = {"image": str(folder / f"{name}.nrrd"), "name": name}
+        return {**found, "label": str(folder / f"{name}-label.nrrd")} if with_label else found
+
+    validation = [entry(n) for n in names[-VALIDATION:]]
+    train = {
+        "labeled": [entry(n) for n in names[:labeled]],
+        "unlabeled": [entry(n, False) for n in names[labeled : labeled + UNLABELED]],
+        "validation": validation,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, scoring = out / f"train-{labeled}.json", out / "validation.json"
+    manifest.write_text(json.dumps(train, indent=1))
+    scoring.write_text(json.dumps({"validation": validation}, indent=1))
+    return manifest, scoring
+
+
+def _fbanet(*arguments: str, threads: int, log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with log.open("a", encoding="utf-8") as sink:
+        subprocess.run(
+            [sys.executable, "-m", "fbanet", *arguments], check=True, env=env, stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _scores(table: Path) -> dict[str, float]:
+    with table.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    key = next(k for k in rows[0] if k.lower() in ("case", "name"))
+    return {r[key]: float(r["dice"]) for r in rows if r[key] not in ("mean", "std", "left_out")}
+
+
+def run_arm(
+    arm: str, seed: int, labeled: int, paths: dict[str, Path], args: argparse.Namespace
+) -> dict:
+    """Train (unless ``bundled``) and score one run; read back if already done."""
+    run = args.out / f"labeled-{labeled}" / f"{arm}-seed{seed}"
+    record_path = run / "record.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    if run.exists():  # an unfinished run: a time budget cannot be resumed fairly
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    log = run / "commands.log"
+    model, iterations, seconds = [], 0, 0.0
+    flags = ARMS[arm]
+    if flags is not None:
+        logger.info("training %s (K=%d, seed %d) for %g s", arm, labeled, seed, args.budget)
+        _fbanet(
+            "train", "--manifest", str(paths["manifest"]), "--preset", "finetune",
+            "--time-budget", str(args.budget), "-o", str(run / "run"), "--seed", str(seed),
+            "--no-progress", *flags, threads=args.threads, log=log,
+        )  # fmt: skip
+        model = ["-m", str(run / "run" / "best_model.safetensors")]
+        events = [json.loads(line) for line in (run / "run" / "progress.jsonl").open()]
+        end = next(e for e in reversed(events) if e["event"] in ("finished", "stopped"))
+        iterations, seconds = int(end["iteration"]), float(end["seconds"])
+    table = run / "validation.csv"
+    _fbanet("evaluate", "--manifest", str(paths["scoring"]), *model, "--csv", str(table),
+            threads=args.threads, log=log)  # fmt: skip
+    record = {
+        "arm": arm, "seed": seed, "labeled": labeled, "iterations": iterations,
+        "seconds": seconds, "dice": _scores(table),
+    }  # fmt: skip
+    record_path.write_text(json.dumps(record, indent=2))
+    logger.info("%s: mean Dice %.4f", run, statistics.fmean(record["dice"].values()))
+    return record
+
+
+def _pooled(runs: list[dict]) -> list[float]:
+    return [100 * d for r in runs for d in r["dice"].values()]
+
+
+def report(records: list[dict], cpu: str, budget: float) -> str:
+    """Markdown: one table per K, then the paired test of the best semi-supervised arm."""
+    lines = [f"{cpu}; budget {budget:g} s a run; validation: the last 8 cases of train.list."]
+    for labeled in sorted({r["labeled"] for r in records}, reverse=True):
+        arms: dict[str, list[dict]] = {}
+        for r in records:
+            if r["labeled"] == labeled:
+                arms.setdefault(r["arm"], []).append(r)
+        lines += ["", f"K = {labeled} labeled site-B scans", "",
+                  "| arm | seeds | Dice % mean ± std | worst case % | iterations | seconds |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, runs in arms.items():
+            dice = _pooled(runs)
+            spread = statistics.stdev(dice) if len(dice) > 1 else 0.0
+            its = "/".join(str(r["iterations"]) for r in runs)
+            secs = "/".join(f"{r['seconds']:.0f}" for r in runs)
+            lines.append(f"| {name} | {len(runs)} | {statistics.fmean(dice):.2f} ± "
+                         f"{spread:.2f} | {min(dice):.2f} | {its} | {secs} |")  # fmt: skip
+        semi = [a for a in SEMI if a in arms]
+        if "supervised" in arms and semi:
+            best = max(semi, key=lambda a: statistics.fmean(_pooled(arms[a])))
+            base = {r["seed"]: r["dice"] for r in arms["supervised"]}
+            pairs = [(r["dice"][c], base[r["seed"]][c])
+                     for r in arms[best] if r["seed"] in base for c in r["dice"]]  # fmt: skip
+            if len(pairs) >= 6:
+                test = wilcoxon([a for a, _ in pairs], [b for _, b in pairs])
+                gain = 100 * statistics.fmean(a - b for a, b in pairs)
+                lines.append(f"\nbest semi-supervised arm ({best}) vs supervised over "
+                             f"{len(pairs)} (case, seed) pairs: {gain:+.2f} Dice points, "
+                             f"Wilcoxon p = {test.pvalue:.3g}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plan(
+    labeled: int, arms: list[str], seeds: list[int], done: list[dict]
+) -> list[tuple[str, int]]:
+    """(arm, seed) runs for one K: every arm on the first seed; at K = 4, the second seed
+    for supervised and for the semi-supervised arm that did best on the first."""
+    runs = [(a, seeds[0]) for a in arms]
+    if labeled == 4 and len(seeds) > 1:
+        first = [r for r in done if r["labeled"] == labeled and r["seed"] == seeds[0]]
+        semi = [r for r in first if r["arm"] in SEMI]
+        extra = ["supervised"] if "supervised" in arms else []
+        if semi:
+            extra.append(max(semi, key=lambda r: statistics.fmean(r["dice"].values()))["arm"])
+        runs += [(a, s) for s in seeds[1:] for a in extra]
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--la", type=Path, default=Path("../shared/la"))
+    parser.add_argument("--site", type=Path, default=Path("../shared/site"))
+    parser.add_argument("--out", type=Path, default=Path("runs/site"))
+    parser.add_argument("--labeled", type=int, nargs="+", default=[4, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of training a run")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    args.out = args.out.resolve()  # manifests hold absolute paths
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    names = (args.la / "train.list").read_text().split()
+    folder = make_site(args.la, args.site, args.out)
+    records: list[dict] = []
+    for labeled in args.labeled:
+        manifest, scoring = write_manifests(folder, names, labeled, args.out)
+        paths = {"manifest": manifest, "scoring": scoring}
+        for arm in args.arms:  # the first seed of every arm, then the second seeds
+            records.append(run_arm(arm, args.seeds[0], labeled, paths, args))
+        for arm, seed in plan(labeled, args.arms, args.seeds, records)[len(args.arms) :]:
+            records.append(run_arm(arm, seed, labeled, paths, args))
+    text = report(records, cpu_description(), args.budget)
+    (args.out / "report.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
