@@ -41,3 +41,27 @@ def test_as_stored_keeps_the_hdf5_intensities_for_the_paper(tmp_path: Path) -> N
     assert data.normalization is IntensityNormalization.AS_STORED
     with h5py.File(tmp_path / "c0.h5") as handle:
         np.testing.assert_array_equal(data.labeled[0].image, handle["image"][:])
+
+
+def test_a_fine_tune_inherits_what_the_user_left_unset() -> None:
+    from fbanet.config import ModelConfig
+    from fbanet.model.header import ModelMetadata
+    from fbanet.train.runs import inherit_from_model
+
+    start = ModelMetadata(ModelConfig(base_filters=8, patch_size=(64, 64, 48)), (1.25,) * 3)
+    settings, spacing, notes = inherit_from_model({}, None, start)
+    assert (settings["base_filters"], settings["patch_size"], spacing) == (
+        8,
+        [64, 64, 48],
+        (1.25,) * 3,
+    )
+    assert notes == []
+    _, _, notes = inherit_from_model({"patch_size": (64, 64, 48)}, [1.25] * 3, start)
+    assert notes == []  # a tuple equals the stored list
+    _, spacing, notes = inherit_from_model({"patch_size": (32, 32, 32)}, [2, 2, 2], start)
+    assert spacing == (2.0, 2.0, 2.0)
+    assert notes == [
+        "patch_size (32, 32, 32) (the starting model's: [64, 64, 48])",
+        "spacing [2, 2, 2] mm (the starting model's: [1.25, 1.25, 1.25])",
+    ]
+    assert inherit_from_model({}, None, ModelMetadata(ModelConfig()))[1] is None

@@ -47,7 +47,7 @@ from fbanet.io.segmentation import read_segmentation, write_segmentation
 from fbanet.io.segments import segments_from_model
 from fbanet.io.volumes import Volume, atomic_write, write_volume
 from fbanet.metrics import compute_metrics
-from fbanet.train.progress import StopRequest
+from fbanet.train.progress import StopRequest, TimeBudget
 from fbanet.train.runlog import RunLog
 from fbanet.train.trainer import Trainer, TrainingData
 
@@ -64,20 +64,6 @@ QUICK_ITERATIONS = 40
 DEFAULT_SHAPE = (64, 64, 48)
 QUICK_SHAPE = (48, 48, 32)
 LEARNING_RATE = 0.05  # above the paper's 0.01: a short run must converge quickly
-
-
-class _Deadline(StopRequest):
-    """A stop request that fires once ``seconds`` have passed."""
-
-    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic):
-        super().__init__()
-        self._clock = clock
-        self._end = None if seconds is None else clock() + seconds
-
-    @property
-    def requested(self) -> bool:
-        """Whether the time is up (or a stop was requested otherwise)."""
-        return super().requested or (self._end is not None and self._clock() >= self._end)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,11 +256,11 @@ def run_demo(
     with RunLog(run_dir) as run_log:
         trainer = Trainer(
             model_config, train_config, data, run_dir, show_progress=progress,
-            stop=_Deadline(time_budget, clock),
+            stop=StopRequest() if time_budget is None else TimeBudget(time_budget, clock=clock),
         )  # fmt: skip
         run_log.start()
         trained = trainer.run()
-    if trained.stopped:
+    if trained.budget_spent:
         logger.warning(
             "demo: training stopped at its %.0f s budget after %d of %d iterations",
             time_budget, trained.iterations, steps,

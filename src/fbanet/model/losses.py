@@ -338,12 +338,8 @@ def fba_loss(
         fg = [group.rows(f, n_labeled) for f in fg]
         bg = [group.rows(b, n_labeled) for b in bg]
     # A network without contrastive modules (contrastive weight 0) gives no vectors.
-    contrast = cast(
-        Tensor,
-        sum(
-            (contrastive_loss(f, b, config) for f, b in zip(fg, bg, strict=True)),
-            dice.new_zeros(()),
-        ),
+    contrast = sum(
+        (contrastive_loss(f, b, config) for f, b in zip(fg, bg, strict=True)), dice.new_zeros(())
     )
     weight = consistency_rampup(
         iteration, config.consistency_weight, config.rampup_length, config.rampup_interval
