@@ -10,10 +10,12 @@ from typing import Annotated
 
 import qt
 import slicer
+import vtk
 from FBANetTrainingLib import jobexport
 from FBANetTrainingLib import logic as trainingLogic
+from FBANetTrainingLib import settings as trainingSettings
 from FBANetTrainingLib.runner import LogFollower
-from FBANetTrainingLib.settings import StartChoice, applyParameters, pathText
+from FBANetTrainingLib.settings import SettingsChoice, StartChoice, applyParameters
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -65,6 +67,8 @@ class FBANetTraining(ReportsSkippedSelfTest, ScriptedLoadableModule):
             "scene: a few segmented volumes as labeled examples and many unsegmented ones as "
             "unlabeled volumes. Training runs in the background; Stop keeps the latest checkpoint "
             "and Resume continues it. The trained model appears in the FBANet Segmentation module. "
+            "On a CPU, start with 'Train for 10 minutes' and the Fine-tune settings (the bundled "
+            "model or a model file); training from scratch needs a GPU. "
             'See the <a href="{url}">documentation</a>.'
         ).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
@@ -80,6 +84,9 @@ class FBANetTrainingParameterNode:
     labeledVolume: vtkMRMLScalarVolumeNode
     startFrom: StartChoice = StartChoice.DEFAULT
     initModelPath: pathlib.Path
+    settingsChoice: SettingsChoice = SettingsChoice.FINETUNE  # (from scratch: the fields)
+    useTimeBudget: bool = True
+    trainMinutes: Annotated[float, WithinRange(1, 100000)] = 10.0
     iterations: Annotated[int, WithinRange(1, 1000000)] = 1000
     patchSizeX: Annotated[int, WithinRange(16, 512)] = 112
     patchSizeY: Annotated[int, WithinRange(16, 512)] = 112
@@ -183,11 +190,19 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelsFolderPathLabel.text = str(self.logic.modelsFolder())
 
     def setParameterNode(self, parameterNode, connect=True):
+        modified = vtk.vtkCommand.ModifiedEvent
         if self._parameterNode and self._parameterNodeGuiTag is not None:  # once (see exit)
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, modified, self.updateSettingsFields)
         self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
         if self._parameterNode and connect:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, modified, self.updateSettingsFields)
+            self.updateSettingsFields()
+
+    def updateSettingsFields(self, caller=None, event=None):  # the fine-tune preset's are off
+        for name, enabled in trainingSettings.panelFieldStates(self._parameterNode).items():
+            getattr(self.ui, name).enabled = enabled
 
     # -- inputs ------------------------------------------------------------------------------
     def onAddLabeled(self):
@@ -327,7 +342,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- another machine -------------------------------------------------------------------
     def onExportJob(self):
         applyParameters(self.logic.settings, self._parameterNode)
-        folder = pathText(self._parameterNode.jobFolder)
+        folder = self._parameterNode.jobFolder  # (unset: '.', which the export refuses)
         gpus, nodes = self._parameterNode.jobGpusPerNode, self._parameterNode.jobNodes
         with user_error_display(_("Cannot export the training job."), wait_cursor=True):
             job = jobexport.exportTrainingJob(self.logic, folder, gpus, nodes)

@@ -28,7 +28,13 @@ from FBANetTrainingLib import dataset as datasetModule
 from FBANetTrainingLib import writer
 from FBANetTrainingLib.dataset import InputError
 from FBANetTrainingLib.modelfiles import copyModelFile
-from FBANetTrainingLib.settings import TrainingSettings
+from FBANetTrainingLib.settings import (
+    FINETUNE_PRESET,
+    TrainingSettings,
+    pathText,
+    runBatch,
+    usesFinetunePreset,
+)
 
 if TYPE_CHECKING:  # (the logic does not import this module: no cycle)
     from fbanet.model.header import ModelMetadata
@@ -54,6 +60,8 @@ class ExportedJob:
         modelFile: Where the trained model lands, relative to ``folder``.
         processes: GPU processes in all (GPUs per node x nodes): more than one runs
             ``torchrunCommand``, one runs ``trainCommand``.
+        budgetLeftOut: The panel's "Train for N minutes" was on: the job has no time budget
+            (``fbanet train`` refuses one under torchrun); it trains for its iterations.
     """
 
     folder: Path
@@ -63,10 +71,14 @@ class ExportedJob:
     torchrunCommand: tuple[str, ...]
     modelFile: str
     processes: int = 1
+    budgetLeftOut: bool = False
 
 
 def jobSettings(settings: TrainingSettings) -> dict[str, dict[str, Any]]:
-    """The panel's training settings as an fbanet configuration document."""
+    """The panel's training settings as an fbanet configuration document (with the fine-tune
+    preset only the device: the preset and the starting model set the rest)."""
+    if usesFinetunePreset(settings):
+        return {"train": {"device": settings.device}}
     return {
         "model": {"patch_size": list(settings.patchSize)},
         "train": {
@@ -83,23 +95,27 @@ def jobSettings(settings: TrainingSettings) -> dict[str, dict[str, Any]]:
 
 def _checkSplit(settings: TrainingSettings, gpus: int, nodes: int) -> None:
     processes = gpus * nodes
-    unlabeled = settings.batchSize - settings.labeledBatchSize
+    batchSize, labeled = runBatch(settings)
+    unlabeled = batchSize - labeled
     if processes < 1:
         raise InputError("GPUs per node and nodes must be at least 1")
-    if settings.labeledBatchSize % processes or unlabeled % processes:
+    if labeled % processes or unlabeled % processes:
         raise InputError(
-            f"The batch ({settings.labeledBatchSize} labeled + {unlabeled} unlabeled patches) "
+            f"The batch ({labeled} labeled + {unlabeled} unlabeled patches) "
             f"does not split over {processes} GPUs: make both parts multiples of {processes}"
         )
 
 
 def _dataArguments(logic: FBANetTrainingLogic, folder: Path) -> list[str]:
-    """--manifest, --init-model (copied into the job), --base-filters, --spacing."""
+    """--manifest, --init-model (copied into the job), --base-filters, --spacing; with the
+    fine-tune preset --preset instead of the last two (fbanet takes them from the model)."""
     arguments = ["--manifest", "dataset/manifest.json"]
     initModel = logic.initModelFile()
     if initModel is None:
         return [*arguments, "--base-filters", str(logic.settings.baseFilters)]
     shutil.copyfile(initModel, folder / INIT_MODEL)
+    if usesFinetunePreset(logic.settings):
+        return [*arguments, "--preset", FINETUNE_PRESET, "--init-model", INIT_MODEL]
     from fbanet.model.header import read_model_header  # torch-free
 
     header = read_model_header(initModel)
@@ -122,9 +138,13 @@ def exportTrainingJob(
 ) -> ExportedJob:
     """Write the panel's training job (cases, settings, commands) into ``folder``.
 
+    The job has no ``--time-budget``, which ``fbanet train`` refuses under torchrun: it
+    trains for its iterations (the fine-tune preset's or the panel's).
+
     Args:
         logic: The panel's :class:`~FBANetTrainingLib.logic.FBANetTrainingLogic`.
-        folder: The job folder (created; must be empty if it exists).
+        folder: The job folder (created; must be empty if it exists); '' or '.' (the
+            panel's unset path) is no folder.
         gpus: GPUs per node for the ``torchrun`` command.
         nodes: Nodes for the ``torchrun`` command.
 
@@ -137,7 +157,8 @@ def exportTrainingJob(
         _checkSplit(logic.settings, int(gpus), int(nodes))
     except InputError as error:
         problems.append(str(error))
-    if not str(folder).strip():  # Path("") would be the current folder
+    # Path("") would be the current folder (an unset path parameter reads '.': pathText)
+    if not pathText(folder).strip():
         raise InputError("Choose a job folder (a new or empty folder) to export to")
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -157,7 +178,10 @@ def exportTrainingJob(
     train = ("fbanet", "train", *flags)
     torchrun = (*_torchrun(int(gpus), int(nodes)), *flags)
     modelFile = f"{RUN_FOLDER}/{'best_model' if s.validationCases else 'model'}.safetensors"
-    job = ExportedJob(folder, written, config, train, torchrun, modelFile, int(gpus) * int(nodes))
+    job = ExportedJob(
+        folder, written, config, train, torchrun, modelFile, int(gpus) * int(nodes),
+        budgetLeftOut=bool(s.useTimeBudget),
+    )  # fmt: skip
     _writeInstructions(job, s.modelName)
     logic.exportedJob = job
     return job
@@ -174,6 +198,11 @@ def exportNote(job: ExportedJob) -> str:
         f"Copy the folder {job.folder} to the GPU machine, run 'bash run.sh' in it (it runs "
         f"the command above; fbanet must be installed there), then bring back "
         f"{job.modelFile} and import it with 'Import trained model...'."
+    ) + (
+        " The job has no time budget ('Train for' applies in Slicer only; torchrun refuses "
+        "one): it trains for its iterations."
+        if job.budgetLeftOut
+        else ""
     )
 
 

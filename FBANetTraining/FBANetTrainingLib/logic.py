@@ -37,7 +37,10 @@ from FBANetTrainingLib.settings import (
     applyParameters,
     defaultModelsFolder,
     initModelFile,
+    runBatch,
+    timeBudgetProblems,
     trainingArguments,
+    usesFinetunePreset,
 )
 from FBANetTrainingLib.writer import DatasetWriter
 
@@ -198,13 +201,19 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
     def _settingsProblems(self, existing: bool = False) -> list[str]:
         """The settings' problems; ``existing``: see :meth:`modelNameProblems`."""
         s, problems = self.settings, self.modelNameProblems(existing)
-        if any(int(side) % 16 or int(side) <= 0 for side in s.patchSize):
+        problems += timeBudgetProblems(s)
+        try:  # the fine-tune preset and the starting model set the patch and the batch
+            custom, (batchSize, labeledBatchSize) = not usesFinetunePreset(s), runBatch(s)
+        except InputError as error:  # an unknown choice (a script's): the fields, and why
+            problems.append(str(error))
+            custom, batchSize, labeledBatchSize = True, s.batchSize, s.labeledBatchSize
+        if custom and any(int(side) % 16 or int(side) <= 0 for side in s.patchSize):
             problems.append(
                 f"Patch size {tuple(s.patchSize)}: each side must be a positive multiple of 16"
             )
-        if s.batchSize < 2 or not 1 <= s.labeledBatchSize <= s.batchSize:
+        if batchSize < 2 or not 1 <= labeledBatchSize <= batchSize:
             problems.append("Batch: at least 2 patches, of which 1 to all are labeled")
-        if not self.unlabeledVolumeIds and s.labeledBatchSize < s.batchSize:
+        if not self.unlabeledVolumeIds and labeledBatchSize < batchSize:
             problems.append(
                 "No unlabeled volume: check some, or make every patch of the batch labeled"
             )

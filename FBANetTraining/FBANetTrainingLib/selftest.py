@@ -16,12 +16,14 @@ from fbanet.protocol import JobState
 from FBANetTrainingLib import synthetic
 from FBANetTrainingLib.logic import FBANetTrainingLogic
 from FBANetTrainingLib.runner import TrainingRun
-from FBANetTrainingLib.settings import START_SCRATCH, TrainingSettings
+from FBANetTrainingLib.settings import START_SCRATCH, SettingsChoice, TrainingSettings
 
 TINY_SETTINGS: dict[str, Any] = {
     "iterations": 100, "patchSize": (16, 16, 16), "batchSize": 2, "labeledBatchSize": 1,
     "learningRate": 0.01, "validationCases": 1, "validateEvery": 50, "checkpointEvery": 50,
     "device": "cpu", "startFrom": START_SCRATCH, "baseFilters": 4,
+    # The custom fields, run to the end (no fine-tune preset, no time budget).
+    "settingsChoice": SettingsChoice.CUSTOM, "useTimeBudget": False,
     "extraArguments": ("--fp32", "--log-every", "1", "--seed", "3"),
 }  # fmt: skip
 

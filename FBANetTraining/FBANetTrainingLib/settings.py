@@ -48,6 +48,43 @@ START_DEFAULT, START_FILE, START_SCRATCH = (
     StartChoice.FILE,
     StartChoice.SCRATCH,
 )
+
+
+class SettingsChoice(enum.Enum):
+    """Which settings a run that starts from a model uses: the panel's combo box.
+
+    FINETUNE: ``fbanet train --preset finetune``; the preset sets the learning rate,
+    iterations and validation cadence, the starting model its patch, spacing and
+    architecture. CUSTOM: the panel's fields. A run from scratch always uses the fields.
+    """
+
+    FINETUNE = "finetune"
+    CUSTOM = "custom"
+
+    def label(self) -> str:
+        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
+        return {
+            SettingsChoice.FINETUNE: "Fine-tune (recommended)",
+            SettingsChoice.CUSTOM: "Custom",
+        }[self]
+
+    @classmethod
+    def parse(cls, value: SettingsChoice | str) -> SettingsChoice:
+        """The choice for a member or its value; InputError naming the valid values."""
+        try:
+            return value if isinstance(value, SettingsChoice) else SettingsChoice(value)
+        except ValueError:
+            valid = ", ".join(choice.value for choice in SettingsChoice)
+            raise InputError(f"Settings must be one of {valid}, not {value!r}") from None
+
+
+FINETUNE_PRESET = "finetune"  # `fbanet train --preset` (fbanet.train.runs.PRESETS)
+# The panel's fields whose values the fine-tune preset and the starting model set: off
+# while the run uses them (see panelFieldStates).
+PRESET_FIELD_WIDGETS = (
+    "iterationsSpinBox", "patchSizeXSpinBox", "patchSizeYSpinBox", "patchSizeZSpinBox",
+    "batchSizeSpinBox", "labeledBatchSizeSpinBox", "learningRateSpinBox", "validateEverySpinBox",
+)  # fmt: skip
 DEVICE_CHOICES = tuple(choice.value for choice in DeviceChoice)
 MODEL_EXTENSION = ".safetensors"
 
@@ -77,7 +114,9 @@ def defaultModelsFolder() -> Path:
 
 @dataclasses.dataclass
 class TrainingSettings:
-    """The panel's settings; defaults suit fine-tuning on a GPU (CPU: fewer iterations)."""
+    """The panel's settings; the defaults are the panel's: fine-tune the bundled model with
+    the fine-tune preset for 10 minutes (what suits a CPU; the fields below are the custom
+    settings, for a run from scratch or with ``settingsChoice`` CUSTOM)."""
 
     iterations: int = 1000
     patchSize: tuple[int, int, int] = (112, 112, 80)
@@ -96,6 +135,9 @@ class TrainingSettings:
     # FBANet Segmentation lists every model trained); scripts and tests may set another.
     modelsFolder: str = ""
     replaceExisting: bool = False
+    settingsChoice: SettingsChoice | str = SettingsChoice.FINETUNE
+    useTimeBudget: bool = True  # stop after trainMinutes (`fbanet train --time-budget`)
+    trainMinutes: float = 10.0
     extraArguments: tuple[str, ...] = ()  # more `fbanet train` flags (tests: --fp32 --log-every 1)
 
 
@@ -108,6 +150,11 @@ def applyParameters(settings: TrainingSettings, parameters: Any) -> None:
     s.batchSize, s.labeledBatchSize = p.batchSize, p.labeledBatchSize
     s.learningRate, s.validationCases = p.learningRate, p.validationCases
     s.validateEvery = s.checkpointEvery = p.validateEvery
+    s.settingsChoice, s.useTimeBudget, s.trainMinutes = (
+        p.settingsChoice,
+        p.useTimeBudget,
+        p.trainMinutes,
+    )
     s.modelName = p.modelName  # (the models folder is not a panel setting: defaultModelsFolder)
 
 
@@ -139,23 +186,89 @@ def initModelFile(settings: TrainingSettings) -> Path | None:
     return path
 
 
-def trainingArguments(settings: TrainingSettings, manifest: str | Path) -> list[str]:
-    """The ``fbanet train`` flags (without -o/--json/--stop-file/--resume)."""
-    s = settings
-    arguments: list[Any] = [
-        "--manifest", manifest, "--iterations", s.iterations, "--patch-size", *s.patchSize,
-        "--batch-size", s.batchSize, "--labeled-batch-size", s.labeledBatchSize,
-        "--lr", s.learningRate, "--device", s.device, "--validate-every", s.validateEvery,
-        "--checkpoint-every", s.checkpointEvery,
-    ]  # fmt: skip
+def usesFinetunePreset(settings: TrainingSettings) -> bool:
+    """Whether the run uses ``--preset finetune``: FINETUNE chosen and a model to start from."""
+    return _presetApplies(settings.startFrom, settings.settingsChoice)
+
+
+def _presetApplies(startFrom: StartChoice | str, settingsChoice: SettingsChoice | str) -> bool:
+    start, chosen = StartChoice.parse(startFrom), SettingsChoice.parse(settingsChoice)
+    return chosen is SettingsChoice.FINETUNE and start is not StartChoice.SCRATCH
+
+
+def runBatch(settings: TrainingSettings) -> tuple[int, int]:
+    """(batch size, labeled patches) the run uses: the fine-tune preset's (fbanet's
+    defaults: it sets none) or the custom fields'; InputError for an unknown choice."""
+    if usesFinetunePreset(settings):
+        from fbanet.config import TrainConfig  # (numpy only)
+
+        return TrainConfig.batch_size, TrainConfig.labeled_batch_size
+    return int(settings.batchSize), int(settings.labeledBatchSize)
+
+
+def timeBudgetArguments(settings: TrainingSettings) -> list[str]:
+    """``--time-budget <seconds>`` when "Train for N minutes" is on, else nothing."""
+    if not settings.useTimeBudget:
+        return []
+    seconds = float(settings.trainMinutes) * 60
+    return ["--time-budget", str(int(seconds)) if seconds.is_integer() else str(seconds)]
+
+
+def timeBudgetProblems(settings: TrainingSettings) -> list[str]:
+    """What is wrong with the time budget (empty list: fine, or off)."""
+    minutes = settings.trainMinutes
+    if settings.useTimeBudget and not (isinstance(minutes, int | float) and minutes > 0):
+        return [f"Train for: give a number of minutes above 0, not {minutes!r}"]
+    return []
+
+
+def panelFieldStates(parameters: Any) -> dict[str, bool]:
+    """Which settings widgets are enabled for the panel's parameter node (name -> enabled).
+
+    The fine-tune preset and the starting model set the custom fields' values; a run from
+    scratch uses the fields whatever the choice (the choice is off then).
+    """
+    preset = _presetApplies(parameters.startFrom, parameters.settingsChoice)
+    states = dict.fromkeys(PRESET_FIELD_WIDGETS, not preset)
+    states["settingsChoiceComboBox"] = StartChoice.parse(parameters.startFrom) is not START_SCRATCH
+    states["trainMinutesSpinBox"] = bool(parameters.useTimeBudget)
+    return states
+
+
+def startModelArguments(settings: TrainingSettings) -> list[Any]:
+    """The custom settings' model flags: --init-model with the starting model's
+    --base-filters and --spacing, or from scratch the panel's --base-filters."""
     initModel = initModelFile(settings)
     if initModel is None:
-        arguments += ["--base-filters", s.baseFilters]
-    else:
-        from fbanet.model.header import read_model_header
+        return ["--base-filters", settings.baseFilters]
+    from fbanet.model.header import read_model_header
 
-        header = read_model_header(initModel)
-        arguments += ["--init-model", initModel, "--base-filters", header.model.base_filters]
-        if header.spacing is not None:  # train at the spacing the model knows
-            arguments += ["--spacing", *header.spacing]
+    header = read_model_header(initModel)
+    arguments: list[Any] = ["--init-model", initModel, "--base-filters", header.model.base_filters]
+    if header.spacing is not None:  # train at the spacing the model knows
+        arguments += ["--spacing", *header.spacing]
+    return arguments
+
+
+def trainingArguments(settings: TrainingSettings, manifest: str | Path) -> list[str]:
+    """The ``fbanet train`` flags (without -o/--json/--stop-file/--resume).
+
+    With the fine-tune preset (:func:`usesFinetunePreset`) only the manifest, the preset,
+    the starting model and the device: the preset and the model set the rest. Otherwise the
+    custom fields. Then ``--time-budget`` when on, and ``extraArguments`` last.
+    """
+    s = settings
+    arguments: list[Any]
+    if usesFinetunePreset(s):
+        initModel = initModelFile(s)
+        arguments = ["--manifest", manifest, "--preset", FINETUNE_PRESET,
+                     "--init-model", initModel, "--device", s.device]  # fmt: skip
+    else:
+        arguments = [
+            "--manifest", manifest, "--iterations", s.iterations, "--patch-size", *s.patchSize,
+            "--batch-size", s.batchSize, "--labeled-batch-size", s.labeledBatchSize,
+            "--lr", s.learningRate, "--device", s.device, "--validate-every", s.validateEvery,
+            "--checkpoint-every", s.checkpointEvery, *startModelArguments(s),
+        ]  # fmt: skip
+    arguments += timeBudgetArguments(s)
     return [str(a) for a in (*arguments, *s.extraArguments)]

@@ -221,8 +221,9 @@ def test_starting_from_a_model_file_adopts_its_architecture_and_spacing(
     )
     panel = logic.FBANetTrainingLogic(scene)
     panel.settings = settings.TrainingSettings(
-        startFrom=settings.START_FILE, initModelPath=str(model)
-    )
+        startFrom=settings.START_FILE, initModelPath=str(model),
+        settingsChoice=settings.SettingsChoice.CUSTOM,  # (fine-tune: the preset's flags)
+    )  # fmt: skip
     arguments = panel.trainingArguments(tmp_path / "manifest.json")
     text = " ".join(arguments)
     assert f"--init-model {model}" in text and "--base-filters 8" in text

@@ -153,3 +153,42 @@ def test_export_accepts_a_model_name_that_exists_locally_and_import_checks_it(
     logic.settings.modelName = "-bad"
     with pytest.raises(dataset.InputError, match="Model name"):
         jobexport.exportTrainingJob(logic, tmp_path / "other")  # a bad name still is
+
+
+def test_the_exported_job_leaves_the_time_budget_out(tmp_path: Path) -> None:
+    """`fbanet train` refuses --time-budget under torchrun: the job trains its iterations."""
+    logic = _panel(tmp_path, useTimeBudget=True, trainMinutes=10)
+    assert "--time-budget" in logic.trainingArguments("m.json")  # (in Slicer it is used)
+    job = jobexport.exportTrainingJob(logic, tmp_path / "job", gpus=2)
+    flags = [
+        "--config", "config.json", "--manifest", "dataset/manifest.json", "--base-filters", "4",
+        "--fp32", "--log-every", "1", "--seed", "3", "-o", "run",
+    ]  # fmt: skip
+    assert list(job.trainCommand) == ["fbanet", "train", *flags]
+    assert list(job.torchrunCommand) == ["torchrun", "--nproc-per-node", "2", "-m", "fbanet",
+                                         "train", *flags]  # fmt: skip
+    assert "--time-budget" not in (tmp_path / "job" / "run.sh").read_text()
+    config = json.loads((tmp_path / "job" / "config.json").read_text())
+    assert config["train"]["iterations"] == 2 and job.budgetLeftOut
+    assert "no time budget" in jobexport.exportNote(job)
+    logic.settings.useTimeBudget = False
+    unbudgeted = jobexport.exportTrainingJob(logic, tmp_path / "other")
+    assert not unbudgeted.budgetLeftOut and "time budget" not in jobexport.exportNote(unbudgeted)
+
+
+def test_a_fine_tune_job_runs_the_preset_on_its_start_model(tmp_path: Path) -> None:
+    from FBANetTrainingLib.settings import SettingsChoice
+
+    logic = _panel(
+        tmp_path, startFrom="default", settingsChoice=SettingsChoice.FINETUNE,
+        useTimeBudget=True, batchSize=6, labeledBatchSize=3,  # (the preset's batch: 2 + 2)
+    )  # fmt: skip
+    job = jobexport.exportTrainingJob(logic, tmp_path / "job", gpus=2)
+    assert list(job.trainCommand) == [
+        "fbanet", "train", "--config", "config.json", "--manifest", "dataset/manifest.json",
+        "--preset", "finetune", "--init-model", jobexport.INIT_MODEL,
+        "--fp32", "--log-every", "1", "--seed", "3", "-o", "run",
+    ]  # fmt: skip
+    config = json.loads((tmp_path / "job" / "config.json").read_text())
+    assert config == {"train": {"device": "cpu"}}
+    assert (tmp_path / "job" / jobexport.INIT_MODEL).is_file()

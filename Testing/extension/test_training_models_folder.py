@@ -37,7 +37,8 @@ def test_a_model_trained_in_the_panel_lands_where_segmentation_lists(
         startFrom=settings.StartChoice.SCRATCH, initModelPath=Path("."), iterations=7,
         device=environment.DeviceChoice.CPU, patchSizeX=64, patchSizeY=48, patchSizeZ=32,
         batchSize=4, labeledBatchSize=2, learningRate=0.05, validationCases=1,
-        validateEvery=3, modelName="Mine", modelsFolder=tmp_path / "elsewhere",
+        validateEvery=3, modelName="Mine", settingsChoice=settings.SettingsChoice.CUSTOM,
+        useTimeBudget=False, trainMinutes=2.5, modelsFolder=tmp_path / "elsewhere",
     )  # fmt: skip
     trainingLogic = logic.FBANetTrainingLogic(support.newScene(), runsFolder=tmp_path / "runs")
     settings.applyParameters(trainingLogic.settings, node)

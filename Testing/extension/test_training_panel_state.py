@@ -288,7 +288,8 @@ def test_the_parameter_node_is_copied_into_the_settings() -> None:
         startFrom=settings.StartChoice.SCRATCH, initModelPath=Path("."), iterations=7,
         device=environment.DeviceChoice.CPU, patchSizeX=64, patchSizeY=48, patchSizeZ=32,
         batchSize=4, labeledBatchSize=2, learningRate=0.05, validationCases=1,
-        validateEvery=3, modelName="Mine",
+        validateEvery=3, modelName="Mine", settingsChoice=settings.SettingsChoice.CUSTOM,
+        useTimeBudget=False, trainMinutes=2.5,
     )  # fmt: skip
     copied = settings.TrainingSettings()
     settings.applyParameters(copied, node)
@@ -296,3 +297,5 @@ def test_the_parameter_node_is_copied_into_the_settings() -> None:
         settings.StartChoice.SCRATCH, "", "cpu")  # fmt: skip
     assert copied.patchSize == (64, 48, 32) and copied.checkpointEvery == copied.validateEvery == 3
     assert (copied.modelName, copied.modelsFolder, copied.iterations) == ("Mine", "", 7)
+    assert (copied.settingsChoice, copied.useTimeBudget, copied.trainMinutes) == (
+        settings.SettingsChoice.CUSTOM, False, 2.5)  # fmt: skip
