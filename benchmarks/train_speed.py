@@ -14,6 +14,13 @@ Configurations:
   16 base filters, three decoders.
 - ``small``: patch 64x64x48, batch 4 (2 + 2), 16 base filters: a CPU-sized run.
 
+``--steps`` instead compares the step of each fine-tuning variant (``STEPS`` below: the
+``finetune`` preset with each arm of ``site_adaptation.py``, and cheaper candidates) with
+today's ``--preset la-cpu`` step, interleaved step by step in one process so the noise of a
+shared machine hits all alike, at the default precision::
+
+    python benchmarks/train_speed.py --steps --iterations 10 --threads 2
+
 Each runs in fp32 and in bfloat16 autocast, both in the channels-last memory layout (the
 training default) unless ``--contiguous`` is given. Timings are the median of the timed
 iterations after the warm-up ones; the reported ratio is fp32 time / bf16 time.
@@ -30,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -195,6 +203,63 @@ def markdown_table(rows: Sequence[tuple[str, str, float | None, float | None]]) 
     return "\n".join(lines)
 
 
+# Step variants of --steps: (model settings, train settings) over the presets' own.
+STEPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "la-cpu (semi-supervised, authors)": ("la-cpu", {}, {}),
+    "finetune, supervised": ("finetune", {}, {"mode": "supervised", "labeled_batch_size": 4}),
+    "finetune, consistency": ("finetune", {}, {"contrastive_weight": 0.0}),
+    "finetune, authors": ("finetune", {}, {}),
+    "finetune, learning 0.1": ("finetune", {"contrast": "learning"},
+                               {"contrastive_weight": 0.1}),
+    "finetune, supervised, patch 48x48x32": (
+        "finetune", {"patch_size": (48, 48, 32)}, {"mode": "supervised", "labeled_batch_size": 4}
+    ),
+    "finetune, supervised, batch 2": (
+        "finetune", {}, {"mode": "supervised", "batch_size": 2, "labeled_batch_size": 2}
+    ),
+}  # fmt: skip
+
+
+def step_trainers(folder: Path) -> dict[str, Trainer]:
+    """One trainer per variant of STEPS, on synthetic volumes, at the bundled model's size."""
+    from fbanet.model.bundled import default_model_path
+    from fbanet.model.header import read_model_header
+    from fbanet.train.presets import build_configs, inherit_from_model, preset_settings
+
+    header = read_model_header(default_model_path())
+    trainers = {}
+    for name, (preset, model_changes, train_changes) in STEPS.items():
+        model, train = preset_settings(preset)
+        model, _, _ = inherit_from_model({**model, **model_changes}, None, header)
+        train = {**train, **train_changes, "iterations": 10**6, "seed": 0,
+                 "checkpoint_every": 10**6, "validate_every": 10**6}  # fmt: skip
+        model_config, train_config = build_configs(model, train)
+        shape = tuple(s + 16 for s in model_config.patch_size)
+        config = BenchConfig(name, model_config.patch_size, model_config.base_filters, shape)  # type: ignore[arg-type]
+        trainers[name] = Trainer(model_config, train_config, synthetic_data(config),
+                                 folder / str(len(trainers)), show_progress=False)  # fmt: skip
+    return trainers
+
+
+def compare_steps(iterations: int, warmup: int) -> str:
+    """Median seconds per step of each STEPS variant, interleaved, and its ratio to la-cpu's."""
+    with tempfile.TemporaryDirectory(prefix="fbanet-steps-") as folder:
+        trainers = step_trainers(Path(folder))
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for round_ in range(warmup + iterations):
+            for name, trainer in trainers.items():
+                started = time.perf_counter()
+                trainer.step()
+                if round_ >= warmup:
+                    times[name].append(time.perf_counter() - started)
+    base = statistics.median(next(iter(times.values())))
+    lines = ["| step | median s/step | la-cpu step / this step |", "|---|---:|---:|"]
+    for name, values in times.items():
+        median = statistics.median(values)
+        lines.append(f"| {name} | {median:.3f} | {base / median:.2f} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -208,6 +273,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--la", type=Path, help="LA data folder: use real volumes")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--steps", action="store_true", help="compare fine-tuning steps")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
@@ -228,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     logger.info("torch %s, %d CPU threads", torch.__version__, torch.get_num_threads())
+    if args.steps:
+        from la_tta import cpu_description
+
+        print(f"{cpu_description()}; median of {args.iterations} interleaved steps\n")
+        print(compare_steps(args.iterations, args.warmup))
+        return 0
     real = la_data(args.la) if args.la is not None else None
     rows: list[tuple[str, str, float | None, float | None]] = []
     layout = "contiguous" if args.contiguous else "channels-last"

@@ -197,12 +197,13 @@ def _presetApplies(startFrom: StartChoice | str, settingsChoice: SettingsChoice 
 
 
 def runBatch(settings: TrainingSettings) -> tuple[int, int]:
-    """(batch size, labeled patches) the run uses: the fine-tune preset's (fbanet's
-    defaults: it sets none) or the custom fields'; InputError for an unknown choice."""
+    """(batch size, labeled patches) the run uses: the fine-tune preset's or the custom
+    fields'; InputError for an unknown choice."""
     if usesFinetunePreset(settings):
-        from fbanet.config import TrainConfig  # (numpy only)
+        from fbanet.train.presets import preset_train_config  # (no torch)
 
-        return TrainConfig.batch_size, TrainConfig.labeled_batch_size
+        config = preset_train_config(FINETUNE_PRESET)
+        return config.batch_size, config.labeled_batch_size
     return int(settings.batchSize), int(settings.labeledBatchSize)
 
 

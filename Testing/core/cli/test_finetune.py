@@ -16,7 +16,7 @@ from fbanet.cli.main import main
 from fbanet.model.bundled import default_model_path
 from fbanet.model.files import initialize_from_model_file, read_model_header
 from fbanet.model.network import FBANet
-from fbanet.train.runs import PRESETS
+from fbanet.train.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -46,7 +46,7 @@ def test_as_stored_keeps_the_hdf5_intensities_for_the_paper(tmp_path: Path) -> N
 def test_a_fine_tune_inherits_what_the_user_left_unset() -> None:
     from fbanet.config import ModelConfig
     from fbanet.model.header import ModelMetadata
-    from fbanet.train.runs import inherit_from_model
+    from fbanet.train.presets import inherit_from_model
 
     start = ModelMetadata(ModelConfig(base_filters=8, patch_size=(64, 64, 48)), (1.25,) * 3)
     settings, spacing, notes = inherit_from_model({}, None, start)

@@ -187,7 +187,8 @@ def _data_spec(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    from fbanet.train.runs import preset_settings, read_config_file
+    from fbanet.train.presets import preset_settings
+    from fbanet.train.runs import read_config_file
 
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
@@ -219,7 +220,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 def _inherit(args: argparse.Namespace, model_settings: dict[str, Any]) -> dict[str, Any]:
     """A fine-tune keeps its starting model's spacing, patch and architecture unless set."""
     from fbanet.model.header import read_model_header
-    from fbanet.train.runs import inherit_from_model
+    from fbanet.train.presets import inherit_from_model
 
     metadata = read_model_header(args.init_model)
     model_settings, args.spacing, notes = inherit_from_model(model_settings, args.spacing, metadata)
@@ -279,8 +280,9 @@ def _train(args: argparse.Namespace) -> int:
     from fbanet.cli.rundata import data_source, resume_data_flags
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
+    from fbanet.train.presets import FINETUNE, build_configs
     from fbanet.train.runlog import RunLog
-    from fbanet.train.runs import FINETUNE, build_configs, load_training_data
+    from fbanet.train.runs import load_training_data
 
     resume_data_flags(args)  # on --resume, the run folder's own data
     if args.preset == FINETUNE and args.init_model is None and not args.resume:
