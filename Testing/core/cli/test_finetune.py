@@ -61,7 +61,7 @@ def test_the_finetune_preset_starts_from_the_bundled_model_with_its_settings(
     assert config["model"]["base_filters"] == bundled.model.base_filters
     assert config["data"]["source"]["spacing"] == list(bundled.spacing) == [1.25, 1.25, 1.25]
     preset = PRESETS["finetune"]["train"]
-    for name in ("learning_rate", "lr_schedule", "validate_every", "checkpoint_every"):
+    for name in ("learning_rate", "lr_schedule", "validate_every", "contrastive_weight"):
         assert config["train"][name] == preset[name], name
     assert config["train"]["iterations"] == 1  # a flag still wins over the preset
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -103,3 +103,18 @@ def test_fine_tuning_from_the_bundled_file_loads_every_tensor_it_holds() -> None
         torch.testing.assert_close(state[name], state[name.replace(".2.", ".1.", 1)])
     rest = set(state) - set(stored) - set(copied)
     assert rest and all(k.startswith("contrast.") for k in rest)  # only the heads start fresh
+
+
+def test_the_finetune_preset_without_unlabeled_scans_trains_supervised(
+    manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = json.loads(manifest.read_text(encoding="utf-8"))
+    entries["unlabeled"] = []
+    manifest.write_text(json.dumps(entries), encoding="utf-8")
+    with caplog.at_level(logging.INFO):
+        code = main(["train", "--manifest", str(manifest), "--preset", "finetune", "-o",
+                     str(tmp_path / "run"), "--iterations", "1", "--fp32", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
+    assert (config["train"]["mode"], config["train"]["labeled_batch_size"]) == ("supervised", 4)
+    assert "no unlabeled scans: the finetune preset trains supervised" in caplog.text
