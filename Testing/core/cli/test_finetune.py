@@ -113,7 +113,8 @@ def test_the_finetune_preset_without_unlabeled_scans_trains_supervised(
     manifest.write_text(json.dumps(entries), encoding="utf-8")
     with caplog.at_level(logging.INFO):
         code = main(["train", "--manifest", str(manifest), "--preset", "finetune", "-o",
-                     str(tmp_path / "run"), "--iterations", "1", "--fp32", "--device", "cpu"])  # fmt: skip
+                     str(tmp_path / "run"), "--iterations", "1", "--fp32",
+                     "--device", "cpu"])  # fmt: skip
     assert code == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
     assert (config["train"]["mode"], config["train"]["labeled_batch_size"]) == ("supervised", 4)
