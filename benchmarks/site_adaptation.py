@@ -27,8 +27,10 @@ it on an otherwise idle machine so the budgets mean the same in every arm::
         --budget 30                                                          # smoke test
 
 Prints (and writes to ``--out``/report.md) per arm the mean ± std validation Dice over the
-runs' per-case scores, the minimum case, the iterations and seconds used, and a paired
-Wilcoxon test of the best semi-supervised arm against supervised over (case, seed) pairs.
+runs' per-case scores, the minimum case, the same for the run's last state (what a user
+without validation scans keeps: ``model.safetensors``), the iterations and seconds used, and
+a paired Wilcoxon test of the best semi-supervised arm against supervised over (case, seed)
+pairs.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def run_arm(
     run = args.out / f"labeled-{labeled}" / f"{arm}-seed{seed}"
     record_path = run / "record.json"
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        return _with_last_state(json.loads(record_path.read_text()), run, paths, args)
     if run.exists():  # an unfinished run: a time budget cannot be resumed fairly
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -145,8 +147,24 @@ def run_arm(
         "arm": arm, "seed": seed, "labeled": labeled, "iterations": iterations,
         "seconds": seconds, "dice": _scores(table),
     }  # fmt: skip
+    record = _with_last_state(record, run, paths, args)
     record_path.write_text(json.dumps(record, indent=2))
     logger.info("%s: mean Dice %.4f", run, statistics.fmean(record["dice"].values()))
+    return record
+
+
+def _with_last_state(
+    record: dict, run: Path, paths: dict[str, Path], args: argparse.Namespace
+) -> dict:
+    """Also the last state's scores (``dice_last``): what a run without validation scans keeps."""
+    last = run / "run" / "model.safetensors"
+    if "dice_last" in record or not last.exists():
+        return record
+    table = run / "validation-last.csv"
+    _fbanet("evaluate", "--manifest", str(paths["scoring"]), "-m", str(last), "--csv",
+            str(table), threads=args.threads, log=run / "commands.log")  # fmt: skip
+    record = {**record, "dice_last": _scores(table)}
+    (run / "record.json").write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -163,15 +181,19 @@ def report(records: list[dict], cpu: str, budget: float) -> str:
             if r["labeled"] == labeled:
                 arms.setdefault(r["arm"], []).append(r)
         lines += ["", f"K = {labeled} labeled site-B scans", "",
-                  "| arm | seeds | Dice % mean ± std | worst case % | iterations | seconds |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| arm | seeds | Dice % mean ± std | worst case % | last state: Dice % (worst) "
+                  "| iterations | seconds |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, runs in arms.items():
             dice = _pooled(runs)
             spread = statistics.stdev(dice) if len(dice) > 1 else 0.0
             its = "/".join(str(r["iterations"]) for r in runs)
             secs = "/".join(f"{r['seconds']:.0f}" for r in runs)
-            lines.append(f"| {name} | {len(runs)} | {statistics.fmean(dice):.2f} ± "
-                         f"{spread:.2f} | {min(dice):.2f} | {its} | {secs} |")  # fmt: skip
+            last = [100 * d for r in runs for d in r.get("dice_last", {}).values()]
+            shown = f"{statistics.fmean(last):.2f} ({min(last):.2f})" if last else "-"
+            mean = f"{statistics.fmean(dice):.2f} ± {spread:.2f}"
+            lines.append(f"| {name} | {len(runs)} | {mean} | {min(dice):.2f} | {shown} | {its} "
+                         f"| {secs} |")  # fmt: skip
         semi = [a for a in SEMI if a in arms]
         if "supervised" in arms and semi:
             best = max(semi, key=lambda a: statistics.fmean(_pooled(arms[a])))
