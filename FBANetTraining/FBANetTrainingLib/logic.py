@@ -213,8 +213,7 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
             )
         if batchSize < 2 or not 1 <= labeledBatchSize <= batchSize:
             problems.append("Batch: at least 2 patches, of which 1 to all are labeled")
-        # (the fine-tune preset trains supervised when there is none: fit_to_data)
-        if custom and not self.unlabeledVolumeIds and labeledBatchSize < batchSize:
+        if not self.unlabeledVolumeIds and labeledBatchSize < batchSize:
             problems.append(
                 "No unlabeled volume: check some, or make every patch of the batch labeled"
             )

@@ -173,7 +173,7 @@ def test_settings_problems_are_reported(
     problems = "\n".join(panel.checkInputs())
     for expected in ("multiple of 16", "No unlabeled volume", "keep at least one", "Model name"):
         assert expected in problems
-    # The fine-tune preset trains supervised without unlabeled volumes (fit_to_data).
+    # The fine-tune preset trains supervised: it needs no unlabeled volume.
     panel.settings = settings.TrainingSettings(modelsFolder=str(tmp_path))
     assert not any("unlabeled" in p for p in panel.checkInputs())
     panel.settings = settings.TrainingSettings(

@@ -61,7 +61,7 @@ def test_the_finetune_preset_starts_from_the_bundled_model_with_its_settings(
     assert config["model"]["base_filters"] == bundled.model.base_filters
     assert config["data"]["source"]["spacing"] == list(bundled.spacing) == [1.25, 1.25, 1.25]
     preset = PRESETS["finetune"]["train"]
-    for name in ("learning_rate", "lr_schedule", "validate_every", "contrastive_weight"):
+    for name in ("learning_rate", "lr_schedule", "validate_every", "mode"):
         assert config["train"][name] == preset[name], name
     assert config["train"]["iterations"] == 1  # a flag still wins over the preset
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -105,17 +105,24 @@ def test_fine_tuning_from_the_bundled_file_loads_every_tensor_it_holds() -> None
     assert rest and all(k.startswith("contrast.") for k in rest)  # only the heads start fresh
 
 
-def test_the_finetune_preset_without_unlabeled_scans_trains_supervised(
-    manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_the_finetune_preset_needs_no_unlabeled_scans(
+    manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     entries = json.loads(manifest.read_text(encoding="utf-8"))
-    entries["unlabeled"] = []
-    manifest.write_text(json.dumps(entries), encoding="utf-8")
-    with caplog.at_level(logging.INFO):
-        code = main(["train", "--manifest", str(manifest), "--preset", "finetune", "-o",
-                     str(tmp_path / "run"), "--iterations", "1", "--fp32",
-                     "--device", "cpu"])  # fmt: skip
-    assert code == 0
+    unlabeled, entries["unlabeled"] = entries["unlabeled"], []
+    alone = tmp_path / "labeled-only.json"
+    alone.write_text(json.dumps(entries), encoding="utf-8")
+    code = main(["train", "--manifest", str(alone), "--preset", "finetune", "-o",
+                 str(tmp_path / "run"), "--iterations", "1", "--fp32",
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
     config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
     assert (config["train"]["mode"], config["train"]["labeled_batch_size"]) == ("supervised", 4)
-    assert "no unlabeled scans: the finetune preset trains supervised" in caplog.text
+    # Asked for, semi-supervised fine-tuning takes 2 labeled + 2 unlabeled patches a step.
+    code = main(["train", "--manifest", str(manifest), "--preset", "finetune", "--mode",
+                 "semi-supervised", "-o", str(tmp_path / "semi"), "--iterations", "1", "--fp32",
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "semi" / "config.json").read_text(encoding="utf-8"))
+    assert (config["train"]["labeled_batch_size"], config["train"]["batch_size"]) == (2, 4)
+    assert unlabeled

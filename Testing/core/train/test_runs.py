@@ -65,23 +65,3 @@ def test_a_fine_tune_inherits_what_the_user_left_unset() -> None:
         "spacing [2, 2, 2] mm (the starting model's: [1.25, 1.25, 1.25])",
     ]
     assert inherit_from_model({}, None, ModelMetadata(ModelConfig()))[1] is None
-
-
-def test_the_finetune_preset_trains_supervised_without_unlabeled_scans() -> None:
-    from fbanet.config import TrainingMode
-    from fbanet.train.presets import build_configs, fit_to_data, preset_settings
-
-    settings = preset_settings("finetune")[1]
-    config = build_configs({}, settings)[1]
-    assert config.mode is TrainingMode.SEMI_SUPERVISED and config.contrastive_weight == 0.0
-    assert fit_to_data("finetune", settings, config, unlabeled=3) == (config, None)
-    changed, note = fit_to_data("finetune", settings, config, unlabeled=0)
-    assert (changed.mode, changed.labeled_batch_size, changed.batch_size) == (
-        TrainingMode.SUPERVISED, 4, 4,
-    )  # fmt: skip
-    assert note == "no unlabeled scans: the finetune preset trains supervised on batches of 4 " \
-        "labeled patches"  # fmt: skip
-    # A mode the user set is kept (and refused later if it needs unlabeled scans).
-    chosen = {**settings, "mode": "semi-supervised"}
-    assert fit_to_data("finetune", chosen, config, unlabeled=0) == (config, None)
-    assert fit_to_data("la-cpu", settings, config, unlabeled=0) == (config, None)

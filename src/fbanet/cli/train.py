@@ -280,7 +280,7 @@ def _train(args: argparse.Namespace) -> int:
     from fbanet.cli.rundata import data_source, resume_data_flags
     from fbanet.train.distributed import close_process_group
     from fbanet.train.parallel import join_torchrun_job, make_trainer
-    from fbanet.train.presets import FINETUNE, build_configs, fit_to_data
+    from fbanet.train.presets import FINETUNE, build_configs
     from fbanet.train.runlog import RunLog
     from fbanet.train.runs import load_training_data
 
@@ -304,11 +304,6 @@ def _train(args: argparse.Namespace) -> int:
             allow_partial_labels=args.allow_partial_labels,
         )
         data = dataclasses.replace(data, source=data_source(args))  # for --resume
-        train_config, note = fit_to_data(
-            args.preset, train_settings, train_config, len(data.unlabeled)
-        )
-        if note:
-            logger.info(note)
         env = join_torchrun_job(train_config, data)  # under torchrun: one of several processes
         trainer = make_trainer(
             model_config,
