@@ -68,7 +68,8 @@ class FBANetTraining(ReportsSkippedSelfTest, ScriptedLoadableModule):
             "unlabeled volumes. Training runs in the background; Stop keeps the latest checkpoint "
             "and Resume continues it. The trained model appears in the FBANet Segmentation module. "
             "On a CPU, start with 'Train for 10 minutes' and the Fine-tune settings (the bundled "
-            "model or a model file); training from scratch needs a GPU. "
+            "model or a model file): they train on the labeled examples alone, as unlabeled "
+            "volumes did not help within 10 minutes; training from scratch needs a GPU. "
             'See the <a href="{url}">documentation</a>.'
         ).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
