@@ -196,7 +196,8 @@ def report(records: list[dict], cpu: str, budget: float) -> str:
                          f"| {secs} |")  # fmt: skip
         semi = [a for a in SEMI if a in arms]
         if "supervised" in arms and semi:
-            best = max(semi, key=lambda a: statistics.fmean(_pooled(arms[a])))
+            # The arm run on more seeds (plan() picks it by its first seed), then the best.
+            best = max(semi, key=lambda a: (len(arms[a]), statistics.fmean(_pooled(arms[a]))))
             base = {r["seed"]: r["dice"] for r in arms["supervised"]}
             pairs = [(r["dice"][c], base[r["seed"]][c])
                      for r in arms[best] if r["seed"] in base for c in r["dice"]]  # fmt: skip

@@ -204,19 +204,17 @@ def markdown_table(rows: Sequence[tuple[str, str, float | None, float | None]]) 
 
 
 # Step variants of --steps: (model settings, train settings) over the presets' own.
+SEMI = {"mode": "semi-supervised", "labeled_batch_size": 2}
 STEPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "la-cpu (semi-supervised, authors)": ("la-cpu", {}, {}),
-    "finetune, supervised": ("finetune", {}, {"mode": "supervised", "labeled_batch_size": 4}),
-    "finetune, consistency": ("finetune", {}, {"contrastive_weight": 0.0}),
-    "finetune, authors": ("finetune", {}, {}),
-    "finetune, learning 0.1": ("finetune", {"contrast": "learning"},
-                               {"contrastive_weight": 0.1}),
-    "finetune, supervised, patch 48x48x32": (
-        "finetune", {"patch_size": (48, 48, 32)}, {"mode": "supervised", "labeled_batch_size": 4}
+    "finetune (supervised)": ("finetune", {}, {}),
+    "finetune, semi-supervised, consistency": ("finetune", {}, {**SEMI, "contrastive_weight": 0}),
+    "finetune, semi-supervised, authors": ("finetune", {}, SEMI),
+    "finetune, semi-supervised, learning 0.1": (
+        "finetune", {"contrast": "learning"}, {**SEMI, "contrastive_weight": 0.1}
     ),
-    "finetune, supervised, batch 2": (
-        "finetune", {}, {"mode": "supervised", "batch_size": 2, "labeled_batch_size": 2}
-    ),
+    "finetune, patch 48x48x32": ("finetune", {"patch_size": (48, 48, 32)}, {}),
+    "finetune, batch 2": ("finetune", {}, {"batch_size": 2}),
 }  # fmt: skip
 
 
