@@ -63,14 +63,12 @@ class FBANetTraining(ReportsSkippedSelfTest, ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["FBANet developers"]
         self.parent.helpText = _(
-            "Fine-tune FBA-Net (semi-supervised left-atrium segmentation) on the volumes of the "
-            "scene: a few segmented volumes as labeled examples and many unsegmented ones as "
-            "unlabeled volumes. Training runs in the background; Stop keeps the latest checkpoint "
-            "and Resume continues it. The trained model appears in the FBANet Segmentation module. "
-            "On a CPU, start with 'Train for 10 minutes' and the Fine-tune settings (the bundled "
-            "model or a model file): they train on the labeled examples alone, as unlabeled "
-            "volumes did not help within 10 minutes; training from scratch needs a GPU. "
-            'See the <a href="{url}">documentation</a>.'
+            "Fine-tune FBA-Net (left-atrium segmentation) on the volumes of the scene: a few "
+            "segmented volumes as labeled examples, unsegmented ones as unlabeled volumes. It "
+            "trains in the background (Stop keeps a checkpoint, Resume continues); the model "
+            "appears in FBANet Segmentation. On a CPU, 'Train for 10 minutes' with the Fine-tune "
+            "settings (labeled examples alone: unlabeled volumes did not help within 10 minutes); "
+            'from scratch needs a GPU. See the <a href="{url}">documentation</a>.'
         ).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
             "FBA-Net: Chung et al., 'Foreground-Background Separation Semi-Supervised "
@@ -154,9 +152,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateUnlabeledList()
         self.updateButtons()
 
-    def cleanup(self):
-        """Module reload or exit: nothing keeps running, no run folder stays (at exit Slicer
-        unloads modules from its aboutToQuit slot: onAboutToQuit may never be called)."""
+    def cleanup(self):  # reload or exit (Slicer may unload before calling onAboutToQuit)
         self.timer.stop()
         if self.logic is not None:
             self.logic.shutDown()  # a few seconds at most; again from onAboutToQuit: no-op
@@ -205,14 +201,10 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, enabled in trainingSettings.panelFieldStates(self._parameterNode).items():
             getattr(self.ui, name).enabled = enabled
 
-    # -- inputs ------------------------------------------------------------------------------
     def onAddLabeled(self):
-        volume = self.ui.labeledVolumeSelector.currentNode()
-        segments = self.ui.labeledSegmentSelector
+        volume, seg = self.ui.labeledVolumeSelector.currentNode(), self.ui.labeledSegmentSelector
         with user_error_display(_("Cannot add this labeled example.")):
-            self.logic.addLabeledExample(
-                volume, segments.currentNode(), segments.currentSegmentID()
-            )
+            self.logic.addLabeledExample(volume, seg.currentNode(), seg.currentSegmentID())
         self.updateLabeledTable()
         self.updateUnlabeledList()
 
@@ -253,7 +245,6 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             item.setCheckState(qt.Qt.Checked if ticked else qt.Qt.Unchecked)
         listWidget.blockSignals(wasBlocked)
 
-    # -- running -----------------------------------------------------------------------------
     def confirmReplace(self):
         """Copy the panel's settings; False when the user keeps an existing model of the name."""
         target = self.logic.applyPanelSettings(self._parameterNode)
@@ -272,9 +263,7 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.logic.startTraining(background=True)
         self.updateButtons()
         if self.logic.busy() and self.logic.run is not None:  # (writing the dataset first)
-            self.ui.summaryLabel.text = _("Run folder: {folder}").format(
-                folder=self.logic.run.runDir
-            )
+            self.ui.summaryLabel.text = _("Run folder: {f}").format(f=self.logic.run.runDir)
             self._reportedState = None
             self.timer.start()
 
@@ -340,7 +329,6 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, enabled in self.logic.buttonStates().items():
             getattr(self.ui, name).enabled = enabled
 
-    # -- another machine -------------------------------------------------------------------
     def onExportJob(self):
         applyParameters(self.logic.settings, self._parameterNode)
         folder = self._parameterNode.jobFolder  # (unset: '.', which the export refuses)
@@ -365,7 +353,6 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.importSummaryLabel.text = jobexport.importSummary(target, header)
             refreshSegmentationModels()  # an open FBANet Segmentation lists it at once
 
-    # -- review ------------------------------------------------------------------------------
     def onSegmentUnlabeled(self):
         self._startReview(self.logic.segmentUnlabeled, _("segment"), _("Segmenting"))
 
@@ -400,11 +387,8 @@ class FBANetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class FBANetTrainingTest(ScriptedLoadableModuleTest):
     """Runs the panel's logic on a synthetic scene for a few iterations."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
     def runTest(self):
-        self.setUp()
+        slicer.mrmlScene.Clear()
         self.test_TrainingOnSyntheticScene()
 
     def test_TrainingOnSyntheticScene(self):
