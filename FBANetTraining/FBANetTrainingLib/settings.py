@@ -8,13 +8,40 @@ from __future__ import annotations
 import dataclasses
 import enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fbanet.cli.environment import DeviceChoice, models_folder
 from FBANetTrainingLib.dataset import InputError
 
+C = TypeVar("C", bound="_Choice")
 
-class StartChoice(enum.Enum):
+
+class _Choice(enum.Enum):
+    """A panel's combo box choice, saved with the scene by value: label() names its item."""
+
+    @classmethod
+    def _labels(cls) -> dict[str, str]:  # value -> item text
+        raise NotImplementedError
+
+    @classmethod
+    def _title(cls) -> str:  # the setting's name, for messages
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
+        return self._labels()[self.value]
+
+    @classmethod
+    def parse(cls: type[C], value: Any) -> C:
+        """The choice for a member or its value; InputError naming the valid values."""
+        try:
+            return value if isinstance(value, cls) else cls(value)
+        except ValueError:
+            valid = ", ".join(choice.value for choice in cls)  # (aliases are not listed)
+            raise InputError(f"{cls._title()} must be one of {valid}, not {value!r}") from None
+
+
+class StartChoice(_Choice):
     """What training starts from: the panel's combo box (saved with the scene by name)."""
 
     DEFAULT = "default"
@@ -25,22 +52,14 @@ class StartChoice(enum.Enum):
     file = "file"
     scratch = "scratch"
 
-    def label(self) -> str:
-        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
-        return {
-            StartChoice.DEFAULT: "Bundled model (fine-tune)",
-            StartChoice.FILE: "Model file (fine-tune)",
-            StartChoice.SCRATCH: "Scratch (random weights)",
-        }[self]
+    @classmethod
+    def _labels(cls) -> dict[str, str]:
+        return {"default": "Bundled model (fine-tune)", "file": "Model file (fine-tune)",
+                "scratch": "Scratch (random weights)"}  # fmt: skip
 
     @classmethod
-    def parse(cls, value: StartChoice | str) -> StartChoice:
-        """The choice for a member or its value; InputError naming the valid values."""
-        try:
-            return value if isinstance(value, StartChoice) else StartChoice(value)
-        except ValueError:
-            valid = ", ".join(choice.value for choice in StartChoice)
-            raise InputError(f"Start from must be one of {valid}, not {value!r}") from None
+    def _title(cls) -> str:
+        return "Start from"
 
 
 START_DEFAULT, START_FILE, START_SCRATCH = (
@@ -50,7 +69,7 @@ START_DEFAULT, START_FILE, START_SCRATCH = (
 )
 
 
-class SettingsChoice(enum.Enum):
+class SettingsChoice(_Choice):
     """Which settings a run that starts from a model uses: the panel's combo box.
 
     FINETUNE: ``fbanet train --preset finetune``; the preset sets the learning rate,
@@ -61,21 +80,13 @@ class SettingsChoice(enum.Enum):
     FINETUNE = "finetune"
     CUSTOM = "custom"
 
-    def label(self) -> str:
-        """Text of the combo box item (Slicer's parameter node wrapper calls this)."""
-        return {
-            SettingsChoice.FINETUNE: "Fine-tune (recommended)",
-            SettingsChoice.CUSTOM: "Custom",
-        }[self]
+    @classmethod
+    def _labels(cls) -> dict[str, str]:
+        return {"finetune": "Fine-tune (recommended)", "custom": "Custom"}
 
     @classmethod
-    def parse(cls, value: SettingsChoice | str) -> SettingsChoice:
-        """The choice for a member or its value; InputError naming the valid values."""
-        try:
-            return value if isinstance(value, SettingsChoice) else SettingsChoice(value)
-        except ValueError:
-            valid = ", ".join(choice.value for choice in SettingsChoice)
-            raise InputError(f"Settings must be one of {valid}, not {value!r}") from None
+    def _title(cls) -> str:
+        return "Settings"
 
 
 FINETUNE_PRESET = "finetune"  # `fbanet train --preset` (fbanet.train.runs.PRESETS)
