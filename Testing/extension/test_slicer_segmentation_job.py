@@ -103,14 +103,19 @@ def test_roi_limits_the_segmentation_of_a_transformed_volume(
     np.testing.assert_allclose(found_ijk.mean(0), np.argwhere(expected).mean(0), atol=0.01)
 
 
+def _started_job(scene: Any, model: Path, work: Path) -> tuple[SegmentationJob, int]:
+    """A job segmenting a synthetic volume, started; and the scene's node count before it."""
+    volume = add_volume(scene, testing.syntheticCase(), np.eye(4), "volume")
+    before = scene.GetNumberOfNodes()
+    job = SegmentationJob(volume, SegmentationOptions(model, device="cpu"), workDir=work)
+    job.start()
+    return job, before
+
+
 def test_cancel_stops_the_worker_and_leaves_the_scene_alone(
     mrml_scene: Any, threshold_model: Path, tmp_path: Path
 ) -> None:
-    volume = add_volume(mrml_scene, testing.syntheticCase(), np.eye(4), "volume")
-    before = mrml_scene.GetNumberOfNodes()
-    job = SegmentationJob(volume, SegmentationOptions(threshold_model, device="cpu"),
-                          workDir=tmp_path)  # fmt: skip
-    job.start()
+    job, before = _started_job(mrml_scene, threshold_model, tmp_path)
     pid = job.worker._process.pid
     job.cancel()
     assert job.poll().state is JobState.CANCELLED
@@ -123,11 +128,7 @@ def test_cancel_stops_the_worker_and_leaves_the_scene_alone(
 def test_a_cancel_after_the_worker_ended_adds_nothing_to_the_scene(
     mrml_scene: Any, threshold_model: Path, tmp_path: Path
 ) -> None:
-    volume = add_volume(mrml_scene, testing.syntheticCase(), np.eye(4), "volume")
-    before = mrml_scene.GetNumberOfNodes()
-    job = SegmentationJob(volume, SegmentationOptions(threshold_model, device="cpu"),
-                          workDir=tmp_path)  # fmt: skip
-    job.start()
+    job, before = _started_job(mrml_scene, threshold_model, tmp_path)
     job.worker.wait(timeout=300)  # the worker wrote its result and exited; no poll yet
     assert job.worker.returncode == 0
     job.cancel()  # the user pressed Cancel just after: its result must not be loaded
