@@ -11,7 +11,14 @@ import pytest
 from fbanet.data.cases import Case
 from fbanet.data.intensity import RegionNormalization
 from fbanet.data.preprocess import zscore
-from fbanet.data.sampling import PatchBatcher, TwoStreamSampler, crop_views, rot_flip_views
+from fbanet.data.sampling import (
+    PatchBatcher,
+    TwoStreamSampler,
+    crop_views,
+    rot_flip_views,
+    window_start,
+    window_views,
+)
 
 
 def _pair(shape: tuple[int, int, int] = (9, 7, 5), seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -80,6 +87,57 @@ def test_crop_positions_uniform() -> None:
     starts = Counter(int(crop_views(image, None, (3, 2, 2), rng)[0][0, 0, 0]) for _ in range(4000))
     assert sorted(starts) == [0, 1, 2, 3]
     assert all(abs(n - 1000) < 120 for n in starts.values())
+
+
+def test_window_start_ranges() -> None:
+    rng = np.random.default_rng(0)
+
+    def seen(size: int, patch: int, positions: int) -> list[int]:
+        return sorted({window_start(size, patch, positions, rng) for _ in range(3000)})
+
+    # The LA case: 44 slices, patch 48. Inside-only starts are -4..0 (5 positions); 16 asked:
+    # 11 more, 5 before and 6 after.
+    assert seen(44, 48, 16) == list(range(-9, 7))
+    assert seen(44, 48, 1) == list(range(-4, 1))
+    # Enough room already (17 positions): unchanged, never outside the volume.
+    assert seen(80, 64, 16) == list(range(0, 17))
+    # The overhang stops at a quarter of the patch (1 voxel for a patch of 4).
+    assert seen(4, 4, 16) == [-1, 0, 1]
+
+
+def test_window_views_pads_outside_with_zeros() -> None:
+    array = np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4)
+    inside = window_views(array, (0, 1, 1), (2, 2, 3))
+    assert np.shares_memory(inside, array)  # a view where it fits
+    np.testing.assert_array_equal(inside, array[:, 1:3, 1:4])
+    out = window_views(array, (-1, 0, 2), (3, 3, 4))
+    assert out.shape == (3, 3, 4) and out.dtype == array.dtype
+    np.testing.assert_array_equal(out[0], 0)  # the row before the volume
+    np.testing.assert_array_equal(out[1:, :, :2], array[:, :, 2:])
+    np.testing.assert_array_equal(out[1:, :, 2:], 0)  # past the last slice
+    assert float(out.sum()) == float(array[:, :, 2:].sum())
+
+
+def test_crop_positions_cover_the_grid() -> None:
+    # 6 slices in a patch of 8: the authors' crop always puts them at slices 1-6; with 16
+    # positions asked (capped at a quarter of the patch, 2 voxels of overhang), they move.
+    image = np.arange(1, 7, dtype=np.float32)[None, None, :].repeat(2, 0).repeat(2, 1)
+    label = (image > 3).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    centred = {crop_views(image, label, (2, 2, 8), rng)[0][0, 0].tobytes() for _ in range(50)}
+    assert len(centred) == 1
+    windows = Counter()
+    for _ in range(2000):
+        out, out_label = crop_views(image, label, (2, 2, 8), rng, positions=16)
+        assert out.shape == out_label.shape == (2, 2, 8)
+        np.testing.assert_array_equal(out_label, (out > 3).astype(np.uint8))
+        windows[tuple(int(v) for v in out[0, 0])] += 1
+    # Window starts -4..2 in volume slices: slice k of the window holds volume slice start + k.
+    expected = {
+        tuple(v + 1 if 0 <= v < 6 else 0 for v in range(start, start + 8)) for start in range(-4, 3)
+    }
+    assert set(windows) == expected
+    assert all(abs(n - 2000 / 7) < 60 for n in windows.values())
 
 
 def test_sampler_each_pass_is_a_permutation() -> None:

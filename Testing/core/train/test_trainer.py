@@ -312,19 +312,23 @@ def test_zscored_data_trains_on_patches_normalized_over_random_regions(tmp_path:
     region = trainer.batcher.intensity
     assert region is not None and region.margin == (6, 6, 3)
     assert (region.scale, region.shift) == (0.05, 0.2)
+    assert trainer.batcher.window_positions == 16  # every alignment with the V-Net's grid
     saved = json.loads((trainer.run() and (tmp_path / "z" / "config.json")).read_text())
     assert saved["train"]["region_margin_mm"] == 6.0
     # The LA HDF5 layout as stored (the paper's protocol) keeps its intensities.
     stored = dataclasses.replace(data, normalization=IntensityNormalization.AS_STORED)
-    assert _trainer(tmp_path / "s", config, stored).batcher.intensity is None
+    stored_trainer = _trainer(tmp_path / "s", config, stored)
+    assert stored_trainer.batcher.intensity is None
+    assert stored_trainer.batcher.window_positions == 1  # and the authors' crop
 
 
 def test_a_fine_tune_is_validated_at_iteration_0_and_never_ends_worse(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = _data(num_validation=2)
-    # 40 steps reach a validation Dice of about 0.7 on these blobs.
-    warm = _settings(iterations=40, validate_every=100, learning_rate=0.05)
+    # 40 steps of seed 8 reach a validation Dice of about 0.9 on these blobs (the tiny network
+    # finds them on some seeds only: seeds 7 and 9 still predict no blob after 120 steps).
+    warm = _settings(iterations=40, validate_every=100, learning_rate=0.05, seed=8)
     start = _trainer(tmp_path / "start", warm, data).run()
     # A learning rate far too high makes every later state worse than the starting one.
     config = _settings(iterations=4, validate_every=2, learning_rate=5.0)

@@ -66,6 +66,7 @@ def crop_views(
     label: np.ndarray | None,
     patch: tuple[int, int, int],
     rng: np.random.Generator,
+    positions: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A uniformly random ``patch`` window, zero-padding sides shorter than the patch.
 
@@ -74,10 +75,20 @@ def crop_views(
         label: (X, Y, Z) or None; padded with 0 (background), cropped identically.
         patch: Patch (X, Y, Z).
         rng: Source of the crop position.
+        positions: Along each axis, the window takes at least this many positions relative to
+            the volume (:func:`window_start`); 1 keeps the authors' crop, which centres a
+            short side in the patch.
 
     Returns:
         Views of the window (copies only where padding was needed).
     """
+    if positions > 1:
+        starts = [
+            window_start(s, p, positions, rng) for s, p in zip(image.shape, patch, strict=True)
+        ]
+        return window_views(image, starts, patch), (
+            None if label is None else window_views(label, starts, patch)
+        )
     short = [max(p - s, 0) for p, s in zip(patch, image.shape, strict=True)]
     if any(short):
         # Split the padding so the volume stays near the centre of the patch.
@@ -88,6 +99,46 @@ def crop_views(
     starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(image.shape, patch, strict=True)]
     window = tuple(slice(a, a + p) for a, p in zip(starts, patch, strict=True))
     return image[window], None if label is None else label[window]
+
+
+def window_start(size: int, patch: int, positions: int, rng: np.random.Generator) -> int:
+    """A random window start along one axis, in volume voxels (may lie outside the volume).
+
+    The window either lies inside the volume or holds all of it: starts from
+    ``min(0, size - patch)`` to ``max(0, size - patch)``. Where that gives fewer than
+    ``positions`` starts, the range grows by the difference, half on each side, so that the
+    window overhangs the volume (zeros) and cuts a few voxels off its ends, by at most a
+    quarter of the patch.
+
+    Why: a network that halves its grid 4 times is not invariant to shifts of less than 16
+    voxels. The LA scans all have 44 slices at 1.25 mm, fewer than the patch's 48, so without
+    this every training patch held them at one position, and a user's scan of another extent
+    (any crop) met a network that had never seen its slices at that position.
+    """
+    low, high = min(0, size - patch), max(0, size - patch)
+    extra = max(0, positions - (high - low + 1))
+    # Overhang at most a quarter of the patch, so a window always holds mostly volume.
+    low = max(low - extra // 2, low - patch // 4)
+    high = min(high + extra - extra // 2, high + patch // 4)
+    return int(rng.integers(low, high + 1))
+
+
+def window_views(array: np.ndarray, starts: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+    """The ``patch`` window of ``array`` at ``starts`` (volume voxels), 0 outside the array.
+
+    A view where the window lies inside the array, else a zero-filled copy.
+    """
+    inside = tuple(
+        slice(max(a, 0), min(a + p, n)) for a, p, n in zip(starts, patch, array.shape, strict=True)
+    )
+    if all(a >= 0 and a + p <= n for a, p, n in zip(starts, patch, array.shape, strict=True)):
+        return array[inside]
+    out = np.zeros(tuple(patch), dtype=array.dtype)
+    into = tuple(
+        slice(piece.start - a, piece.stop - a) for piece, a in zip(inside, starts, strict=True)
+    )
+    out[into] = array[inside]
+    return out
 
 
 class _Stream:
@@ -212,6 +263,8 @@ class PatchBatcher:
         intensity: Z-score each patch over a random region of its volume, scale and shift it,
             sometimes blank what lies outside the region (:mod:`fbanet.data.intensity`); None
             keeps the intensities as loaded.
+        window_positions: Each axis's window takes at least this many positions relative
+            to its volume (:func:`window_start`); 1 is the authors' crop.
     """
 
     def __init__(
@@ -224,6 +277,7 @@ class PatchBatcher:
         seed: int | Sequence[int],
         augment: bool = True,
         intensity: RegionNormalization | None = None,
+        window_positions: int = 1,
     ) -> None:
         self.patch_size = _check_patch(patch_size)
         for case in labeled:
@@ -234,6 +288,7 @@ class PatchBatcher:
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.augment = bool(augment)
+        self.window_positions = check_int("window_positions", window_positions)
         entropy = (
             [check_int("seed", s, 0) for s in seed]
             if isinstance(seed, Sequence)
@@ -269,7 +324,7 @@ class PatchBatcher:
             )
         if self.augment:
             image, label = rot_flip_views(image, label, self._rng)
-        return crop_views(image, label, self.patch_size, self._rng)
+        return crop_views(image, label, self.patch_size, self._rng, self.window_positions)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """The next batch.

@@ -97,6 +97,7 @@ class DataParallelTrainer(Trainer):
             data.labeled, data.unlabeled, model_config.patch_size,
             self.rank_batch.labeled, self.rank_batch.unlabeled,
             seed=(train_config.seed, env.rank), intensity=self.region_normalization(),
+            window_positions=self.window_positions(),
         )  # fmt: skip
         self.batcher.sampler = SharedOrderSampler(
             len(data.labeled), len(data.unlabeled), self.rank_batch, env, train_config.seed

@@ -25,6 +25,7 @@ import torch
 
 from fbanet._version import __version__
 from fbanet.config import (
+    PATCH_MULTIPLE,
     ContrastModule,
     IntensityNormalization,
     ModelConfig,
@@ -160,6 +161,7 @@ class Trainer:
             train_config.unlabeled_batch_size,
             seed=train_config.seed,
             intensity=self.region_normalization(),
+            window_positions=self.window_positions(),
         )
         # The processes sharing each batch (data-parallel training), or None.
         self._group: BatchGroup | None = None
@@ -180,6 +182,13 @@ class Trainer:
             self.config.intensity_scale, self.config.intensity_shift,
             self.config.region_crop_probability,
         )  # fmt: skip
+
+    def window_positions(self) -> int:
+        """Window positions per axis: all of the network's grid for z-scored data (a user's
+        scan may lie at any), the authors' crop for data used as stored (the paper)."""
+        if self.data.normalization is IntensityNormalization.ZSCORE:
+            return PATCH_MULTIPLE
+        return 1
 
     # -- paths -------------------------------------------------------------------------------
     @property
