@@ -6,6 +6,7 @@ streams, counters) and is read with ``torch.load(weights_only=True)``: never arb
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ import torch
 from torch import Tensor
 
 from fbanet._version import __version__
-from fbanet.config import TrainingMode
+from fbanet.config import ModelConfig, TrainConfig, TrainingMode, from_dict, to_dict
 from fbanet.io.volumes import atomic_write
 from fbanet.model.files import safe_torch_load
+from fbanet.train.schedule import check_resumed_schedule
 
 CHECKPOINT_FORMAT = "fbanet-checkpoint"
 
@@ -94,3 +96,63 @@ def drop_contrast_state(state: dict[str, Any], parameters: int) -> dict[str, Any
               for g in optimizer["param_groups"]]  # fmt: skip
     kept = {i: s for i, s in optimizer["state"].items() if int(i) < parameters}
     return {**state, "model": model, "optimizer": {"state": kept, "param_groups": groups}}
+
+
+def check_resumable(
+    state: dict[str, Any],
+    world_size: int,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    run_dir: str | Path,
+) -> None:
+    """Refuse a checkpoint that this run cannot continue exactly, saying what to do."""
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world_size:
+        raise ValueError(
+            f"the checkpoint was written by {saved_world} training process(es), this run "
+            f"has {world_size}: the data shards and random streams depend on it, so "
+            f"resume with {saved_world} process(es) (torchrun --nnodes x --nproc-per-node) "
+            f"or start a new run folder"
+        )
+    saved_model = from_dict(ModelConfig, json.loads(state["model_config"]))
+    if saved_model != model_config:
+        raise ValueError(
+            f"the checkpoint was written for another architecture ({saved_model}); resume "
+            f"with the run's own config.json or start a new run folder"
+        )
+    saved_train = json.loads(state["train_config"])
+    check_resumed_schedule(
+        (saved_train.get("lr_schedule", "constant"), int(saved_train["iterations"])),
+        (config.lr_schedule, config.iterations),
+        str(run_dir),
+    )
+
+
+class TrainingDivergedError(FloatingPointError, RuntimeError):
+    """The loss became NaN or infinite; the message says which checkpoint, if any, is kept."""
+
+
+def diverged_error(loss: float, iteration: int, saved: int | None) -> TrainingDivergedError:
+    """The error for a non-finite ``loss`` at ``iteration``, saying truthfully what is kept
+    (``saved``: the iteration of the checkpoint on disk, or None)."""
+    kept = (
+        f"the checkpoint of iteration {saved} is kept: resume it with --resume and a "
+        "lower --lr, or --precision fp32"
+        if saved is not None
+        else "no checkpoint was written yet: start again with a lower --lr, or --precision fp32"
+    )
+    return TrainingDivergedError(f"the loss became {loss} at iteration {iteration}; {kept}")
+
+
+def write_run_config(
+    run_dir: Path, model: ModelConfig, train: TrainConfig, data: dict[str, Any], compute: str
+) -> None:
+    """Write the run's ``config.json`` atomically: the resolved configurations, the data
+    (its names and where they came from, so that ``--resume`` needs no data flags), the
+    version and the compute setup."""
+    document = {
+        "model": to_dict(model), "train": to_dict(train), "data": data,
+        "fbanet_version": __version__, "compute": compute,
+    }  # fmt: skip
+    text = json.dumps(document, indent=2)
+    atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(text))

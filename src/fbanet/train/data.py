@@ -6,8 +6,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from fbanet.config import IntensityNormalization, TrainConfig
+from fbanet.config import PATCH_MULTIPLE, IntensityNormalization, TrainConfig
 from fbanet.data.cases import Case
+from fbanet.data.intensity import RegionNormalization
+from fbanet.data.sampling import PatchBatcher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,3 +63,31 @@ def check_training_data(data: TrainingData, train: TrainConfig) -> None:
     for case in (*data.labeled, *data.unlabeled, *data.validation):
         if case.image.ndim != 3:
             raise ValueError(f"case {case.name!r}: image must be 3-D, got {case.image.shape}")
+
+
+def patch_batcher(
+    data: TrainingData,
+    patch_size: tuple[int, int, int],
+    config: TrainConfig,
+    per_batch: tuple[int, int],
+    seed: int | Sequence[int],
+) -> PatchBatcher:
+    """The batches of a run: ``per_batch`` (labeled, unlabeled) patches each.
+
+    Z-scored data gets patches normalized over random regions around the label and placed
+    at every alignment with the network's grid (a user's region and scan may be any); data
+    used as stored (the LA HDF5 layout, for the paper) keeps its intensities and the
+    authors' crop.
+    """
+    intensity, positions = None, 1
+    if data.normalization is IntensityNormalization.ZSCORE:
+        spacing = data.spacing or data.labeled[0].spacing
+        intensity = RegionNormalization.from_mm(
+            config.region_margin_mm, spacing, config.intensity_scale, config.intensity_shift,
+            config.region_crop_probability,
+        )  # fmt: skip
+        positions = PATCH_MULTIPLE
+    return PatchBatcher(
+        data.labeled, data.unlabeled, patch_size, per_batch[0], per_batch[1], seed=seed,
+        intensity=intensity, window_positions=positions,
+    )  # fmt: skip

@@ -23,10 +23,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from fbanet.config import ModelConfig, TrainConfig
-from fbanet.data.sampling import PatchBatcher
 from fbanet.model.losses import LossTerms, fba_loss
 from fbanet.model.network import FBANetOutput
-from fbanet.train.data import check_training_data
+from fbanet.train.data import check_training_data, patch_batcher
 from fbanet.train.distributed import (
     AgreedStop,
     DistributedEnv,
@@ -93,11 +92,10 @@ class DataParallelTrainer(Trainer):
             show_progress=show_progress and main,
             **kwargs,
         )  # fmt: skip
-        self.batcher = PatchBatcher(
-            data.labeled, data.unlabeled, model_config.patch_size,
-            self.rank_batch.labeled, self.rank_batch.unlabeled,
-            seed=(train_config.seed, env.rank), intensity=self.region_normalization(),
-            window_positions=self.window_positions(),
+        self.batcher = patch_batcher(
+            data, model_config.patch_size, train_config,
+            (self.rank_batch.labeled, self.rank_batch.unlabeled),
+            seed=(train_config.seed, env.rank),
         )  # fmt: skip
         self.batcher.sampler = SharedOrderSampler(
             len(data.labeled), len(data.unlabeled), self.rank_batch, env, train_config.seed

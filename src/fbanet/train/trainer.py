@@ -25,20 +25,14 @@ import torch
 
 from fbanet._version import __version__
 from fbanet.config import (
-    PATCH_MULTIPLE,
     ContrastModule,
-    IntensityNormalization,
     ModelConfig,
     TrainConfig,
     TrainingMode,
-    from_dict,
     level_sizes,
     to_dict,
 )
-from fbanet.data.intensity import RegionNormalization
-from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
-from fbanet.io.volumes import atomic_write
 from fbanet.model.files import ModelMetadata, initialize_from_model_file, save_model_file
 from fbanet.model.losses import (
     BatchGroup,
@@ -50,27 +44,26 @@ from fbanet.model.losses import (
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
 from fbanet.train.checkpoints import (
+    check_resumable,
+    diverged_error,
     drop_contrast_state,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
     state_dict_to_cpu,
     uses_contrast,
+    write_run_config,
 )
 from fbanet.train.curves import plot_training_curves
-from fbanet.train.data import TrainingData, check_training_data
+from fbanet.train.data import TrainingData, check_training_data, patch_batcher
 from fbanet.train.progress import ProgressReporter, StopRequest, truncate_progress
-from fbanet.train.schedule import check_resumed_schedule, learning_rate_at
+from fbanet.train.schedule import learning_rate_at
 from fbanet.train.scoring import validation_dice
 
 logger = logging.getLogger(__name__)
 
 # What a supervised (Dice-only) step reports: it has no consistency or contrastive term.
 SUPERVISED_TERMS = ("loss", "dice_loss")
-
-
-class TrainingDivergedError(FloatingPointError, RuntimeError):
-    """The loss became NaN or infinite; the message says which checkpoint, if any, is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,16 +146,11 @@ class Trainer:
             momentum=train_config.momentum,
             weight_decay=train_config.weight_decay,
         )
-        self.batcher = PatchBatcher(
-            data.labeled,
-            data.unlabeled,
-            model_config.patch_size,
-            train_config.labeled_batch_size,
-            train_config.unlabeled_batch_size,
+        self.batcher = patch_batcher(
+            data, model_config.patch_size, train_config,
+            (train_config.labeled_batch_size, train_config.unlabeled_batch_size),
             seed=train_config.seed,
-            intensity=self.region_normalization(),
-            window_positions=self.window_positions(),
-        )
+        )  # fmt: skip
         # The processes sharing each batch (data-parallel training), or None.
         self._group: BatchGroup | None = None
         self.iteration = 0
@@ -171,24 +159,6 @@ class Trainer:
         self.best_iteration: int | None = None
         self._validated_at: int | None = None  # iteration of the last validation
         self.last_dice: float | None = None
-
-    def region_normalization(self) -> RegionNormalization | None:
-        """How patches are normalized: over random regions for z-scored data, else as loaded."""
-        if self.data.normalization is not IntensityNormalization.ZSCORE:
-            return None
-        spacing = self.data.spacing or self.data.labeled[0].spacing
-        return RegionNormalization.from_mm(
-            self.config.region_margin_mm, spacing,
-            self.config.intensity_scale, self.config.intensity_shift,
-            self.config.region_crop_probability,
-        )  # fmt: skip
-
-    def window_positions(self) -> int:
-        """Window positions per axis: all of the network's grid for z-scored data (a user's
-        scan may lie at any), the authors' crop for data used as stored (the paper)."""
-        if self.data.normalization is IntensityNormalization.ZSCORE:
-            return PATCH_MULTIPLE
-        return 1
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -232,26 +202,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` saved."""
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.world_size:
-            raise ValueError(
-                f"the checkpoint was written by {saved_world} training process(es), this run "
-                f"has {self.world_size}: the data shards and random streams depend on it, so "
-                f"resume with {saved_world} process(es) (torchrun --nnodes x --nproc-per-node) "
-                f"or start a new run folder"
-            )
-        saved_model = from_dict(ModelConfig, json.loads(state["model_config"]))
-        if saved_model != self.model_config:
-            raise ValueError(
-                f"the checkpoint was written for another architecture ({saved_model}); resume "
-                f"with the run's own config.json or start a new run folder"
-            )
-        saved_train = json.loads(state["train_config"])
-        check_resumed_schedule(
-            (saved_train.get("lr_schedule", "constant"), int(saved_train["iterations"])),
-            (self.config.lr_schedule, self.config.iterations),
-            str(self.run_dir),
-        )
+        check_resumable(state, self.world_size, self.model_config, self.config, self.run_dir)
         if self.model.contrast is None and any(k.startswith("contrast.") for k in state["model"]):
             state = drop_contrast_state(state, len(list(self.model.parameters())))
         self.model.load_state_dict(state["model"])
@@ -297,7 +248,9 @@ class Trainer:
             out = self.network(x)
         terms = self._loss(out, y)
         if not torch.isfinite(terms.total):
-            raise self._diverged(float(terms.total.detach()))
+            raise diverged_error(
+                float(terms.total.detach()), self.iteration + 1, self._saved_iteration
+            )
         self.optimizer.zero_grad(set_to_none=True)
         supervised = self.config.mode is TrainingMode.SUPERVISED
         # A supervised step has no contrastive term (and reports none).
@@ -339,18 +292,6 @@ class Trainer:
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
         return fba_loss(out.logits, out.fg, out.bg, labels, self.iteration + 1, self.config)
 
-    def _diverged(self, loss: float) -> TrainingDivergedError:
-        """The error for a non-finite loss, saying truthfully what is kept."""
-        saved = self._saved_iteration
-        kept = (
-            f"the checkpoint of iteration {saved} is kept: resume it with --resume and a "
-            "lower --lr, or --precision fp32"
-            if saved is not None
-            else "no checkpoint was written yet: start again with a lower --lr, or --precision fp32"
-        )
-        iteration = self.iteration + 1
-        return TrainingDivergedError(f"the loss became {loss} at iteration {iteration}; {kept}")
-
     def validate(self) -> float:
         """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
         return validation_dice(
@@ -358,15 +299,9 @@ class Trainer:
         )
 
     def _write_config(self) -> None:
-        document = {
-            "model": to_dict(self.model_config),
-            "train": to_dict(self.config),
-            "data": self.data.summary(),
-            "fbanet_version": __version__,
-            "compute": self.setup.describe(),
-        }
-        text = json.dumps(document, indent=2)
-        atomic_write(self.run_dir / "config.json", lambda tmp: tmp.write_text(text))
+        write_run_config(
+            self.run_dir, self.model_config, self.config, self.data.summary(), self.setup.describe()
+        )
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
@@ -400,8 +335,8 @@ class Trainer:
                        best_dice=self.best_dice)
         )  # fmt: skip
 
-    def run(self) -> TrainResult:
-        """Train until the configured iterations or a stop request; always checkpoint."""
+    def _open(self) -> ProgressReporter:
+        """Start the run folder, or resume the run in it; the run's progress reporter."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writes = self.progress_path is not None  # under torchrun, rank 0 alone
         if writes:
@@ -418,33 +353,37 @@ class Trainer:
                 f"another output folder"
             )
         self._write_config()
-        reporter = ProgressReporter(
-            self.config.iterations,
-            start=self.iteration,
-            jsonl_path=self.progress_path,
-            json_stream=self.json_stream,
-            show_bar=self.show_progress,
-        )
+        return ProgressReporter(
+            self.config.iterations, start=self.iteration, jsonl_path=self.progress_path,
+            json_stream=self.json_stream, show_bar=self.show_progress,
+        )  # fmt: skip
+
+    def _train(self, reporter: ProgressReporter) -> tuple[bool, bool]:
+        """Steps until the last iteration or a stop: (stopped on request, on the budget)."""
+        self.stop.start()
+        if self.iteration == 0 and self.init_model is not None:
+            # A fine-tune's curve and best model start from the model it starts from.
+            self._maybe_validate(reporter)
+        while self.iteration < self.config.iterations:
+            if self.stop.requested:
+                spent = self.stop.spent
+                return not spent, spent
+            logged = self._logs(self.iteration + 1)
+            values = self.step(measure=logged)
+            lr = values.pop("lr")  # the contract carries it as a field of its own
+            if logged:
+                reporter.iteration(self.iteration, values, lr)
+            self._maybe_validate(reporter)
+            if self.iteration % self.config.checkpoint_every == 0:
+                self._checkpoint()
+        return False, False
+
+    def run(self) -> TrainResult:
+        """Train until the configured iterations or a stop request; always checkpoint."""
+        reporter = self._open()
         started = time.monotonic()
-        stopped = budget_spent = False
         try:
-            self.stop.start()
-            if self.iteration == 0 and self.init_model is not None:
-                # A fine-tune's curve and best model start from the model it starts from.
-                self._maybe_validate(reporter)
-            while self.iteration < self.config.iterations:
-                if self.stop.requested:
-                    budget_spent = self.stop.spent
-                    stopped = not budget_spent
-                    break
-                logged = self._logs(self.iteration + 1)
-                values = self.step(measure=logged)
-                lr = values.pop("lr")  # the contract carries it as a field of its own
-                if logged:
-                    reporter.iteration(self.iteration, values, lr)
-                self._maybe_validate(reporter)
-                if self.iteration % self.config.checkpoint_every == 0:
-                    self._checkpoint()
+            stopped, budget_spent = self._train(reporter)
             if budget_spent:  # the best model is validated up to the last step
                 self._maybe_validate(reporter, now=True)
             if self._saved_iteration != self.iteration:  # not twice for the same state
@@ -457,12 +396,10 @@ class Trainer:
             )  # fmt: skip
         finally:
             reporter.close()
-        ending = "stopped" if stopped else "finished"
-        if budget_spent:
-            ending = "stopped on its time budget"
+        ending = "stopped on its time budget" if budget_spent else "stopped" if stopped else None
         logger.info(
             "%s at iteration %d after %.0f s; model: %s",
-            ending, self.iteration, seconds, self.model_path,
+            ending or "finished", self.iteration, seconds, self.model_path,
         )  # fmt: skip
         if self.best_iteration == 0 and self.iteration > 0:
             logger.warning(
