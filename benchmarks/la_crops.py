@@ -128,19 +128,32 @@ def table(models: list[Path], found: dict, cpu: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options the LA validation benchmarks share: models, data, cases, threads."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--models", type=Path, nargs="+", help="model files (default: bundled)")
     parser.add_argument("--data", type=Path, default=Path("../shared/la"))
     parser.add_argument("--validation", type=int, default=8, help="last N cases of train.list")
-    parser.add_argument("--work", type=Path, help="folder for the NRRD files (kept)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    return parser
+
+
+def parse_model_arguments(
+    parser: argparse.ArgumentParser,
+) -> tuple[argparse.Namespace, list[Path], list[str]]:
+    """Parsed options (logging and threads set up), the model files and the case names."""
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = args.models or [default_model_path()]
     names = (args.data / "train.list").read_text().split()[-args.validation :]
+    return args, args.models or [default_model_path()], names
+
+
+def main() -> None:
+    parser = model_arguments(__doc__)
+    parser.add_argument("--work", type=Path, help="folder for the NRRD files (kept)")
+    args, models, names = parse_model_arguments(parser)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)

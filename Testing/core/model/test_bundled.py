@@ -88,7 +88,7 @@ def test_the_same_voxels_from_hdf5_and_nrrd_give_the_same_labelmap(tmp_path: Pat
     from_hdf5 = _segment(path, tmp_path / "h5.seg.nrrd", "--h5-spacing", *LA_SPACING)
     from_nrrd = _segment(_write_nrrd(image, tmp_path / "scan.nrrd"), tmp_path / "n.seg.nrrd")
     assert _dice(from_hdf5, from_nrrd) >= 0.99
-    assert _dice(from_nrrd, label == 1) > 0.85  # 0.927 measured with 0.3 (0.2: 0.000)
+    assert _dice(from_nrrd, label == 1) > 0.85  # 0.935 with 0.5, 0.927 with 0.3 (0.2: 0)
 
 
 @pytest.mark.slow
@@ -102,6 +102,7 @@ def test_two_crops_of_one_scan_agree_on_their_overlap(tmp_path: Path) -> None:
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     whole = _segment(_write_nrrd(image, tmp_path / "whole.nrrd"), tmp_path / "w.seg.nrrd")
     tight = _segment(_write_nrrd(image[box], tmp_path / "tight.nrrd"), tmp_path / "t.seg.nrrd")
-    # Measured 0.959 with fbanet 0.3's model (0.2's: no atrium found in either). The issue
-    # that asked for this test wants 0.97; that is not reached yet (see the model card).
+    # Measured 0.957 with fbanet 0.5's model, 0.959 with 0.3's (0.2's: no atrium found in
+    # either). The issue that asked for this test wants 0.97: 0.5 reaches it for crops of
+    # 12.5 mm (0.974 over the validation cases), not for this 4 mm one (see the model card).
     assert _dice(whole[box], tight) >= 0.95
