@@ -117,7 +117,8 @@ def test_the_finetune_preset_needs_no_unlabeled_scans(
                  "--device", "cpu"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
-    assert (config["train"]["mode"], config["train"]["labeled_batch_size"]) == ("supervised", 4)
+    train = config["train"]
+    assert (train["mode"], train["batch_size"], train["labeled_batch_size"]) == ("supervised", 2, 2)
     # Asked for, semi-supervised fine-tuning takes 2 labeled + 2 unlabeled patches a step.
     code = main(["train", "--manifest", str(manifest), "--preset", "finetune", "--mode",
                  "semi-supervised", "-o", str(tmp_path / "semi"), "--iterations", "1", "--fp32",

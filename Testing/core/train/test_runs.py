@@ -65,3 +65,22 @@ def test_a_fine_tune_inherits_what_the_user_left_unset() -> None:
         "spacing [2, 2, 2] mm (the starting model's: [1.25, 1.25, 1.25])",
     ]
     assert inherit_from_model({}, None, ModelMetadata(ModelConfig()))[1] is None
+
+
+def test_a_preset_changes_the_batch_with_the_mode_unless_the_user_set_it() -> None:
+    from fbanet.train.presets import build_configs, preset_settings, with_mode_settings
+
+    _, train = preset_settings("finetune")
+    # Supervised (the preset's mode): batch 2, all labeled.
+    config = build_configs({}, with_mode_settings("finetune", train, set()))[1]
+    assert (config.batch_size, config.labeled_batch_size) == (2, 2)
+    semi = {**train, "mode": "semi-supervised"}
+    config = build_configs({}, with_mode_settings("finetune", semi, {"mode"}))[1]
+    assert (config.batch_size, config.labeled_batch_size) == (4, 2)
+    # A batch the user gave is kept, and the labeled share takes its default.
+    mine = {**semi, "batch_size": 6}
+    config = build_configs({}, with_mode_settings("finetune", mine, {"mode", "batch_size"}))[1]
+    assert (config.batch_size, config.labeled_batch_size) == (6, 2)
+    assert with_mode_settings("la-cpu", semi, set()) == semi  # no per-mode settings
+    with pytest.raises(ValueError, match="valid presets"):
+        with_mode_settings("nope", train, set())

@@ -187,13 +187,15 @@ def _data_spec(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    from fbanet.train.presets import preset_settings
+    from fbanet.train.presets import preset_settings, with_mode_settings
     from fbanet.train.runs import read_config_file
 
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
+    given: set[str] = set()  # training settings the user set (config file, flags)
     run_config = args.out / "config.json"
-    if args.resume and run_config.exists():
+    resumed = args.resume and run_config.exists()
+    if resumed:
         model, train = read_config_file(run_config)
     else:
         if args.preset is not None:
@@ -202,9 +204,13 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
             file_model, file_train = read_config_file(args.config)
             model.update(file_model)
             train.update(file_train)
+            given.update(file_train)
     for flag, field in _TRAIN_FLAGS.items():
         if getattr(args, flag) is not None:
             train[field] = getattr(args, flag)
+            given.add(field)
+    if args.preset is not None and not resumed:
+        train = with_mode_settings(args.preset, train, given)
     for flag, field in _MODEL_FLAGS.items():
         if getattr(args, flag) is not None:
             model[field] = (
