@@ -56,7 +56,7 @@ logger = logging.getLogger("site_adaptation")
 ARMS: dict[str, list[str] | None] = {
     "bundled": None,
     "supervised": ["--mode", "supervised"],
-    # Half the batch: 2.4x cheaper steps (train_speed.py --steps), so more of them in the budget.
+    # Half the batch: steps 1.8x cheaper (train_speed.py --steps), so more of them in the budget.
     "batch2": ["--mode", "supervised", "--batch-size", "2"],
     "consistency": ["--mode", "semi-supervised", "--contrastive-weight", "0"],
     "authors": ["--mode", "semi-supervised", "--contrast", "authors", "--contrastive-weight", "1"],

@@ -203,18 +203,19 @@ def markdown_table(rows: Sequence[tuple[str, str, float | None, float | None]]) 
     return "\n".join(lines)
 
 
-# Step variants of --steps: (model settings, train settings) over the presets' own.
-SEMI = {"mode": "semi-supervised", "labeled_batch_size": 2}
+# Step variants of --steps: (model settings, train settings) over the presets' own. Semi-
+# supervised fine-tuning takes the preset's batch for that mode (2 labeled + 2 unlabeled).
+SEMI = {"mode": "semi-supervised"}
 STEPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "la-cpu (semi-supervised, authors)": ("la-cpu", {}, {}),
-    "finetune (supervised)": ("finetune", {}, {}),
+    "finetune (supervised, batch 2)": ("finetune", {}, {}),
+    "finetune, batch 4": ("finetune", {}, {"batch_size": 4}),
     "finetune, semi-supervised, consistency": ("finetune", {}, {**SEMI, "contrastive_weight": 0}),
     "finetune, semi-supervised, authors": ("finetune", {}, SEMI),
     "finetune, semi-supervised, learning 0.1": (
         "finetune", {"contrast": "learning"}, {**SEMI, "contrastive_weight": 0.1}
     ),
     "finetune, patch 48x48x32": ("finetune", {"patch_size": (48, 48, 32)}, {}),
-    "finetune, batch 2": ("finetune", {}, {"batch_size": 2}),
 }  # fmt: skip
 
 
@@ -222,14 +223,20 @@ def step_trainers(folder: Path) -> dict[str, Trainer]:
     """One trainer per variant of STEPS, on synthetic volumes, at the bundled model's size."""
     from fbanet.model.bundled import default_model_path
     from fbanet.model.header import read_model_header
-    from fbanet.train.presets import build_configs, inherit_from_model, preset_settings
+    from fbanet.train.presets import (
+        build_configs,
+        inherit_from_model,
+        preset_settings,
+        with_mode_settings,
+    )
 
     header = read_model_header(default_model_path())
     trainers = {}
     for name, (preset, model_changes, train_changes) in STEPS.items():
         model, train = preset_settings(preset)
         model, _, _ = inherit_from_model({**model, **model_changes}, None, header)
-        train = {**train, **train_changes, "iterations": 10**6, "seed": 0,
+        train = with_mode_settings(preset, {**train, **train_changes}, set(train_changes))
+        train = {**train, "iterations": 10**6, "seed": 0,
                  "checkpoint_every": 10**6, "validate_every": 10**6}  # fmt: skip
         model_config, train_config = build_configs(model, train)
         shape = tuple(s + 16 for s in model_config.patch_size)

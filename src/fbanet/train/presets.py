@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "rampup_interval": 2, "validate_every": 50, "checkpoint_every": 25, "log_every": 5,
             # Supervised: within 10 minutes no semi-supervised arm beat it (site_adaptation.py
             # in benchmarks/README.md), and it needs no unlabeled scans. Batch 2, all
-            # labeled: a step 2.4x cheaper than la-cpu's, and the same Dice at equal time.
+            # labeled: a step 2.2x cheaper than la-cpu's, and the same Dice at equal time.
             "mode": "supervised", "batch_size": 2,
             # 2,000 iterations: at batch 2 a 10-minute budget, not the cap, ends a run (1,000
             # ended two runs early on a 2-core CPU); the lr is constant, so no schedule moves.
