@@ -77,6 +77,12 @@ def test_a_preset_changes_the_batch_with_the_mode_unless_the_user_set_it() -> No
     semi = {**train, "mode": "semi-supervised"}
     config = build_configs({}, with_mode_settings("finetune", semi, {"mode"}))[1]
     assert (config.batch_size, config.labeled_batch_size) == (4, 2)
+    # Any spelling TrainConfig accepts ('_' for '-', capitals) is the same mode.
+    for spelling in ("semi_supervised", "Semi-Supervised"):
+        spelled = with_mode_settings("finetune", {**train, "mode": spelling}, {"mode"})
+        assert (spelled["batch_size"], spelled["labeled_batch_size"]) == (4, 2), spelling
+    config = build_configs({}, {**train, "mode": "SUPERVISED"})[1]
+    assert (config.batch_size, config.labeled_batch_size) == (2, 2)
     # A batch the user gave is kept, and the labeled share takes its default.
     mine = {**semi, "batch_size": 6}
     config = build_configs({}, with_mode_settings("finetune", mine, {"mode", "batch_size"}))[1]

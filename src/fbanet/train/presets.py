@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fbanet.config import ModelConfig, TrainConfig, TrainingMode, from_dict, to_dict
+from fbanet.config import ModelConfig, TrainConfig, TrainingMode, from_dict, parse_enum, to_dict
 from fbanet.model.header import ModelMetadata
 
 # Named starting points for `fbanet train --preset`; a config file and flags override them.
@@ -69,6 +69,15 @@ def preset_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(preset["model"]), dict(preset["train"])
 
 
+def _mode(train_settings: Mapping[str, Any]) -> TrainingMode | None:
+    """The settings' training mode, spelled as TrainConfig reads it; None for a value it
+    refuses (build_configs then says which values are valid)."""
+    try:
+        return parse_enum(TrainingMode, train_settings.get("mode", TrainConfig.mode))
+    except ValueError:
+        return None
+
+
 def with_mode_settings(
     name: str, train_settings: Mapping[str, Any], given: Collection[str]
 ) -> dict[str, Any]:
@@ -79,8 +88,8 @@ def with_mode_settings(
         ValueError: Unknown preset name; the message lists the presets.
     """
     preset_settings(name)  # the name check
-    mode = train_settings.get("mode", TrainConfig.mode)
-    extra = PRESETS[name].get(str(getattr(mode, "value", mode)).strip().lower(), {})
+    mode = _mode(train_settings)
+    extra = PRESETS[name].get(mode.value, {}) if mode is not None else {}
     if not extra or set(given) & set(extra):
         return dict(train_settings)
     return {**train_settings, **extra}
@@ -97,9 +106,7 @@ def _supervised_batch(train_settings: Mapping[str, Any]) -> dict[str, Any]:
     Supervised training uses no unlabeled patch, so it needs no unlabeled scan.
     """
     settings = dict(train_settings)
-    mode = settings.get("mode", TrainConfig.mode)
-    supervised = str(getattr(mode, "value", mode)).strip().lower() == TrainingMode.SUPERVISED.value
-    if supervised and "labeled_batch_size" not in settings:
+    if _mode(settings) is TrainingMode.SUPERVISED and "labeled_batch_size" not in settings:
         settings["labeled_batch_size"] = settings.get("batch_size", TrainConfig.batch_size)
     return settings
 
