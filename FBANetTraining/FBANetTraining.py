@@ -67,7 +67,8 @@ class FBANetTraining(ReportsSkippedSelfTest, ScriptedLoadableModule):
             "segmented volumes as labeled examples, unsegmented ones as unlabeled volumes. It "
             "trains in the background (Stop keeps a checkpoint, Resume continues); the model "
             "appears in FBANet Segmentation. On a CPU, 'Train for 10 minutes' with the Fine-tune "
-            "settings (labeled examples alone: unlabeled volumes did not help within 10 minutes); "
+            "settings (labeled examples alone: unlabeled volumes did not help within 10 minutes), "
+            "with one labeled example held out for validation so that the best state is kept; "
             'from scratch needs a GPU. See the <a href="{url}">documentation</a>.'
         ).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
@@ -93,7 +94,7 @@ class FBANetTrainingParameterNode:
     batchSize: Annotated[int, WithinRange(2, 64)] = 4
     labeledBatchSize: Annotated[int, WithinRange(1, 64)] = 2
     learningRate: Annotated[float, WithinRange(LEARNING_RATE_MINIMUM, 1.0)] = 0.01
-    validationCases: Annotated[int, WithinRange(0, 100)] = 0
+    validationCases: Annotated[int, WithinRange(0, 100)] = 1
     validateEvery: Annotated[int, WithinRange(1, 100000)] = 100
     device: DeviceChoice = DeviceChoice.AUTO
     modelName: str = "LeftAtriumFineTuned"

@@ -14,9 +14,13 @@ bias field, noise). This writes site-B versions of ``../shared/la/train`` (make_
       fbanet evaluate --manifest V -m RUN/best_model.safetensors --csv RUN/validation.csv
 
   ``bundled`` (no training), ``supervised`` (--mode supervised), ``batch2`` (supervised,
-  batch 2: cheaper steps, more of them), ``consistency``
-  (semi-supervised, mutual consistency only), ``authors`` (+ the paper's contrast) and
+  batch 2: cheaper steps, more of them), ``ema`` (batch 2 with the weights averaged over
+  about the last 100 steps, --ema-decay 0.99: the preset now) and its variants (``poly``,
+  ``ema995``, ``emalr1``; ``ema-val1``: trained on K - 1 scans, validated on the K-th, as
+  the Training panel does), ``consistency`` (semi-supervised, mutual consistency only;
+  ``consistency-ema`` with the averaged weights), ``authors`` (+ the paper's contrast) and
   ``learning`` (+ the learning contrast at weight 0.1, capped at the segmentation's pull).
+  The arms measured before the preset averaged its weights keep their last-step weights.
 
 Scoring is the default inference on the site-B grid (``fbanet evaluate``). Each (K, arm,
 seed) run lives in its own folder and writes ``record.json`` when done; finished runs are
@@ -52,20 +56,46 @@ from scipy.stats import wilcoxon
 
 logger = logging.getLogger("site_adaptation")
 
-# Arm -> the flags it adds to `fbanet train --preset finetune`; None: no training.
+# Arm -> the flags it adds to `fbanet train --preset finetune`; None: no training. The arms
+# measured before the preset averaged the weights keep their last-step weights (LAST_STEP).
+LAST_STEP = ["--ema-decay", "0"]
 ARMS: dict[str, list[str] | None] = {
     "bundled": None,
-    "supervised": ["--mode", "supervised"],
+    "supervised": ["--mode", "supervised", "--batch-size", "4", *LAST_STEP],
     # Half the batch: steps 1.8x cheaper (train_speed.py --steps), so more of them in the budget.
-    "batch2": ["--mode", "supervised", "--batch-size", "2"],
-    "consistency": ["--mode", "semi-supervised", "--contrastive-weight", "0"],
-    "authors": ["--mode", "semi-supervised", "--contrast", "authors", "--contrastive-weight", "1"],
+    "batch2": ["--mode", "supervised", "--batch-size", "2", *LAST_STEP],
+    # Batch 2, the weights averaged over about the last 100 steps: the preset's settings.
+    "ema": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.99"],
+    # Variants of it, one seed each at K = 4: a decaying lr instead (over about the
+    # budget's steps, last-step weights), a longer average, a lower lr.
+    "poly": [
+        "--mode", "supervised", "--batch-size", "2", "--lr-schedule", "poly",
+        "--iterations", "1000", *LAST_STEP,
+    ],
+    "ema995": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.995"],
+    "emalr1": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.99", "--lr", "0.001"],
+    # The same, validated on the last of the K labeled scans and trained on the others (a
+    # user's run with "Validation cases: 1"), scored on the 8 validation scans as every arm.
+    "ema-val1": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.99"],
+    "consistency": ["--mode", "semi-supervised", "--contrastive-weight", "0", *LAST_STEP],
+    # Mutual consistency with the weights averaged as the preset now does.
+    "consistency-ema": [
+        "--mode", "semi-supervised", "--contrastive-weight", "0", "--ema-decay", "0.99",
+    ],
+    "authors": [
+        "--mode", "semi-supervised", "--contrast", "authors", "--contrastive-weight", "1",
+        *LAST_STEP,
+    ],
     "learning": [
         "--mode", "semi-supervised", "--contrast", "learning", "--contrastive-weight", "0.1",
+        *LAST_STEP,
     ],
 }  # fmt: skip
-SEMI = ("consistency", "authors", "learning")
-CANDIDATES = ("supervised", "batch2")  # candidates for the preset's settings: two seeds at K = 4
+SEMI = ("consistency", "consistency-ema", "authors", "learning")
+# Candidates for the preset's settings: two seeds at K = 4.
+CANDIDATES = ("supervised", "batch2", "ema")
+PRESET_ARM = "ema"  # what --preset finetune does now
+HOLDOUT_ARMS = ("ema-val1",)  # trained on K - 1 labeled scans, validated on the K-th
 UNLABELED = 64
 VALIDATION = 8
 
@@ -94,24 +124,34 @@ def make_site(la: Path, site: Path, out: Path, overrides: dict | None = None) ->
     return folder
 
 
-def write_manifests(folder: Path, names: list[str], labeled: int, out: Path) -> tuple[Path, Path]:
-    """The training manifest (K labeled, 64 unlabeled, 8 validation) and the scoring one."""
+def write_manifests(folder: Path, names: list[str], labeled: int, out: Path) -> dict[str, Path]:
+    """The training manifests and the scoring one: ``manifest`` (K labeled, 64 unlabeled, 8
+    validation), ``holdout`` (the first K - 1 labeled, validated on the K-th) and
+    ``scoring`` (the 8 validation cases)."""
 
     def entry(name: str, with_label: bool = True) -> dict[str, str]:
         found = {"image": str(folder / f"{name}.nrrd"), "name": name}
         return {**found, "label": str(folder / f"{name}-label.nrrd")} if with_label else found
 
     validation = [entry(n) for n in names[-VALIDATION:]]
+    unlabeled_end = min(labeled + UNLABELED, len(names) - VALIDATION)
     train = {
         "labeled": [entry(n) for n in names[:labeled]],
-        "unlabeled": [entry(n, False) for n in names[labeled : labeled + UNLABELED]],
+        # Never the validation cases, whatever K.
+        "unlabeled": [entry(n, False) for n in names[labeled:unlabeled_end]],
         "validation": validation,
     }
+    holdout = {"labeled": train["labeled"][:-1], "validation": train["labeled"][-1:]}
     out.mkdir(parents=True, exist_ok=True)
-    manifest, scoring = out / f"train-{labeled}.json", out / "validation.json"
-    manifest.write_text(json.dumps(train, indent=1))
-    scoring.write_text(json.dumps({"validation": validation}, indent=1))
-    return manifest, scoring
+    paths = {
+        "manifest": out / f"train-{labeled}.json",
+        "holdout": out / f"train-{labeled}-holdout.json",
+        "scoring": out / "validation.json",
+    }
+    for key, content in (("manifest", train), ("holdout", holdout)):
+        paths[key].write_text(json.dumps(content, indent=1))
+    paths["scoring"].write_text(json.dumps({"validation": validation}, indent=1))
+    return paths
 
 
 def _fbanet(*arguments: str, threads: int, log: Path) -> None:
@@ -147,7 +187,8 @@ def run_arm(
     if flags is not None:
         logger.info("training %s (K=%d, seed %d) for %g s", arm, labeled, seed, args.budget)
         _fbanet(
-            "train", "--manifest", str(paths["manifest"]), "--preset", "finetune",
+            "train", "--manifest", str(paths["holdout" if arm in HOLDOUT_ARMS else "manifest"]),
+            "--preset", "finetune",
             "--time-budget", str(args.budget), "-o", str(run / "run"), "--seed", str(seed),
             "--no-progress", *flags, threads=args.threads, log=log,
         )  # fmt: skip
@@ -210,19 +251,29 @@ def report(records: list[dict], cpu: str, budget: float) -> str:
             lines.append(f"| {name} | {len(runs)} | {mean} | {min(dice):.2f} | {shown} | {its} "
                          f"| {secs} |")  # fmt: skip
         semi = [a for a in SEMI if a in arms]
-        if "supervised" in arms and semi:
-            # The arm run on more seeds (plan() picks it by its first seed), then the best.
+        reference = PRESET_ARM if PRESET_ARM in arms else "supervised"
+        pairs = [(PRESET_ARM, "batch2")]
+        if semi:  # the arm run on more seeds (plan() picks it by its first seed), then the best
             best = max(semi, key=lambda a: (len(arms[a]), statistics.fmean(_pooled(arms[a]))))
-            base = {r["seed"]: r["dice"] for r in arms["supervised"]}
-            pairs = [(r["dice"][c], base[r["seed"]][c])
-                     for r in arms[best] if r["seed"] in base for c in r["dice"]]  # fmt: skip
-            if len(pairs) >= 6:
-                test = wilcoxon([a for a, _ in pairs], [b for _, b in pairs])
-                gain = 100 * statistics.fmean(a - b for a, b in pairs)
-                lines.append(f"\nbest semi-supervised arm ({best}) vs supervised over "
-                             f"{len(pairs)} (case, seed) pairs: {gain:+.2f} Dice points, "
-                             f"Wilcoxon p = {test.pvalue:.3g}")  # fmt: skip
+            pairs.append((best, reference))
+        lines += [line for a, b in pairs if (line := _paired(arms, a, b))]
     return "\n".join(lines)
+
+
+def _paired(arms: dict[str, list[dict]], arm: str, other: str) -> str | None:
+    """A Wilcoxon test of ``arm`` against ``other`` over their (case, seed) pairs, or None
+    where either arm is missing or there are fewer than 6 pairs."""
+    if arm not in arms or other not in arms:
+        return None
+    base = {r["seed"]: r["dice"] for r in arms[other]}
+    pairs = [(r["dice"][c], base[r["seed"]][c])
+             for r in arms[arm] if r["seed"] in base for c in r["dice"]]  # fmt: skip
+    if len(pairs) < 6:
+        return None
+    test = wilcoxon([a for a, _ in pairs], [b for _, b in pairs])
+    gain = 100 * statistics.fmean(a - b for a, b in pairs)
+    return (f"\n{arm} vs {other} over {len(pairs)} (case, seed) pairs: {gain:+.2f} Dice "
+            f"points, Wilcoxon p = {test.pvalue:.3g}")  # fmt: skip
 
 
 def plan(
@@ -265,8 +316,7 @@ def main() -> None:
     folder = make_site(args.la, args.site, args.out, args.site_overrides)
     records: list[dict] = []
     for labeled in args.labeled:
-        manifest, scoring = write_manifests(folder, names, labeled, args.out)
-        paths = {"manifest": manifest, "scoring": scoring}
+        paths = write_manifests(folder, names, labeled, args.out)
         for arm in args.arms:  # the first seed of every arm, then the second seeds
             records.append(run_arm(arm, args.seeds[0], labeled, paths, args))
         for arm, seed in plan(labeled, args.arms, args.seeds, records)[len(args.arms) :]:

@@ -208,7 +208,8 @@ def markdown_table(rows: Sequence[tuple[str, str, float | None, float | None]]) 
 SEMI = {"mode": "semi-supervised"}
 STEPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "la-cpu (semi-supervised, authors)": ("la-cpu", {}, {}),
-    "finetune (supervised, batch 2)": ("finetune", {}, {}),
+    "finetune (supervised, batch 2, weights averaged)": ("finetune", {}, {}),
+    "finetune, last-step weights (no average)": ("finetune", {}, {"ema_decay": 0.0}),
     "finetune, batch 4": ("finetune", {}, {"batch_size": 4}),
     "finetune, semi-supervised, consistency": ("finetune", {}, {**SEMI, "contrastive_weight": 0}),
     "finetune, semi-supervised, authors": ("finetune", {}, SEMI),

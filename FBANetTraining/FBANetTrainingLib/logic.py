@@ -217,8 +217,13 @@ class FBANetTrainingLogic(JobLifecycle, ReviewActions):
             problems.append(
                 "No unlabeled volume: check some, or make every patch of the batch labeled"
             )
-        if self.labeledExamples and not 0 <= s.validationCases < len(self.labeledExamples):
-            problems.append("Validation cases: keep at least one labeled example for training")
+        count = len(self.labeledExamples)
+        if count and not 0 <= s.validationCases < count:
+            problems.append(
+                f"Validation cases: {s.validationCases} of {count} labeled example(s) leaves "
+                "none for training: add a labeled example, or set Validation cases to 0 (the "
+                "run then keeps its last state, with no best validated model)"
+            )
         return problems
 
     def checkInputs(self) -> list[str]:

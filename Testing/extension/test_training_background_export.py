@@ -75,7 +75,9 @@ def test_start_returns_at_once_and_the_files_are_written_off_the_gui_thread(
                or bool(panel.started))  # fmt: skip
     assert seen == sorted(seen) and seen[-1] == total  # the progress moves to the end
     assert panel.started == [run] and panel.dataset is not None and panel.writer is None
-    assert len(panel.dataset.labeled) == 2 and len(panel.dataset.unlabeled) == 2
+    # The panel's default holds the last labeled example out for validation.
+    dataset = panel.dataset
+    assert (len(dataset.labeled), len(dataset.validation), len(dataset.unlabeled)) == (1, 1, 2)
     assert all(t is not threading.main_thread() for t in gate.threads) and len(gate.threads) == 6
 
 

@@ -171,7 +171,8 @@ def test_settings_problems_are_reported(
         modelName="../escape", modelsFolder=str(tmp_path),
     )  # fmt: skip
     problems = "\n".join(panel.checkInputs())
-    for expected in ("multiple of 16", "No unlabeled volume", "keep at least one", "Model name"):
+    for expected in ("multiple of 16", "No unlabeled volume", "leaves none for training",
+                     "Model name"):  # fmt: skip
         assert expected in problems
     # The fine-tune preset trains supervised: it needs no unlabeled volume.
     panel.settings = settings.TrainingSettings(modelsFolder=str(tmp_path))

@@ -201,8 +201,10 @@ def test_start_exports_each_label_map_once(
     monkeypatch.setattr(runner.TrainingRun, "start", lambda self, resume=False: None)
     panel.startTraining(tmp_path / "run")
     # Before: once to check (checkInputs), once more to write (exportDataset).
-    assert len(exports) == len(panel.labeledExamples) == len(panel.dataset.labeled)
-    assert all(case.label.is_file() for case in panel.dataset.labeled)
+    written = (*panel.dataset.labeled, *panel.dataset.validation)  # 1 held out by default
+    assert len(exports) == len(panel.labeledExamples) == len(written)
+    assert len(panel.dataset.validation) == 1
+    assert all(case.label.is_file() for case in written)
 
 
 def test_a_second_start_is_refused_while_the_first_prepares_or_runs(

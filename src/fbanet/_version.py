@@ -6,4 +6,4 @@ files always record the real version. Lower layers import it from here, never fr
 ``fbanet/__init__.py``.
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

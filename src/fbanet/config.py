@@ -274,6 +274,9 @@ class TrainConfig:
         intensity_shift: Then shifted by an offset in [-this, this].
         region_crop_probability: How often the voxels outside that region are set to 0, as
             inference pads a user's crop.
+        ema_decay: Validate and export an exponential moving average of the weights, with
+            this decay (about ``1 / (1 - ema_decay)`` recent steps count); 0: the last step's
+            weights, as the authors do.
     """
 
     iterations: int = 15000
@@ -306,6 +309,7 @@ class TrainConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     region_crop_probability: float = 0.5
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -346,6 +350,9 @@ class TrainConfig:
             raise ValueError(
                 f"region_crop_probability must be <= 1, got {self.region_crop_probability!r}"
             )
+        _check_positive_number("ema_decay", self.ema_decay, allow_zero=True)
+        if self.ema_decay >= 1:
+            raise ValueError(f"ema_decay must be < 1 (0 turns it off), got {self.ema_decay!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         object.__setattr__(self, "mode", parse_enum(TrainingMode, self.mode))

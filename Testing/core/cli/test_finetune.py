@@ -61,7 +61,7 @@ def test_the_finetune_preset_starts_from_the_bundled_model_with_its_settings(
     assert config["model"]["base_filters"] == bundled.model.base_filters
     assert config["data"]["source"]["spacing"] == list(bundled.spacing) == [1.25, 1.25, 1.25]
     preset = PRESETS["finetune"]["train"]
-    for name in ("learning_rate", "lr_schedule", "validate_every", "mode"):
+    for name in ("learning_rate", "lr_schedule", "validate_every", "mode", "ema_decay"):
         assert config["train"][name] == preset[name], name
     assert config["train"]["iterations"] == 1  # a flag still wins over the preset
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -39,6 +39,7 @@ _TRAIN_FLAGS = {
     "intensity_scale": "intensity_scale",
     "intensity_shift": "intensity_shift",
     "region_crop_probability": "region_crop_probability",
+    "ema_decay": "ema_decay",
 }
 _MODEL_FLAGS = {"patch_size": "patch_size", "base_filters": "base_filters", "contrast": "contrast"}
 
@@ -152,6 +153,12 @@ def add_train_parser(commands: Any) -> None:
         "--region-crop-probability",
         type=float,
         help="how often the voxels outside that region are blanked, as a crop (0.5)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        help="validate and export a moving average of the weights with this decay, about "
+        "1/(1-decay) recent steps (0: the last step's weights, default)",
     )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--validate-every", type=int)

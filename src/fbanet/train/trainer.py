@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -43,6 +43,7 @@ from fbanet.model.losses import (
 )
 from fbanet.model.network import FBANet, FBANetOutput
 from fbanet.protocol import Event, make_event
+from fbanet.train.averaging import WeightAverage
 from fbanet.train.checkpoints import (
     check_resumable,
     diverged_error,
@@ -140,6 +141,10 @@ class Trainer:
         self.model.to(self.setup.device, memory_format=self.setup.memory_format)  # type: ignore[call-overload]
         # What the training step calls: the model itself, or its data-parallel wrapper.
         self.network: torch.nn.Module = self.model
+        # The weights validated and exported: an average of the last steps', or the last's.
+        self.average = (
+            WeightAverage(self.model, train_config.ema_decay) if train_config.ema_decay else None
+        )
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=train_config.learning_rate,
@@ -181,12 +186,19 @@ class Trainer:
         """The JSON lines of the run (None: this process writes none)."""
         return self.run_dir / "progress.jsonl"
 
+    @property
+    def exported(self) -> FBANet:
+        """The network that is validated and written to the model files: the weight average
+        where the run keeps one, else the model being trained."""
+        return self.model if self.average is None else cast(FBANet, self.average.module)
+
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly."""
         rng = {"torch": torch.get_rng_state()}
         if self.setup.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.setup.device)
+        average = {} if self.average is None else {"average": self.average.state_dict()}
         return {
             "iteration": self.iteration,
             "model": state_dict_to_cpu(self.model.state_dict()),
@@ -198,6 +210,7 @@ class Trainer:
             "last_dice": self.last_dice,
             "model_config": json.dumps(to_dict(self.model_config)),
             "train_config": json.dumps(to_dict(self.config)),
+            **{k: state_dict_to_cpu(v) for k, v in average.items()},
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -207,6 +220,8 @@ class Trainer:
             state = drop_contrast_state(state, len(list(self.model.parameters())))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None and "average" in state:
+            self.average.load_state_dict(state["average"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.setup.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.setup.device)
@@ -274,6 +289,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.iteration += 1
         values = terms.as_floats()
         if supervised:  # Dice only: no consistency or contrastive term to report
@@ -295,7 +312,7 @@ class Trainer:
     def validate(self) -> float:
         """Mean Dice of decoder 1 over the validation cases (sliding window, argmax)."""
         return validation_dice(
-            self.model, self.data.validation, self.model_config.patch_size, self.setup
+            self.exported, self.data.validation, self.model_config.patch_size, self.setup
         )
 
     def _write_config(self) -> None:
@@ -306,7 +323,7 @@ class Trainer:
     def _checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
         self._saved_iteration = self.iteration
-        save_model_file(self.model_path, self.model, self.metadata())
+        save_model_file(self.model_path, self.exported, self.metadata())
         try:
             plot_training_curves(self.run_dir / "progress.jsonl", self.run_dir / "curves.png")
         except (OSError, ValueError) as error:  # a picture must never stop training
@@ -325,7 +342,7 @@ class Trainer:
         improved = self.best_dice is None or self.last_dice > self.best_dice
         if improved:
             self.best_dice, self.best_iteration = self.last_dice, self.iteration
-            save_model_file(self.best_model_path, self.model, self.metadata())
+            save_model_file(self.best_model_path, self.exported, self.metadata())
         logger.info(
             "iteration %d: validation Dice %.4f (best %.4f, %.1f s)",
             self.iteration, self.last_dice, self.best_dice, time.monotonic() - started,
