@@ -13,6 +13,7 @@ import torch
 from fbanet.config import ModelConfig
 from fbanet.data.cases import Case
 from fbanet.model.network import FBANet
+from fbanet.train.progress import StopRequest
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -93,3 +94,19 @@ def write_manifest(
     path = folder / "manifest.json"
     path.write_text(json.dumps(entries), encoding="utf-8")
     return path
+
+
+class StopAt:
+    """A JSON-lines sink that requests a stop once iteration ``at`` has been reported."""
+
+    def __init__(self, stop: StopRequest, at: int) -> None:
+        self.stop = stop
+        self.at = at
+
+    def write(self, text: str) -> None:
+        event = json.loads(text)
+        if event.get("event") == "iteration" and event["iteration"] >= self.at:
+            self.stop.request()
+
+    def flush(self) -> None:
+        pass

@@ -59,24 +59,23 @@ logger = logging.getLogger("site_adaptation")
 # Arm -> the flags it adds to `fbanet train --preset finetune`; None: no training. The arms
 # measured before the preset averaged the weights keep their last-step weights (LAST_STEP).
 LAST_STEP = ["--ema-decay", "0"]
+BATCH2 = ["--mode", "supervised", "--batch-size", "2"]
+EMA = [*BATCH2, "--ema-decay", "0.99"]  # the preset's settings, spelled out
 ARMS: dict[str, list[str] | None] = {
     "bundled": None,
     "supervised": ["--mode", "supervised", "--batch-size", "4", *LAST_STEP],
     # Half the batch: steps 1.8x cheaper (train_speed.py --steps), so more of them in the budget.
-    "batch2": ["--mode", "supervised", "--batch-size", "2", *LAST_STEP],
+    "batch2": [*BATCH2, *LAST_STEP],
     # Batch 2, the weights averaged over about the last 100 steps: the preset's settings.
-    "ema": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.99"],
+    "ema": EMA,
     # Variants of it, one seed each at K = 4: a decaying lr instead (over about the
     # budget's steps, last-step weights), a longer average, a lower lr.
-    "poly": [
-        "--mode", "supervised", "--batch-size", "2", "--lr-schedule", "poly",
-        "--iterations", "1000", *LAST_STEP,
-    ],
-    "ema995": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.995"],
-    "emalr1": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.99", "--lr", "0.001"],
+    "poly": [*BATCH2, "--lr-schedule", "poly", "--iterations", "1000", *LAST_STEP],
+    "ema995": [*BATCH2, "--ema-decay", "0.995"],
+    "emalr1": [*EMA, "--lr", "0.001"],
     # The same, validated on the last of the K labeled scans and trained on the others (a
     # user's run with "Validation cases: 1"), scored on the 8 validation scans as every arm.
-    "ema-val1": ["--mode", "supervised", "--batch-size", "2", "--ema-decay", "0.99"],
+    "ema-val1": EMA,
     "consistency": ["--mode", "semi-supervised", "--contrastive-weight", "0", *LAST_STEP],
     # Mutual consistency with the weights averaged as the preset now does.
     "consistency-ema": [

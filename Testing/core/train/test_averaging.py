@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import blob_case
+from builders import StopAt, blob_case
 
 from fbanet.config import ModelConfig, TrainConfig
 from fbanet.model.files import load_model_file
@@ -95,17 +95,8 @@ def test_a_run_exports_the_average_and_resumes_it_exactly(tmp_path: Path) -> Non
     assert load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["average"]
 
     stop = StopRequest()
-
-    class _StopAfter2:
-        def write(self, text: str) -> None:
-            if '"iteration": 2' in text and '"event": "iteration"' in text:
-                stop.request()
-
-        def flush(self) -> None:
-            pass
-
     split = tmp_path / "split"
-    first = Trainer(TINY, _config(), _data(), split, stop=stop, json_stream=_StopAfter2(),
+    first = Trainer(TINY, _config(), _data(), split, stop=stop, json_stream=StopAt(stop, 2),
                     show_progress=False).run()  # fmt: skip
     assert first.iterations == 2
     second = Trainer(TINY, _config(), _data(), split, resume=True, show_progress=False).run()

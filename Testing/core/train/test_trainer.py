@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from builders import blob_case
+from builders import StopAt, blob_case
 from paths import SHARED_LA
 from PIL import Image
 
@@ -67,22 +67,6 @@ def _events(run_dir: Path, kind: str = "iteration") -> list[dict[str, Any]]:
     return [e for e in map(json.loads, lines) if e["event"] == kind]
 
 
-class _StopAt:
-    """A JSON-lines sink that requests a stop once iteration ``at`` has been reported."""
-
-    def __init__(self, stop: StopRequest, at: int) -> None:
-        self.stop = stop
-        self.at = at
-
-    def write(self, text: str) -> None:
-        event = json.loads(text)
-        if event.get("event") == "iteration" and event["iteration"] >= self.at:
-            self.stop.request()
-
-    def flush(self) -> None:
-        pass
-
-
 LOSS_KEYS = ("loss", "dice_loss", "consistency_loss", "contrastive_loss", "consistency_weight")
 
 
@@ -92,7 +76,7 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert (whole.iterations, whole.stopped) == (4, False)
 
     stop = StopRequest()
-    first = _trainer(tmp_path / "split", config, stop=stop, json_stream=_StopAt(stop, 2)).run()
+    first = _trainer(tmp_path / "split", config, stop=stop, json_stream=StopAt(stop, 2)).run()
     assert (first.iterations, first.stopped) == (2, True)
     assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["iteration"] == 2
     # A fresh trainer (as after a restart) picks up model, optimizer, sampler and RNG state.
@@ -360,7 +344,7 @@ def test_a_supervised_checkpoint_with_heads_still_resumes_exactly(tmp_path: Path
     config = _settings(mode="supervised", labeled_batch_size=4, iterations=4)
     _trainer(tmp_path / "whole", config).run()
     stop = StopRequest()
-    _trainer(tmp_path / "old", config, stop=stop, json_stream=_StopAt(stop, 2)).run()
+    _trainer(tmp_path / "old", config, stop=stop, json_stream=StopAt(stop, 2)).run()
     path = tmp_path / "old" / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     with_heads = training.FBANet(TINY)

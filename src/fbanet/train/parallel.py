@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from fbanet.config import ModelConfig, TrainConfig
+from fbanet.data.sampling import PatchBatcher
 from fbanet.model.losses import LossTerms, fba_loss
 from fbanet.model.network import FBANetOutput
 from fbanet.train.data import check_training_data, patch_batcher
@@ -92,14 +93,6 @@ class DataParallelTrainer(Trainer):
             show_progress=show_progress and main,
             **kwargs,
         )  # fmt: skip
-        self.batcher = patch_batcher(
-            data, model_config.patch_size, train_config,
-            (self.rank_batch.labeled, self.rank_batch.unlabeled),
-            seed=(train_config.seed, env.rank),
-        )  # fmt: skip
-        self.batcher.sampler = SharedOrderSampler(
-            len(data.labeled), len(data.unlabeled), self.rank_batch, env, train_config.seed
-        )
         self.sync_batchnorm = wants_sync_batchnorm(train_config.sync_batchnorm, self.rank_batch)
         if self.sync_batchnorm:
             convert_batchnorm(self.model, self.setup.device)
@@ -126,6 +119,19 @@ class DataParallelTrainer(Trainer):
     @property
     def progress_path(self) -> Path | None:
         return super().progress_path if self.env.is_main else None
+
+    def _make_batcher(self) -> PatchBatcher:
+        """This process's share of each batch, its own augmentation stream, and the case
+        order all processes share (called by Trainer.__init__, after env and rank_batch)."""
+        c, env = self.config, self.env
+        batcher = patch_batcher(
+            self.data, self.model_config.patch_size, c,
+            (self.rank_batch.labeled, self.rank_batch.unlabeled), seed=(c.seed, env.rank),
+        )  # fmt: skip
+        batcher.sampler = SharedOrderSampler(
+            len(self.data.labeled), len(self.data.unlabeled), self.rank_batch, env, c.seed
+        )
+        return batcher
 
     def _loss(self, out: FBANetOutput, labels: torch.Tensor) -> LossTerms:
         # DDP reduces a gradient for every parameter: a run without a contrastive term builds

@@ -32,6 +32,7 @@ from fbanet.config import (
     level_sizes,
     to_dict,
 )
+from fbanet.data.sampling import PatchBatcher
 from fbanet.device import ComputeSetup, compute_setup
 from fbanet.model.files import ModelMetadata, initialize_from_model_file, save_model_file
 from fbanet.model.losses import (
@@ -151,11 +152,7 @@ class Trainer:
             momentum=train_config.momentum,
             weight_decay=train_config.weight_decay,
         )
-        self.batcher = patch_batcher(
-            data, model_config.patch_size, train_config,
-            (train_config.labeled_batch_size, train_config.unlabeled_batch_size),
-            seed=train_config.seed,
-        )  # fmt: skip
+        self.batcher = self._make_batcher()
         # The processes sharing each batch (data-parallel training), or None.
         self._group: BatchGroup | None = None
         self.iteration = 0
@@ -164,6 +161,14 @@ class Trainer:
         self.best_iteration: int | None = None
         self._validated_at: int | None = None  # iteration of the last validation
         self.last_dice: float | None = None
+
+    def _make_batcher(self) -> PatchBatcher:
+        """The run's patch batches (the data-parallel trainer draws its own share)."""
+        c = self.config
+        return patch_batcher(
+            self.data, self.model_config.patch_size, c,
+            (c.labeled_batch_size, c.unlabeled_batch_size), seed=c.seed,
+        )  # fmt: skip
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -198,8 +203,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.setup.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.setup.device)
-        average = {} if self.average is None else {"average": self.average.state_dict()}
-        return {
+        state = {
             "iteration": self.iteration,
             "model": state_dict_to_cpu(self.model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
@@ -210,8 +214,10 @@ class Trainer:
             "last_dice": self.last_dice,
             "model_config": json.dumps(to_dict(self.model_config)),
             "train_config": json.dumps(to_dict(self.config)),
-            **{k: state_dict_to_cpu(v) for k, v in average.items()},
         }
+        if self.average is not None:
+            state["average"] = state_dict_to_cpu(self.average.state_dict())
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` saved."""
